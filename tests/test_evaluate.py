@@ -1,0 +1,248 @@
+"""Inference/compute_auc.py end to end: real annotations, generated inputs, every error path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
+
+from released_reference import reference_labels, reference_video
+from vera.annotations import TestVideo, load_test_annotations
+from vera.errors import VeraError
+from vera.evaluate import evaluate
+from vera.scoring import ScoringOptions
+from vera.synthetic import segment_file, write_synthetic_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "Inference"))
+import compute_auc  # noqa: E402
+
+
+def _reference_run(annotation_path: Path, scores_dir: Path, features_dir: Path, dataset: str, metric: str):
+    """The released evaluation, video by video, through the naive reference."""
+    entries = json.loads(annotation_path.read_text())
+    all_scores, all_labels, per_video = [], [], {}
+    for entry in entries:
+        key = Path(entry["video"]).name.split(".")[0] if dataset == "ucf" else entry["video"]
+        if dataset == "xd" and key.endswith(".mp4"):
+            continue
+        content = json.loads((scores_dir / f"{key}.json").read_text())
+        centres = [int(c) for c in content]
+        frames = reference_video(centres, [content[c]["end"] for c in content], [content[c]["score"] for c in content],
+                                 np.load(features_dir / f"{key}.npy"), dataset, metric)
+        labels = reference_labels(entry["length"], entry["temporal_label"])
+        if metric == "ap":
+            labels = labels[: len(frames)]
+        per_video[key] = np.array(frames)
+        all_scores.extend(frames)
+        all_labels.extend(labels)
+    if metric == "ap":
+        precision, recall, _ = precision_recall_curve(all_labels, all_scores)
+        return auc(recall, precision), per_video
+    fpr, tpr, _ = roc_curve(all_labels, all_scores)
+    return auc(fpr, tpr), per_video
+
+
+def test_full_ucf_test_set_matches_the_released_loops_bit_for_bit(shared_data, tmp_path):
+    annotation = shared_data / "annotations" / "UCF_Eval.json"
+    videos = load_test_annotations(annotation, "ucf")
+    assert len(videos) == 290 and sum(v.length for v in videos) == 1_111_808
+    write_synthetic_inputs(videos, tmp_path / "scores", tmp_path / "features", width=24, seed=5)
+    expected_value, expected_frames = _reference_run(annotation, tmp_path / "scores", tmp_path / "features", "ucf", "auc")
+
+    code = compute_auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores"),
+                             "--features", str(tmp_path / "features"), "--output", str(tmp_path / "out")])
+    assert code == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["value"] == expected_value
+    assert (metrics["dataset"], metrics["metric"], metrics["protocol"]) == ("ucf", "auc", "released")
+    assert metrics["num_videos"] == 290 and metrics["num_frames"] == 1_111_808
+    assert 0.5 < metrics["value"] < 1.0  # the generated scores follow the annotation
+    for key, frames in expected_frames.items():
+        saved = np.load(tmp_path / "out" / "frame_scores" / f"{key}.npy")
+        assert saved.dtype == np.float64 and np.array_equal(saved, frames), key
+    assert set(metrics["auc_per_class"]) == {v.video_class for v in videos} - {"Normal"}
+    assert (tmp_path / "out" / "roc.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "out" / "pr.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("metric", ["auc", "ap"])
+def test_xd_subset_matches_the_released_loops(shared_data, tmp_path, metric):
+    entries = json.loads((shared_data / "annotations" / "xd_annotations.json").read_text())
+    # 60 videos, short ones first so that the h ≤ 4 and h ≤ 10 rules are exercised, plus one duplicate entry.
+    real = [e for e in entries if not e["video"].endswith(".mp4")]
+    chosen = sorted(real, key=lambda e: e["length"])[:30]
+    chosen += [e for e in real[:40] if e not in chosen][:30]
+    chosen += [next(e for e in entries if e["video"].endswith(".mp4"))]
+    # Real XD videos are at least 81 frames long (6 segments); add made-up ones of 3 and 5 segments.
+    chosen += [{"video": f"short_{n}__label_B1-0-0", "temporal_label": [10, 30], "length": n, "label": "1"} for n in (40, 70)]
+    annotation = tmp_path / "xd.json"
+    annotation.write_text(json.dumps(chosen))
+    videos = load_test_annotations(annotation, "xd")
+    assert len(videos) == 62 and min(v.length for v in videos[:30]) == 81  # the '.mp4' duplicate is skipped, as the released scripts skip it
+    write_synthetic_inputs(videos, tmp_path / "scores", tmp_path / "features", width=16, seed=2)
+    expected_value, expected_frames = _reference_run(annotation, tmp_path / "scores", tmp_path / "features", "xd", metric)
+    evaluation = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions("xd", metric))
+    assert evaluation.metrics["value"] == expected_value
+    for video in evaluation.videos:
+        assert np.array_equal(video.scores, expected_frames[video.key])
+
+
+def test_xd_ap_with_wu_ground_truth_file(shared_data, tmp_path):
+    videos = load_test_annotations(shared_data / "annotations" / "xd_test_800.json", "xd")[:40]
+    write_synthetic_inputs(videos, tmp_path / "s", tmp_path / "f", width=8)
+    options = ScoringOptions("xd", "ap")
+    plain = evaluate(videos, tmp_path / "s", tmp_path / "f", options)
+    gt = {v.key: v.labels.astype(int).tolist() for v in plain.videos}
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with_file = evaluate(videos, tmp_path / "s", tmp_path / "f", options, gt_frames_path=tmp_path / "gt.json")
+    assert with_file.metrics["value"] == plain.metrics["value"]
+    gt[videos[0].key] = gt[videos[0].key][:-16]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(VeraError, match=f"video {videos[0].key}: --gt-frames gives"):
+        evaluate(videos, tmp_path / "s", tmp_path / "f", options, gt_frames_path=tmp_path / "gt.json")
+
+
+# ------------------------------------------------------------------ small hand-made cases
+
+
+def _small_set(tmp_path: Path) -> tuple[Path, list[TestVideo]]:
+    entries = [
+        {"video": "frames/Fighting/Fighting001_x264.mp4", "temporal_label": [40, 120, -1, -1], "length": 200},
+        {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 500], "length": 150},
+        {"video": "frames/Normal/Normal_Videos_003_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 170},
+        {"video": "frames/Normal/Normal_Videos_004_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 33},
+    ]
+    annotation = tmp_path / "ann.json"
+    annotation.write_text(json.dumps(entries))
+    videos = load_test_annotations(annotation, "ucf")
+    write_synthetic_inputs(videos, tmp_path / "scores", tmp_path / "features", width=8, seed=1)
+    return annotation, videos
+
+
+def _cli(tmp_path: Path, annotation: Path, *extra: str) -> int:
+    return compute_auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores"),
+                             "--features", str(tmp_path / "features"), "--output", str(tmp_path / "out"), *extra])
+
+
+def test_ablations_change_what_they_should(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    full = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions())
+    raw = evaluate(videos, tmp_path / "scores", None,
+                   ScoringOptions(skip_step2=True, skip_smoothing=True, skip_position_weighting=True))
+    for video in raw.videos:  # without Steps 2-3 the frame scores are the 0/1 answers, repeated
+        content = json.loads((tmp_path / "scores" / f"{video.key}.json").read_text())
+        answers = [content[c]["score"] for c in content]
+        np.testing.assert_array_equal(video.scores[::16], answers)
+    no_position = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions(skip_position_weighting=True))
+    for a, b in zip(full.videos, no_position.videos):
+        n = len(a.scores)
+        weights = np.exp(-0.5 * ((np.arange(n) - n // 2) / (n // 2)) ** 2)
+        np.testing.assert_array_equal(a.scores, weights * b.scores)
+    paper = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions(protocol="paper"))
+    assert paper.metrics["protocol"] == "paper" and not np.array_equal(paper.videos[0].scores, full.videos[0].scores)
+
+
+def test_extra_metrics_by_hand(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    evaluation = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions())
+    m = evaluation.metrics
+    by_key = {v.key: v for v in evaluation.videos}
+    normal = np.concatenate([by_key["Normal_Videos_003_x264"].scores, by_key["Normal_Videos_004_x264"].scores])
+    assert m["false_alarm_rate_normal"] == np.count_nonzero(normal >= 0.5) / normal.size
+    fighting = by_key["Fighting001_x264"]
+    labels = np.concatenate([fighting.labels, np.zeros(normal.size)])
+    fpr, tpr, _ = roc_curve(labels, np.concatenate([fighting.scores, normal]))
+    assert m["auc_per_class"]["Fighting"] == auc(fpr, tpr)
+    anomalous = [by_key["Fighting001_x264"], by_key["Arson002_x264"]]
+    fpr, tpr, _ = roc_curve(np.concatenate([v.labels for v in anomalous]), np.concatenate([v.scores for v in anomalous]))
+    assert m["auc_anomalous_videos"] == auc(fpr, tpr)
+    assert by_key["Arson002_x264"].labels.sum() == 60 + 50  # the second interval is clipped at the length
+
+
+def test_missing_files_are_listed_then_skipped_on_request(tmp_path, capsys):
+    annotation, videos = _small_set(tmp_path)
+    (tmp_path / "scores" / "Arson002_x264.json").unlink()
+    (tmp_path / "features" / "Normal_Videos_004_x264.npy").unlink()
+    with pytest.raises(VeraError) as error:
+        _cli(tmp_path, annotation)
+    message = str(error.value)
+    assert "2 of 4 videos lack files" in message and "Arson002_x264.json" in message and "Normal_Videos_004_x264.npy" in message
+    assert _cli(tmp_path, annotation, "--allow-missing") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 2 and metrics["num_skipped"] == 2
+    assert "skipped 2 with missing files" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "corrupt,expected",
+    [
+        (lambda d: d.update({"17": d.pop("16")}), "centre 17 is off the grid"),
+        (lambda d: d["0"].update(score=0.4), "segment 0 has score 0.4"),
+        (lambda d: d.pop(max(d, key=int)), "annotation length is 200"),
+        (lambda d: d.update({"abc": d.pop("0")}), "segment key 'abc' is not a frame number"),
+    ],
+)
+def test_bad_score_files_name_the_file(tmp_path, corrupt, expected):
+    annotation, videos = _small_set(tmp_path)
+    path = tmp_path / "scores" / "Fighting001_x264.json"
+    content = json.loads(path.read_text())
+    corrupt(content)
+    path.write_text(json.dumps(content))
+    with pytest.raises(VeraError, match=expected) as error:
+        _cli(tmp_path, annotation)
+    assert str(path) in str(error.value)
+
+
+def test_bad_features_and_unreadable_json_name_the_file(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    feature_path = tmp_path / "features" / "Arson002_x264.npy"
+    np.save(feature_path, np.ones((3, 8), dtype=np.float32))
+    with pytest.raises(VeraError, match=r"video Arson002_x264: feature file .* has shape \(3, 8\); expected one row per segment \(10 rows\)"):
+        _cli(tmp_path, annotation)
+    np.save(feature_path, np.zeros((10, 8), dtype=np.float32))
+    with pytest.raises(VeraError, match="row 0 is all zeros"):
+        _cli(tmp_path, annotation)
+    write_synthetic_inputs(videos, tmp_path / "scores", tmp_path / "features", width=8)
+    (tmp_path / "scores" / "Normal_Videos_003_x264.json").write_text('{"0": {"start": 0, ')
+    with pytest.raises(VeraError, match="Normal_Videos_003_x264.json is not valid JSON"):
+        _cli(tmp_path, annotation)
+
+
+def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path):
+    annotation, _ = _small_set(tmp_path)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "Inference" / "compute_auc.py"), "--dataset", "ucf", "--annotations",
+         str(annotation), "--scores", str(tmp_path / "nope"), "--features", str(tmp_path / "features"),
+         "--output", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"error: score folder not found: {tmp_path / 'nope'}"
+
+
+def test_official_ucf_txt_takes_lengths_from_the_scores(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    txt = tmp_path / "Temporal_Anomaly_Annotation_for_Testing_Videos.txt"
+    txt.write_text(
+        "Fighting001_x264.mp4  Fighting  40  120  -1  -1\n"
+        "Arson002_x264.mp4  Arson  0  60  100  500\n"
+        "Normal_Videos_003_x264.mp4  Normal  -1  -1  -1  -1\n"
+        "Normal_Videos_004_x264.mp4  Normal  -1  -1  -1  -1\n"
+    )
+    from_txt = evaluate(load_test_annotations(txt, "ucf"), tmp_path / "scores", tmp_path / "features", ScoringOptions())
+    from_json = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions())
+    assert from_txt.metrics["value"] == from_json.metrics["value"]
+    assert [v.video_class for v in from_txt.videos] == [v.video_class for v in from_json.videos]
+
+
+def test_segment_file_layout():
+    content = segment_file(40, np.array([1, 0, 1]))
+    assert content == {"0": {"start": 0.0, "end": 40.0, "score": 1}, "16": {"start": 0.0, "end": 40.0, "score": 0},
+                       "32": {"start": 0.0, "end": 40.0, "score": 1}}
+    assert segment_file(400, np.zeros(25))["192"] == {"start": 42.0, "end": 342.0, "score": 0}

@@ -1,0 +1,1 @@
+"""VLM backends: a batch of prompts with frames in, answers out."""

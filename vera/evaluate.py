@@ -1,0 +1,220 @@
+"""The evaluation of ``Inference/compute_auc.py``: files in, frame scores and metrics out."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vera.annotations import NORMAL_CLASS, TestVideo
+from vera.errors import VeraError
+from vera.io import read_json, save_npy_atomic, write_json_atomic
+from vera.metrics import FALSE_ALARM_THRESHOLD, false_alarm_rate, pr_auc, roc_auc, save_curves
+from vera.scores import SegmentScores, read_segment_scores
+from vera.scoring import ScoringOptions, frame_scores, ground_truth, released_ap_trim
+from vera.segments import num_segments
+
+_MISSING_SHOWN = 20
+
+
+@dataclass
+class VideoResult:
+    """One video's frame scores and frame labels, exactly as they entered the metric."""
+
+    key: str
+    video_class: str
+    scores: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass
+class Evaluation:
+    options: ScoringOptions
+    videos: list[VideoResult]
+    skipped: list[str] = field(default_factory=list)
+    metrics: dict = field(default_factory=dict)
+
+
+def _missing_files(videos: list[TestVideo], scores_dir: Path, features_dir: Path | None) -> dict[str, list[Path]]:
+    missing: dict[str, list[Path]] = {}
+    for video in videos:
+        paths = [scores_dir / f"{video.key}.json"]
+        if features_dir is not None:
+            paths.append(features_dir / f"{video.key}.npy")
+        absent = [path for path in paths if not path.is_file()]
+        if absent:
+            missing[video.key] = absent
+    return missing
+
+
+def _load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
+    try:
+        features = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as error:
+        raise VeraError(f"video {key}: cannot read feature file {path} ({error})") from None
+    if features.ndim != 2 or features.shape[0] != expected_rows:
+        raise VeraError(
+            f"video {key}: feature file {path} has shape {features.shape}; "
+            f"expected one row per segment ({expected_rows} rows)"
+        )
+    if not np.issubdtype(features.dtype, np.floating) or not np.all(np.isfinite(features)):
+        raise VeraError(f"video {key}: feature file {path} must hold finite floating-point numbers")
+    zero_rows = np.flatnonzero(~features.any(axis=1))
+    if zero_rows.size:
+        raise VeraError(f"video {key}: feature file {path} row {zero_rows[0]} is all zeros (no direction to compare)")
+    return features
+
+
+def _check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
+    length = video.length if video.length is not None else segments.num_frames
+    if segments.num_segments != num_segments(length) or segments.num_frames != length:
+        raise VeraError(
+            f"video {video.key}: score file {path} has {segments.num_segments} segments covering "
+            f"{segments.num_frames} frames, but the annotation length is {length} frames "
+            f"({num_segments(length)} segments)"
+        )
+    if length < 2:
+        raise VeraError(f"video {video.key}: {length} frame(s) is too short to score")
+    return length
+
+
+def _labels(video: TestVideo, length: int, gt_frames: dict | None, num_scores: int, options: ScoringOptions) -> np.ndarray:
+    if gt_frames is None:
+        labels = ground_truth(length, video.intervals)
+        return labels[: released_ap_trim(length)] if options.released_xd_ap else labels
+    if video.key not in gt_frames:
+        raise VeraError(f"video {video.key} is missing from the --gt-frames file")
+    labels = np.asarray(gt_frames[video.key], dtype=np.float64)
+    if labels.ndim != 1 or labels.size > num_scores or (options.released_xd_ap and labels.size != num_scores):
+        raise VeraError(
+            f"video {video.key}: --gt-frames gives {labels.size} frame labels, but scoring gives {num_scores} frames"
+        )
+    return labels
+
+
+def evaluate(
+    videos: list[TestVideo],
+    scores_dir: Path,
+    features_dir: Path | None,
+    options: ScoringOptions,
+    gt_frames_path: Path | None = None,
+    allow_missing: bool = False,
+) -> Evaluation:
+    """Score every video in annotation order and compute the metrics."""
+    scores_dir = Path(scores_dir)
+    if not scores_dir.is_dir():
+        raise VeraError(f"score folder not found: {scores_dir}")
+    if features_dir is None and not options.skip_step2:
+        raise VeraError("--features is required unless --skip-step2")
+    features_dir = None if options.skip_step2 else Path(features_dir)
+    if features_dir is not None and not features_dir.is_dir():
+        raise VeraError(f"feature folder not found: {features_dir}")
+    gt_frames = read_json(gt_frames_path, "--gt-frames file") if gt_frames_path else None
+    if gt_frames is not None and not isinstance(gt_frames, dict):
+        raise VeraError(f"--gt-frames file {gt_frames_path} must map video keys to frame label lists")
+
+    missing = _missing_files(videos, scores_dir, features_dir)
+    if missing and not allow_missing:
+        lines = [f"  {key}: {', '.join(str(path) for path in paths)}" for key, paths in list(missing.items())[:_MISSING_SHOWN]]
+        more = len(missing) - _MISSING_SHOWN
+        raise VeraError(
+            f"{len(missing)} of {len(videos)} videos lack files (--allow-missing skips them):\n"
+            + "\n".join(lines)
+            + (f"\n  … and {more} more" if more > 0 else "")
+        )
+
+    results = []
+    for video in videos:
+        if video.key in missing:
+            continue
+        score_path = scores_dir / f"{video.key}.json"
+        segments = read_segment_scores(score_path, binary=options.protocol == "released")
+        length = _check_length(video, segments, score_path)
+        features = (
+            None
+            if features_dir is None
+            else _load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
+        )
+        scores = frame_scores(segments.scores, features, segments.last_segment_frames, options)
+        labels = _labels(video, length, gt_frames, scores.size, options)
+        results.append(VideoResult(video.key, video.video_class, scores[: labels.size], labels))
+    if not results:
+        raise VeraError("no video could be scored")
+    evaluation = Evaluation(options, results, skipped=list(missing))
+    evaluation.metrics = compute_metrics(evaluation)
+    return evaluation
+
+
+def compute_metrics(evaluation: Evaluation) -> dict:
+    """The main metric and the extra views: per class, anomalous videos only, AP/AUC, false alarms."""
+    options, videos = evaluation.options, evaluation.videos
+    labels = np.concatenate([video.labels for video in videos])
+    scores = np.concatenate([video.scores for video in videos])
+    value = roc_auc(labels, scores) if options.metric == "auc" else pr_auc(labels, scores)
+    if value is None:
+        raise VeraError("the ground truth of the scored videos holds one class only; the metric is undefined")
+
+    def pick(predicate) -> tuple[np.ndarray, np.ndarray]:
+        chosen = [video for video in videos if predicate(video)]
+        if not chosen:
+            return np.empty(0), np.empty(0)
+        return np.concatenate([v.labels for v in chosen]), np.concatenate([v.scores for v in chosen])
+
+    classes = sorted({video.video_class for video in videos} - {NORMAL_CLASS})
+    per_class = {name: roc_auc(*pick(lambda v, name=name: v.video_class in (name, NORMAL_CLASS))) for name in classes}
+    normal_scores = pick(lambda v: v.video_class == NORMAL_CLASS)[1]
+    anomalous = pick(lambda v: v.video_class != NORMAL_CLASS)
+    return {
+        "dataset": options.dataset,
+        "metric": options.metric,
+        "protocol": options.protocol,
+        "value": value,
+        "num_videos": len(videos),
+        "num_frames": int(labels.size),
+        "num_skipped": len(evaluation.skipped),
+        "skipped": evaluation.skipped,
+        "options": asdict(options),
+        "auc": roc_auc(labels, scores),
+        "ap": pr_auc(labels, scores),
+        "auc_anomalous_videos": roc_auc(*anomalous),
+        "auc_per_class": per_class,
+        "false_alarm_rate_normal": false_alarm_rate(normal_scores),
+        "false_alarm_threshold": FALSE_ALARM_THRESHOLD,
+    }
+
+
+def write_outputs(evaluation: Evaluation, output_dir: Path, curves: bool = True) -> None:
+    """``metrics.json``, ``frame_scores/<key>.npy`` (float64) and the ROC/PR curves."""
+    output_dir = Path(output_dir)
+    for video in evaluation.videos:
+        save_npy_atomic(output_dir / "frame_scores" / f"{video.key}.npy", video.scores.astype(np.float64))
+    if curves:
+        labels = np.concatenate([video.labels for video in evaluation.videos])
+        scores = np.concatenate([video.scores for video in evaluation.videos])
+        options = evaluation.options
+        save_curves(labels, scores, output_dir, f"{options.dataset.upper()} {options.protocol}")
+    write_json_atomic(output_dir / "metrics.json", evaluation.metrics)
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def summary(evaluation: Evaluation) -> str:
+    """A few readable lines for the terminal."""
+    m = evaluation.metrics
+    options = evaluation.options
+    skipped = [name for name, on in (("step2", options.skip_step2), ("smoothing", options.skip_smoothing),
+                                     ("position weighting", options.skip_position_weighting)) if on]
+    lines = [
+        f"{m['dataset'].upper()} {m['metric'].upper()} ({m['protocol']} protocol"
+        + (f", without {', '.join(skipped)}" if skipped else "") + f"): {_fmt(m['value'])}  [{m['value']!r}]",
+        f"  videos {m['num_videos']}, frames {m['num_frames']}"
+        + (f", skipped {m['num_skipped']} with missing files" if m["num_skipped"] else ""),
+        f"  AUC {_fmt(m['auc'])} | AP {_fmt(m['ap'])} | AUC anomalous videos {_fmt(m['auc_anomalous_videos'])}"
+        f" | false alarms on normal videos (≥{m['false_alarm_threshold']}) {_fmt(m['false_alarm_rate_normal'])}%",
+        "  AUC per class: " + ", ".join(f"{name} {_fmt(value)}" for name, value in m["auc_per_class"].items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,63 @@
+"""Atomic file writes (temp file + rename) and JSON reading with clear errors.
+
+Every long job writes through these helpers, so a kill never leaves a
+half-written file behind: a reader sees the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from vera.errors import VeraError
+
+
+def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda handle: handle.write(data))
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, value: Any, indent: int | None = 1) -> None:
+    write_text_atomic(path, json.dumps(value, indent=indent, ensure_ascii=False) + "\n")
+
+
+def save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    _atomic_write(path, lambda handle: np.save(handle, array))
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """Load a JSON file, or raise ``VeraError`` naming the file and the problem."""
+    path = Path(path)
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise VeraError(f"{what} not found: {path}") from None
+    except json.JSONDecodeError as error:
+        raise VeraError(f"{what} {path} is not valid JSON ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise VeraError(f"cannot read {what} {path}: {error}") from None

@@ -1,0 +1,78 @@
+"""Per-video segment score files: ``<key>.json`` mapping centre frame → segment.
+
+Each entry is ``{"start": float, "end": float, "score": 0|1, ...}``; keys are
+the centres ``"0"``, ``"16"``, … Step 1 adds the VLM's answer and parse status
+as extra fields, which scoring ignores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vera.errors import VeraError
+from vera.io import read_json
+from vera.segments import SEGMENT_STRIDE
+
+
+@dataclass(frozen=True)
+class SegmentScores:
+    """One video's segments ordered by centre."""
+
+    centres: np.ndarray  # int64, 0, 16, 32, …
+    ends: np.ndarray  # float64, window ends
+    scores: np.ndarray  # float64
+
+    @property
+    def num_segments(self) -> int:
+        return len(self.centres)
+
+    @property
+    def last_segment_frames(self) -> int:
+        """Frames the last segment stands for, ``int(end − centre)`` as released."""
+        return int(self.ends[-1] - self.centres[-1])
+
+    @property
+    def num_frames(self) -> int:
+        """Frames covered: 16 per segment, then the last segment's share."""
+        return SEGMENT_STRIDE * (self.num_segments - 1) + self.last_segment_frames
+
+
+def read_segment_scores(path: Path, *, binary: bool = True) -> SegmentScores:
+    """Read and check one score file; ``binary`` demands scores in {0, 1} (released protocol)."""
+    path = Path(path)
+    content = read_json(path, "score file")
+    if not isinstance(content, dict) or not content:
+        raise VeraError(f"score file {path} must hold a non-empty JSON object of segments")
+    try:
+        centres = np.array([int(key) for key in content], dtype=np.int64)
+    except ValueError:
+        bad = next(key for key in content if not key.lstrip("-").isdigit())
+        raise VeraError(f"score file {path}: segment key {bad!r} is not a frame number") from None
+    order = np.argsort(centres, kind="stable")
+    centres = centres[order]
+    expected = np.arange(0, SEGMENT_STRIDE * len(centres), SEGMENT_STRIDE)
+    if not np.array_equal(centres, expected):
+        off = centres[np.flatnonzero(centres != expected)[0]]
+        raise VeraError(
+            f"score file {path}: segment centres must be 0, 16, 32, … without gaps; centre {off} is off the grid"
+        )
+    segments = list(content.values())
+    try:
+        ends = np.array([float(segments[i]["end"]) for i in order])
+        scores = np.array([float(segments[i]["score"]) for i in order])
+    except (KeyError, TypeError, ValueError) as error:
+        raise VeraError(f"score file {path}: every segment needs numeric 'end' and 'score' ({error!r})") from None
+    if binary and not np.all((scores == 0) | (scores == 1)):
+        bad = centres[np.flatnonzero((scores != 0) & (scores != 1))[0]]
+        raise VeraError(
+            f"score file {path}: segment {bad} has score {scores[centres == bad][0]}; "
+            "the released protocol takes 0/1 answers (use --protocol paper for soft scores)"
+        )
+    if not np.all(np.isfinite(scores)) or np.any((scores < 0) | (scores > 1)):
+        raise VeraError(f"score file {path}: scores must lie in [0, 1]")
+    if ends[-1] <= centres[-1]:
+        raise VeraError(f"score file {path}: the last segment ends at {ends[-1]}, before its centre {centres[-1]}")
+    return SegmentScores(centres, ends, scores)
