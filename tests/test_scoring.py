@@ -139,7 +139,9 @@ def test_fast_neighbours_agree_with_argsort_where_it_matters():
         assert same.mean() > 0.5
 
 
-def test_heavy_ties_with_mixed_scores_fall_back_to_numpy_argsort():
+@pytest.mark.parametrize("block_elements", [1 << 21, 1000])
+def test_heavy_ties_with_mixed_scores_fall_back_to_numpy_argsort(monkeypatch, block_elements):
+    monkeypatch.setattr("vera.scoring._BLOCK_ELEMENTS", block_elements)  # 1000: blocks of 8 rows on threads
     rng = np.random.default_rng(11)
     h = 120
     base = rng.standard_normal((4, 8)).astype(np.float32)

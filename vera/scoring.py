@@ -32,7 +32,7 @@ PAPER_KERNEL = {"ucf": (15, 10.0), "xd": (30, 30.0)}
 PAPER_NEIGHBOUR_FRACTION = {"ucf": 0.10, "xd": 0.15}
 # Below this many segments a full argsort is as cheap as the top-k search.
 _FULL_SORT_MAX_SEGMENTS = 64
-_PARALLEL_SORT_MIN_ELEMENTS = 1_000_000
+_BLOCK_ELEMENTS = 1 << 21  # similarity entries per block of rows (8 MiB of float32)
 
 
 @dataclass(frozen=True)
@@ -87,15 +87,28 @@ def released_neighbours(similarity: np.ndarray, k: int, scores: np.ndarray) -> n
     similarity and equal score cannot change any sum the scoring makes, so only
     rows with a tie between segments of different scores need numpy's own
     argsort of the row, which is what the released code computes (the same
-    algorithm on the same input).
+    algorithm on the same input). Rows go in blocks, which bounds memory, over
+    the CPU cores (numpy releases the GIL while it sorts).
     """
     h = similarity.shape[0]
     if k == 0 or k >= h or h <= _FULL_SORT_MAX_SEGMENTS:
         return np.argsort(similarity, axis=1)[:, -k:]
     scores = np.asarray(scores)
-    rows = np.arange(h)[:, None]
-    largest = np.argpartition(similarity, h - k, axis=1)[:, h - k :]
-    values = similarity[rows, largest]
+    rows_per_block = max(1, _BLOCK_ELEMENTS // h)
+    blocks = [similarity[first : first + rows_per_block] for first in range(0, h, rows_per_block)]
+    workers = min(os.cpu_count() or 1, len(blocks))
+    if workers < 2:
+        return np.concatenate([_block_neighbours(block, k, scores) for block in blocks])
+    with ThreadPoolExecutor(workers) as pool:
+        return np.concatenate(list(pool.map(lambda block: _block_neighbours(block, k, scores), blocks)))
+
+
+def _block_neighbours(block: np.ndarray, k: int, scores: np.ndarray) -> np.ndarray:
+    """``released_neighbours`` for a block of rows of the similarity matrix."""
+    h = block.shape[1]
+    rows = np.arange(block.shape[0])[:, None]
+    largest = np.argpartition(block, h - k, axis=1)[:, h - k :]
+    values = block[rows, largest]
     order = np.argsort(values, axis=1)
     neighbours, values = largest[rows, order], values[rows, order]
     neighbour_scores = scores[neighbours]
@@ -104,29 +117,15 @@ def released_neighbours(similarity: np.ndarray, k: int, scores: np.ndarray) -> n
     # Ties across the boundary: the k-th largest value also occurs outside the k,
     # so which of its segments got in matters unless they all share one score.
     kth_largest = values[:, :1]
-    at_boundary = similarity == kth_largest
+    at_boundary = block == kth_largest
     crossing = np.flatnonzero(np.count_nonzero(at_boundary, axis=1) > np.count_nonzero(values == kth_largest, axis=1))
     if crossing.size:
         tied_scores = np.where(at_boundary[crossing], scores[None, :], np.nan)
         unsafe[crossing] |= np.nanmin(tied_scores, axis=1) != np.nanmax(tied_scores, axis=1)
     fallback = np.flatnonzero(unsafe)
     if fallback.size:
-        neighbours[fallback] = _argsort_rows(similarity, fallback)[:, -k:]
+        neighbours[fallback] = np.argsort(block[fallback], axis=1)[:, -k:]
     return neighbours
-
-
-def _argsort_rows(matrix: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """``np.argsort(matrix[rows], axis=1)``, split over the CPU cores for large inputs.
-
-    Each row is sorted on its own either way (numpy releases the GIL while it
-    sorts), so the result is the same as one call.
-    """
-    workers = min(os.cpu_count() or 1, len(rows))
-    if workers < 2 or rows.size * matrix.shape[1] < _PARALLEL_SORT_MIN_ELEMENTS:
-        return np.argsort(matrix[rows], axis=1)
-    with ThreadPoolExecutor(workers) as pool:
-        parts = pool.map(lambda chunk: np.argsort(matrix[chunk], axis=1), np.array_split(rows, workers))
-        return np.concatenate(list(parts))
 
 
 def released_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
