@@ -194,7 +194,7 @@ def write_outputs(evaluation: Evaluation, output_dir: Path, curves: bool = True)
         labels = np.concatenate([video.labels for video in evaluation.videos])
         scores = np.concatenate([video.scores for video in evaluation.videos])
         options = evaluation.options
-        save_curves(labels, scores, output_dir, f"{options.dataset.upper()} {options.protocol}")
+        save_curves(labels, scores, output_dir, f"{options.dataset.upper()} ({options.protocol} protocol)")
     write_json_atomic(output_dir / "metrics.json", evaluation.metrics)
 
 

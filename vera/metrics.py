@@ -55,14 +55,14 @@ def save_curves(labels: np.ndarray, scores: np.ndarray, output_dir: Path, title:
     precision, recall, _ = precision_recall_curve(labels, scores)
     written = []
     for name, x, y, xlabel, ylabel, value in (
-        ("roc.png", fpr, tpr, "false positive rate", "true positive rate", auc(fpr, tpr)),
-        ("pr.png", recall, precision, "recall", "precision", auc(recall, precision)),
+        ("roc.png", fpr, tpr, "false positive rate", "true positive rate", f"AUC {auc(fpr, tpr):.4f}"),
+        ("pr.png", recall, precision, "recall", "precision", f"AP {auc(recall, precision):.4f}"),
     ):
         figure, axes = plt.subplots(figsize=(4.5, 4.5), dpi=100)
         axes.plot(x, y, lw=1.5)
         if name == "roc.png":
             axes.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-        axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{title}: {value:.4f}")
+        axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{title}, {value}")
         figure.tight_layout()
         buffer = BytesIO()
         figure.savefig(buffer, format="png")
