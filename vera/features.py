@@ -1,0 +1,276 @@
+"""Step 2's segment features: one ImageBind embedding per 16-frame segment, one ``.npy`` per video.
+
+For every segment centre ``c = 0, 16, 32, … < length`` (``length`` from the
+annotation) the views of LAVAD's recipe (``vera.imagebind``) are embedded
+and averaged; ``<output>/<key>.npy`` holds the ``(num_segments, 1024)``
+float32 rows. Views of many segments go through the model together.
+
+A long run is safe to kill: finished videos are written atomically and
+skipped on the next run; a video in progress saves its finished rows to
+``<output>/.partial/<key>.npy`` now and then, and a rerun continues from
+there. ``<output>/features_settings.json`` records the model and recipe, so a
+rerun with other settings cannot mix features of two models in one folder.
+
+Frames come from ``vera.frames`` (JPEG folders or video files). A video with
+fewer frames than its annotated length is an error (frames and annotation
+disagree, so the segment grid would be wrong) unless ``clamp_short`` is set,
+which reads the last frame in place of the missing ones and warns. Extra
+frames beyond the annotated length are never read.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from vera.annotations import TestVideo
+from vera.errors import VeraError
+from vera.frames import VideoFrames, open_frames
+from vera.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
+from vera.io import read_json, save_npy_atomic, write_json_atomic
+from vera.segments import HALF_WINDOW, num_segments, segment_centres
+
+RECIPE = "lavad-imagebind: 10 frames/window, FrameVideo 30 fps, 5 clips x 2 s, 2 frames/clip, short side 224, 3 crops"
+SETTINGS_FILE = "features_settings.json"
+PARTIAL_DIR = ".partial"
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What decides the numbers in a feature folder; a folder holds features of one setting only."""
+
+    model: str  # e.g. "imagebind_huge.pth (4803176772 bytes)" or "random-tiny"
+    dtype: str = "float32"
+    half_window: int = HALF_WINDOW
+    recipe: str = RECIPE
+
+
+@dataclass
+class ExtractionReport:
+    """Outcome of a run: keys written, keys already complete, and per-video errors."""
+
+    written: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    segments: int = 0  # segments computed in this run
+    seconds: float = 0.0
+
+
+def _log(message: str) -> None:
+    tqdm.write(message, file=sys.stderr)
+
+
+def check_settings(output_dir: Path, settings: FeatureSettings) -> None:
+    """Record ``settings`` in a new output folder, or refuse a folder written with other settings."""
+    path = Path(output_dir) / SETTINGS_FILE
+    wanted = asdict(settings)
+    if path.exists():
+        found = read_json(path, "feature settings file")
+        if found != wanted:
+            changed = sorted(name for name in set(found) | set(wanted) if found.get(name) != wanted.get(name))
+            raise VeraError(
+                f"{output_dir} holds features made with other settings ({', '.join(changed)} differ; see {path}): "
+                "choose another --output"
+            )
+        return
+    write_json_atomic(path, wanted)
+
+
+@dataclass(frozen=True)
+class _Batch:
+    rows: np.ndarray  # (V,) output row of each clip
+    clip_frames: np.ndarray  # (V, 2) absolute frame indices
+    clip_weights: np.ndarray  # (V,) share of the segment's 5 clips
+    end_row: int  # rows below this are complete after the batch
+
+
+def _batches(centres: np.ndarray, first_row: int, length: int, half_window: int, batch_views: int) -> Iterator[_Batch]:
+    """Group the distinct clips of segments ``first_row…`` so that each batch holds about ``batch_views`` views."""
+    rows, frames, weights = [], [], []
+    for row in range(first_row, len(centres)):
+        for clip in segment_clips(int(centres[row]), length, half_window):
+            rows.append(row)
+            frames.append(clip.frames)
+            weights.append(clip.count / CLIPS_PER_VIDEO)
+        if len(rows) * NUM_CROPS >= batch_views or row == len(centres) - 1:
+            yield _Batch(np.array(rows), np.array(frames, dtype=np.int64), np.array(weights), row + 1)
+            rows, frames, weights = [], [], []
+
+
+def video_features(
+    encoder: VisionEncoder,
+    frames: VideoFrames,
+    length: int,
+    *,
+    half_window: int = HALF_WINDOW,
+    batch_size: int = 48,
+    clamp_short: bool = False,
+    partial: np.ndarray | None = None,
+    on_rows: Callable[[np.ndarray], None] | None = None,
+) -> np.ndarray:
+    """The ``(num_segments(length), out_dim)`` float32 features of one video.
+
+    ``batch_size`` counts views per forward pass. ``partial`` holds rows finished
+    before (they are kept and not recomputed); ``on_rows`` is called with all
+    finished rows after each batch, for saving progress.
+    """
+    parameter = next(encoder.parameters())
+    device, dtype = parameter.device, parameter.dtype
+    centres = segment_centres(length)
+    features = np.zeros((len(centres), encoder.config.out_dim), dtype=np.float32)
+    first_row = 0 if partial is None else len(partial)
+    if first_row:
+        features[:first_row] = partial
+    if length > frames.num_frames and not clamp_short:
+        raise VeraError(
+            f"video {frames.key}: the annotation gives {length} frames but {frames.source} has {frames.num_frames}"
+            " (use --clamp-short to read its last frame in place of the missing ones)"
+        )
+    last_frame = min(length, frames.num_frames) - 1
+
+    def load(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
+        wanted, positions = np.unique(np.minimum(batch.clip_frames, last_frame), return_inverse=True)
+        return frames.read(wanted), positions.reshape(batch.clip_frames.shape)
+
+    # One batch of frames is read ahead while the model works on the current one.
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        batches = _batches(centres, first_row, length, half_window, batch_size)
+        pending: tuple[_Batch, Future] | None = None
+        for batch in batches:
+            upcoming = (batch, reader.submit(load, batch))
+            if pending is not None:
+                _embed_batch(encoder, pending, features, device, dtype)
+                if on_rows is not None:
+                    on_rows(features[:pending[0].end_row])
+            pending = upcoming
+        if pending is not None:
+            _embed_batch(encoder, pending, features, device, dtype)
+    return features
+
+
+@torch.inference_mode()
+def _embed_batch(encoder: VisionEncoder, pending: tuple[_Batch, Future], features: np.ndarray,
+                 device: torch.device, dtype: torch.dtype) -> None:
+    batch, loaded = pending
+    pixels, positions = loaded.result()
+    prepared = prepare_frames(torch.from_numpy(pixels).to(device))
+    views, crop_counts = crop_views(prepared, torch.from_numpy(positions).to(device))
+    embeddings = encoder(views.to(dtype)).float().cpu()  # (V * K, D), clip-major
+    # Each distinct view stands for (clip count x crop count) of the segment's 15 views.
+    weights = torch.from_numpy(batch.clip_weights[:, None] * crop_counts[None, :] / NUM_CROPS).float().flatten()
+    rows, local = np.unique(batch.rows, return_inverse=True)
+    sums = torch.zeros(len(rows), features.shape[1])
+    sums.index_add_(0, torch.from_numpy(np.repeat(local, len(crop_counts))), embeddings * weights[:, None])
+    features[rows] = sums.numpy()
+
+
+def _is_finished(path: Path, key: str, rows: int, width: int) -> bool:
+    """Whether ``path`` holds this video's complete features; an incompatible file is an error."""
+    if not path.exists():
+        return False
+    try:
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError) as error:
+        raise VeraError(f"video {key}: cannot read existing feature file {path} ({error}); delete it to recompute") from None
+    if shape != (rows, width):
+        raise VeraError(f"video {key}: existing {path} has shape {shape}, expected {(rows, width)}; delete it to recompute")
+    return True
+
+
+def _partial_rows(path: Path, rows: int, width: int) -> np.ndarray | None:
+    """Rows saved by an interrupted run, if they fit this video."""
+    if not path.exists():
+        return None
+    try:
+        partial = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return None  # only a cache: a damaged one is recomputed
+    if partial.ndim != 2 or partial.shape[1] != width or not 0 < len(partial) < rows:
+        return None
+    return partial.astype(np.float32, copy=False)
+
+
+class _PartialSaver:
+    """Keeps the finished rows of the video in progress and saves them every ``every_s`` seconds."""
+
+    def __init__(self, path: Path, rows: int, every_s: float, saved_rows: int) -> None:
+        self.path, self.rows, self.every_s = path, rows, every_s
+        self.saved_rows = saved_rows
+        self.done: np.ndarray | None = None
+        self.last_save = time.monotonic()
+
+    def __call__(self, done: np.ndarray) -> None:
+        self.done = done
+        if time.monotonic() - self.last_save >= self.every_s:
+            self.save()
+
+    def save(self) -> None:
+        if self.done is not None and self.saved_rows < len(self.done) < self.rows:
+            save_npy_atomic(self.path, self.done)
+            self.saved_rows = len(self.done)
+        self.last_save = time.monotonic()
+
+
+def extract_features(
+    videos: Sequence[TestVideo],
+    encoder: VisionEncoder,
+    output_dir: Path,
+    settings: FeatureSettings,
+    *,
+    frames_dir: Path | None = None,
+    videos_dir: Path | None = None,
+    batch_size: int = 48,
+    clamp_short: bool = False,
+    partial_every_s: float = 60.0,
+    show_progress: bool = True,
+) -> ExtractionReport:
+    """Write ``<output_dir>/<key>.npy`` for every video not done yet; per-video errors are collected, not raised."""
+    if batch_size < 1:
+        raise VeraError(f"--batch-size must be at least 1, got {batch_size}")
+    output_dir = Path(output_dir)
+    check_settings(output_dir, settings)
+    width = encoder.config.out_dim
+    report = ExtractionReport()
+    started = time.perf_counter()
+    bar = tqdm(videos, desc="features", unit="video", disable=not show_progress, file=sys.stderr)
+    for video in bar:
+        if video.length is None:
+            raise VeraError(f"video {video.key}: the annotation gives no length (use a VERA JSON annotation file)")
+        rows = num_segments(video.length)
+        target = output_dir / f"{video.key}.npy"
+        partial_path = output_dir / PARTIAL_DIR / f"{video.key}.npy"
+        try:
+            if _is_finished(target, video.key, rows, width):
+                report.skipped.append(video.key)
+                continue
+            partial = _partial_rows(partial_path, rows, width)
+            progress = _PartialSaver(partial_path, rows, partial_every_s, 0 if partial is None else len(partial))
+            with open_frames(video.key, frames_dir=frames_dir, videos_dir=videos_dir) as frames:
+                if clamp_short and video.length > frames.num_frames:
+                    _log(f"warning: video {video.key}: annotation gives {video.length} frames, "
+                         f"{frames.source} has {frames.num_frames}; reading its last frame for the rest")
+                try:
+                    features = video_features(
+                        encoder, frames, video.length, half_window=settings.half_window, batch_size=batch_size,
+                        clamp_short=clamp_short, partial=partial, on_rows=progress,
+                    )
+                except KeyboardInterrupt:
+                    progress.save()
+                    raise
+            save_npy_atomic(target, features)
+            partial_path.unlink(missing_ok=True)
+            report.written.append(video.key)
+            report.segments += rows - (0 if partial is None else len(partial))
+        except VeraError as error:
+            report.failed[video.key] = str(error)
+            _log(f"error: {error}")
+    report.seconds = time.perf_counter() - started
+    return report
