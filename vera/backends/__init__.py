@@ -1,1 +1,22 @@
-"""VLM backends: a batch of prompts with frames in, answers out."""
+"""VLM backends: a batch of prompts with frames in, answers out.
+
+``load_backend`` builds one by name; tests use ``vera.backends.scripted.ScriptedBackend``.
+"""
+
+from __future__ import annotations
+
+from vera.backends.base import VLMBackend
+from vera.errors import VeraError
+
+BACKENDS = ("hf",)
+
+
+def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
+                 max_batch_size: int | None = None, local_files_only: bool = False) -> VLMBackend:
+    """A backend by name: ``hf`` (transformers image-text-to-text models)."""
+    if name == "hf":
+        from vera.backends.hf import HFBackend  # imports transformers: only when asked for
+
+        return HFBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size,
+                         local_files_only=local_files_only)
+    raise VeraError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")

@@ -1,0 +1,214 @@
+"""The ``hf`` backend on the tiny random models: image tokens per frame layout, batching, label probability, OOM."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vera.backends import load_backend
+from vera.backends.base import VLMRequest
+from vera.errors import VeraError
+from vera.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+
+ARCHS = ("internvl", "qwen2_vl")
+TINY_ROOT = Path(tempfile.mkdtemp(prefix="vera-tiny-models-"))
+
+
+@functools.cache
+def tiny_model_path(arch: str) -> Path:
+    """A tiny random model of ``arch``, written once per test session (test_step1 shares it)."""
+    from vera import tiny_model
+
+    folder = TINY_ROOT / arch
+    assert tiny_model.main(["--arch", arch, "--out", str(folder)]) == 0
+    return folder
+
+
+@functools.cache
+def tiny_backend(arch: str):
+    return load_backend("hf", str(tiny_model_path(arch)), device="cpu", local_files_only=True)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tiny models run fastest single-threaded on a shared CPU."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _frames(seed: int, count: int = 8) -> list[np.ndarray]:
+    """Frames different enough (flat grey levels) that the random model answers differently."""
+    levels = np.random.default_rng(seed).integers(0, 256, count)
+    return [np.full((448, 448, 3), level, np.uint8) for level in levels]
+
+
+def _requests(num_frames: int = 8) -> list[VLMRequest]:
+    """Mixed layouts and prompt lengths, so that a batch needs left padding."""
+    long_prompt = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["xd"], num_frames)
+    short_prompt = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, ["1. Anything odd?"], num_frames)
+    return [
+        learner_request(long_prompt, _frames(0, num_frames), "a", "released"),
+        learner_request(short_prompt, _frames(1, num_frames), "b", "per-frame"),
+        learner_request(short_prompt, _frames(2, num_frames), "c", "released"),
+        learner_request(long_prompt, _frames(0, num_frames), "d", "per-frame"),
+    ]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_tiny_model_loads_offline_and_describes_itself(arch):
+    backend = tiny_backend(arch)
+    assert backend.model_type == arch
+    description = backend.describe()
+    assert description["model"] == str(tiny_model_path(arch))
+    assert description["device"] == "cpu" and description["dtype"] == "float32"
+    assert backend.tokenizer.padding_side == "left"
+    for label, ids in backend.label_token_ids.items():
+        assert ids and all(backend.tokenizer.decode([i]).strip() == label for i in ids)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_batched_answers_equal_one_by_one(arch):
+    backend = tiny_backend(arch)
+    requests = _requests()
+    batched = backend.generate(requests, max_new_tokens=6)
+    single = [backend.generate([request], max_new_tokens=6)[0] for request in requests]
+    assert [a.text for a in batched] == [a.text for a in single]
+    for a, b in zip(batched, single, strict=True):
+        assert (a.label_prob is None) == (b.label_prob is None)
+        if a.label_prob is not None:
+            assert a.label_prob == pytest.approx(b.label_prob, abs=1e-4)
+        assert a.extra["new_tokens"] <= 6
+    # The answers depend on the input: the same frames in another layout, other frames, other prompts.
+    assert len({a.text for a in batched}) >= 3
+
+
+def test_internvl_released_layout_is_one_image_block():
+    backend = tiny_backend("internvl")
+    processor = backend.processor
+    tokenizer = backend.tokenizer
+    requests = _requests()
+    inputs = backend._batch(requests).inputs
+    start = tokenizer.convert_tokens_to_ids(processor.start_image_token)
+    end = tokenizer.convert_tokens_to_ids(processor.end_image_token)
+    context = tokenizer.convert_tokens_to_ids(processor.image_token)
+    assert inputs["pixel_values"].shape[0] == 8 * len(requests)  # one tile per frame
+    for row, request in zip(inputs["input_ids"].tolist(), requests, strict=True):
+        text = tokenizer.decode(row, skip_special_tokens=False)
+        blocks = row.count(start)
+        assert blocks == row.count(end) == (1 if request.image_block else 8)
+        assert row.count(context) == 8 * processor.image_seq_length
+        if request.image_block:
+            first = row.index(start)
+            tokens = 8 * processor.image_seq_length
+            assert row[first + 1:first + 1 + tokens] == [context] * tokens
+            # The other seven placeholders stay plain text, as InternVL2's chat helper left them.
+            assert text.count("<image>") == 7 and "Frame1: <img>" in text and "Frame2: <image>" in text
+        else:
+            assert "<image>" not in text and "Frame8: <img>" in text
+
+
+def test_qwen_layouts_put_images_where_asked():
+    backend = tiny_backend("qwen2_vl")
+    tokenizer = backend.tokenizer
+    requests = _requests()
+    inputs = backend._batch(requests).inputs
+    start = tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    for row, request in zip(inputs["input_ids"].tolist(), requests, strict=True):
+        text = tokenizer.decode(row, skip_special_tokens=False)
+        assert row.count(start) == 8
+        if request.image_block:
+            assert text.count("<image>") == 7
+            last_image = text.rindex("<|vision_end|>")
+            assert text.index("Frame1: <|vision_start|>") < last_image < text.index("Frame2: <image>")
+        else:
+            assert "<image>" not in text
+            assert all(f"Frame{n}: <|vision_start|>" in text for n in range(1, 9))
+
+
+def test_per_frame_needs_one_image_per_placeholder():
+    backend = tiny_backend("internvl")
+    prompt = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, ["1. Q?"], 8)
+    request = VLMRequest(prompt, _frames(0, 3), "video-x segment 0", image_block=False)
+    with pytest.raises(VeraError, match="video-x segment 0: 8 <image> placeholders for 3 images"):
+        backend.generate([request], max_new_tokens=2)
+
+
+def test_label_probability_is_read_at_the_last_label_token():
+    backend = tiny_backend("internvl")
+    zeros, ones = backend.label_token_ids["0"], backend.label_token_ids["1"]
+    other = backend.tokenizer.encode("a", add_special_tokens=False)[0]
+
+    def step(p0: float, p1: float) -> list[float]:
+        # Columns: the "0" tokens, then the "1" tokens; the mass sits on the plain digits.
+        return [p0] + [0.0] * (len(zeros) - 1) + [p1] + [0.0] * (len(ones) - 1)
+
+    steps = torch.tensor([step(0.5, 0.5), step(0.1, 0.3), step(0.2, 0.6)])
+    assert backend._label_prob([other, zeros[0], ones[0]], steps) == pytest.approx(0.6 / 0.8)
+    assert backend._label_prob([zeros[0], other, other], steps) == pytest.approx(0.5)
+    assert backend._label_prob([other, other, other], steps) is None
+
+
+def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog):
+    backend = tiny_backend("internvl")
+    requests = _requests()
+    expected = [a.text for a in backend.generate(requests, max_new_tokens=3)]
+    real = backend._generate_batch
+    sizes = []
+
+    def fragile(batch, max_new_tokens):
+        sizes.append(len(batch))
+        if len(batch) > 1:
+            raise torch.OutOfMemoryError("simulated")
+        return real(batch, max_new_tokens)
+
+    monkeypatch.setattr(backend, "_generate_batch", fragile)
+    monkeypatch.setattr(backend, "max_batch_size", None)
+    with caplog.at_level(logging.WARNING):
+        answers = backend.generate(requests, max_new_tokens=3)
+    assert [a.text for a in answers] == expected
+    assert sizes == [4, 2, 1, 1, 2, 1, 1] and backend.max_batch_size == 1
+    assert "out of memory on a batch of 4" in caplog.text and "batches of 2" in caplog.text
+
+    def broken(batch, max_new_tokens):
+        raise torch.OutOfMemoryError("simulated")
+
+    monkeypatch.setattr(backend, "_generate_batch", broken)
+    with pytest.raises(VeraError, match="a: out of memory on a single request"):
+        backend.generate(requests[:1], max_new_tokens=3)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(VeraError, match="cannot load model"):
+        load_backend("hf", str(tmp_path / "absent"), device="cpu", local_files_only=True)
+    with pytest.raises(VeraError, match="unknown backend 'vllm'"):
+        load_backend("vllm", "x")
+    with pytest.raises(VeraError, match="unknown dtype"):
+        load_backend("hf", str(tiny_model_path("internvl")), device="cpu", dtype="int3")
+
+
+@pytest.mark.parametrize("layout", ["released", "per-frame"])
+def test_authors_prompt_reaches_internvl_token_for_token(shared_data, layout):
+    from vera.prompts import load_template
+
+    backend = tiny_backend("internvl")
+    processor = backend.processor
+    prompt = build_learner_prompt(load_template(shared_data / "prompts" / "VERA_learner_instruct.txt"),
+                                  PRESET_QUESTIONS["ucf"])
+    request = learner_request(prompt, _frames(3), "k", layout)
+    row = backend._batch([request]).inputs["input_ids"][0].tolist()
+    tile = processor.image_token * processor.image_seq_length
+    if layout == "released":
+        # All 8 tiles in one <img>…</img> at Frame1; "Frame2: <image>" … stay as they were.
+        expected = prompt.replace("<image>", "<img>" + tile * 8 + "</img>", 1)
+    else:
+        expected = prompt.replace("<image>", "<img>" + tile + "</img>")
+    chat = "<|im_start|>user\n" + expected + "<|im_end|>\n<|im_start|>assistant\n"
+    assert backend.tokenizer.decode(row, skip_special_tokens=False) == chat

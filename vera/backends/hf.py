@@ -1,0 +1,245 @@
+"""The ``hf`` backend: any Hugging Face image-text-to-text model, with current transformers.
+
+Native InternVL checkpoints (``…-hf``), Qwen2-VL, Qwen2.5-VL and the like are
+loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor`` from a local
+folder or the Hub, on CPU or GPU. A batch of requests is generated at once,
+left-padded, greedily.
+
+How the ``<image>`` placeholders of a prompt become image tokens:
+
+- InternVL: each image is ``<img>`` + ``<IMG_CONTEXT>`` × 256 (one 448×448 tile)
+  + ``</img>``. An ``image_block`` request puts every frame inside a single
+  ``<img>…</img>`` at the first placeholder, which is token for token what
+  InternVL2's ``batch_chat`` built for the released code; later ``<image>``
+  strings stay plain text.
+- Other models: the prompt is split at the placeholders into the text and image
+  items of one user turn and rendered by the model's own chat template. An
+  ``image_block`` request puts all images at the first placeholder.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+import transformers
+from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
+
+from vera.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
+from vera.devices import resolve_device, resolve_dtype
+from vera.errors import VeraError
+
+logger = logging.getLogger(__name__)
+
+LABELS = ("0", "1")
+
+
+class _LabelProbabilities(LogitsProcessor):
+    """Records, at every decoding step, the probabilities of the label tokens (scores left unchanged)."""
+
+    def __init__(self, token_ids: list[int]):
+        self.token_ids = token_ids
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        self.steps.append(scores.float().softmax(dim=-1)[:, self.token_ids].cpu())
+        return scores
+
+
+@dataclass
+class _Batch:
+    inputs: dict
+    prompt_length: int
+
+
+class HFBackend:
+    """Greedy batched generation with a transformers image-text-to-text model."""
+
+    name = "hf"
+
+    def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", max_batch_size: int | None = None,
+                 local_files_only: bool = False, attn_implementation: str | None = None):
+        self.model_id = str(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.max_batch_size = max_batch_size
+        load_options: dict = {"local_files_only": local_files_only}
+        try:
+            self.processor = AutoProcessor.from_pretrained(self.model_id, **load_options)
+            if attn_implementation:
+                load_options["attn_implementation"] = attn_implementation
+            self.model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=self.dtype, **load_options)
+        except (OSError, ValueError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise VeraError(f"cannot load model {self.model_id}: {first_line}") from None
+        if not getattr(self.processor, "chat_template", None):
+            raise VeraError(f"model {self.model_id} has no chat template; the hf backend needs one to build prompts")
+        self.model.to(self.device).eval()
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        self.model_type = self.model.config.model_type
+        self.label_token_ids = {label: self._single_token_ids(label) for label in LABELS}
+        self.eos_token_ids = self._eos_token_ids()
+
+    def _single_token_ids(self, label: str) -> list[int]:
+        """Token ids that stand for exactly ``label`` (with or without a leading space)."""
+        ids = []
+        for text in (label, " " + label):
+            encoded = self.tokenizer.encode(text, add_special_tokens=False)
+            if len(encoded) == 1 and encoded[0] not in ids:
+                ids.append(encoded[0])
+        return ids
+
+    def _eos_token_ids(self) -> set[int]:
+        eos = self.model.generation_config.eos_token_id
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        if self.tokenizer.eos_token_id is not None:
+            eos.append(self.tokenizer.eos_token_id)
+        return set(eos)
+
+    # -- prompts to model inputs ------------------------------------------------------------
+
+    def _chat_text(self, content: list[dict]) -> str:
+        messages = [{"role": "user", "content": content}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _internvl_batch(self, requests: list[VLMRequest]) -> _Batch:
+        """InternVL: expand the image tokens ourselves, so a frame block shares one ``<img>…</img>``."""
+        processor = self.processor
+        per_tile = processor.image_token * processor.image_seq_length
+
+        def image_tokens(tiles: int) -> str:
+            return f"{processor.start_image_token}{per_tile * tiles}{processor.end_image_token}"
+
+        texts, images = [], []
+        for request in requests:
+            pieces = request.prompt.split(IMAGE_PLACEHOLDER)
+            if request.image_block:
+                text = pieces[0] + image_tokens(len(request.images)) + IMAGE_PLACEHOLDER.join(pieces[1:])
+            else:
+                _check_one_image_per_placeholder(request, len(pieces) - 1)
+                text = pieces[0] + "".join(image_tokens(1) + piece for piece in pieces[1:])
+            texts.append(self._chat_text([{"type": "text", "text": text}]))
+            images.extend(request.images)
+        inputs = dict(self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
+        if images:
+            pixels = processor.image_processor(images, crop_to_patches=False, return_tensors="pt")["pixel_values"]
+            inputs["pixel_values"] = pixels
+        return _Batch(inputs, inputs["input_ids"].shape[1])
+
+    def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
+        """Other models: text and image items of one user turn, through the model's chat template."""
+        image_token = getattr(self.processor, "image_token", None)
+        texts, images = [], []
+        for request in requests:
+            pieces = request.prompt.split(IMAGE_PLACEHOLDER)
+            image = {"type": "image"}
+            if request.image_block:
+                rest = IMAGE_PLACEHOLDER.join(pieces[1:])
+                if image_token and image_token in rest:
+                    raise VeraError(
+                        f"{request.key}: model {self.model_id} uses {image_token!r} as its image token, so the "
+                        "literal placeholders of the 'released' frame layout would become images; "
+                        "use --frame-layout per-frame")
+                content = [{"type": "text", "text": pieces[0]}, *[image] * len(request.images),
+                           {"type": "text", "text": rest}]
+            else:
+                _check_one_image_per_placeholder(request, len(pieces) - 1)
+                content = [{"type": "text", "text": pieces[0]}]
+                for piece in pieces[1:]:
+                    content += [image, {"type": "text", "text": piece}]
+            texts.append(self._chat_text([item for item in content if item.get("text") != ""]))
+            images.extend(request.images)
+        inputs = dict(self.processor(text=texts, images=images or None, padding=True, return_tensors="pt"))
+        return _Batch(inputs, inputs["input_ids"].shape[1])
+
+    def _batch(self, requests: list[VLMRequest]) -> _Batch:
+        batch = self._internvl_batch(requests) if self.model_type == "internvl" else self._processor_batch(requests)
+        for name, value in batch.inputs.items():
+            if isinstance(value, torch.Tensor):
+                value = value.to(self.device)
+                batch.inputs[name] = value.to(self.dtype) if value.is_floating_point() else value
+        return batch
+
+    # -- generation -------------------------------------------------------------------------
+
+    def _generate_batch(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:
+        batch = self._batch(requests)
+        label_ids = self.label_token_ids["0"] + self.label_token_ids["1"]
+        recorder = _LabelProbabilities(label_ids)
+        with torch.inference_mode():
+            output = self.model.generate(
+                **batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
+                logits_processor=LogitsProcessorList([recorder]) if label_ids else None,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = output[:, batch.prompt_length:].cpu()
+        texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        probabilities = torch.stack(recorder.steps, dim=1) if recorder.steps else None  # (batch, steps, labels)
+        answers = []
+        for row, text in enumerate(texts):
+            tokens = new_tokens[row].tolist()
+            finished = any(token in self.eos_token_ids for token in tokens)
+            label_prob = self._label_prob(tokens, probabilities[row]) if probabilities is not None else None
+            answers.append(VLMAnswer(text=text, label_prob=label_prob,
+                                     extra={"truncated": not finished, "new_tokens": len(tokens)}))
+        return answers
+
+    def _label_prob(self, tokens: list[int], step_probs: torch.Tensor) -> float | None:
+        """P(1) / (P(0) + P(1)) at the last generated label token, the one the parser reads."""
+        zeros, ones = len(self.label_token_ids["0"]), len(self.label_token_ids["1"])
+        label_ids = set(self.label_token_ids["0"] + self.label_token_ids["1"])
+        positions = [step for step, token in enumerate(tokens) if token in label_ids]
+        if not positions or zeros == 0 or ones == 0:
+            return None
+        probs = step_probs[positions[-1]]
+        total = float(probs.sum())
+        return float(probs[zeros:].sum()) / total if total > 0 else None
+
+    def _generate_adaptive(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:
+        """Generate; on out-of-memory, halve the batch, say so, and keep the smaller size."""
+        try:
+            return self._generate_batch(requests, max_new_tokens)
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(requests) == 1:
+                raise VeraError(f"{requests[0].key}: out of memory on a single request with {self.model_id} on "
+                                f"{self.device}; try --dtype bfloat16 or a larger GPU") from None
+            half = (len(requests) + 1) // 2
+            logger.warning("out of memory on a batch of %d (%s …); retrying in batches of %d",
+                           len(requests), requests[0].key, half)
+            self.max_batch_size = half
+            return (self._generate_adaptive(requests[:half], max_new_tokens)
+                    + self._generate_adaptive(requests[half:], max_new_tokens))
+
+    def generate(self, requests: list[VLMRequest], max_new_tokens: int = 1024) -> list[VLMAnswer]:
+        """Greedy answers in request order, in batches of at most ``max_batch_size``."""
+        answers: list[VLMAnswer] = []
+        start = 0
+        while start < len(requests):
+            size = self.max_batch_size or len(requests)
+            answers.extend(self._generate_adaptive(requests[start:start + size], max_new_tokens))
+            start += size
+        return answers
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "model": self.model_id,
+            "model_type": self.model_type,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device": str(self.device),
+            "decoding": {"do_sample": False, "num_beams": 1},
+            "label_token_ids": self.label_token_ids,
+            "transformers": transformers.__version__,
+            "torch": torch.__version__,
+        }
+
+
+def _check_one_image_per_placeholder(request: VLMRequest, placeholders: int) -> None:
+    if placeholders != len(request.images):
+        raise VeraError(f"{request.key}: {placeholders} {IMAGE_PLACEHOLDER} placeholders "
+                        f"for {len(request.images)} images")
+

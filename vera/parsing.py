@@ -1,0 +1,54 @@
+"""Reading the 0/1 label out of a learner answer.
+
+The score follows the released rule exactly: split the answer on ``Output``
+and take 0 if a ``0`` appears in the last piece, else 1. So an answer without
+the marker is judged on its whole text, and an empty, truncated or garbled
+answer usually counts as anomalous. Alongside the score we record whether the
+answer was well formed, so a run can say how many answers the rule had to guess.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+OUTPUT_MARKER = "Output"
+LABEL_DIGITS = ("0", "1")
+
+PARSE_STATUSES = ("ok", "empty", "no-marker", "no-label", "ambiguous", "truncated")
+
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    """A learner answer's score and how trustworthy the parse is.
+
+    ``status``: ``ok`` (marker, then exactly one label digit), ``empty`` (blank
+    answer), ``no-marker`` (no ``Output``), ``no-label`` (no 0/1 after the last
+    marker), ``ambiguous`` (several 0/1 digits after it). ``truncated`` is set
+    by callers that know generation stopped at the token limit.
+    """
+
+    score: int
+    well_formed: bool
+    status: str
+
+
+def released_score(text: str) -> int:
+    """0 if a ``0`` appears after the last ``Output`` (the whole text when there is none), else 1."""
+    return 0 if "0" in text.split(OUTPUT_MARKER)[-1] else 1
+
+
+def parse_answer(text: str) -> ParsedAnswer:
+    """Score an answer by the released rule and classify its form."""
+    score = released_score(text)
+    if not text.strip():
+        return ParsedAnswer(score, False, "empty")
+    if OUTPUT_MARKER not in text:
+        return ParsedAnswer(score, False, "no-marker")
+    tail = text.rsplit(OUTPUT_MARKER, 1)[1]
+    labels = sum(tail.count(digit) for digit in LABEL_DIGITS)
+    if labels == 0:
+        return ParsedAnswer(score, False, "no-label")
+    if labels > 1:
+        return ParsedAnswer(score, False, "ambiguous")
+    return ParsedAnswer(score, True, "ok")
+

@@ -1,0 +1,178 @@
+"""The learner prompt: a template, the guiding questions, and the frame placeholders.
+
+A learner template has two slots. ``$Data`` (written ``[$Data]``) stands for
+the frames: it becomes the lines ``Frame1: <image>`` … ``FrameN: <image>`` and
+the brackets stay, as in the released code. The guiding questions go, one per
+line, just before the sentence that starts ``Based on the analysis above``.
+Built from the authors' ``VERA_learner_instruct.txt``, the text is character
+for character what their Step 1 and training scripts build.
+
+Frame layouts (how the ``<image>`` lines reach the model):
+
+- ``released``: all frames at the first ``<image>``; the other placeholders
+  stay literal text. This is how the released code fed InternVL2 (its chat
+  helper replaces only the first ``<image>``), so the published questions were
+  learned, and the published scores measured, with this input.
+- ``per-frame``: one frame per ``<image>`` line, the layout the prompt reads as.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vera.backends.base import IMAGE_PLACEHOLDER, VLMRequest
+from vera.errors import VeraError
+
+FRAME_LAYOUTS = ("released", "per-frame")
+DEFAULT_FRAME_LAYOUT = "released"
+DATA_SLOT = "$Data"
+QUESTIONS_ANCHOR = "Based on the analysis above"
+NUM_FRAMES = 8
+
+# The guiding questions the authors published: the learned UCF-Crime and
+# XD-Violence sets (VERA README) and the set hard-coded in their Qwen2-VL script.
+PRESET_QUESTIONS: dict[str, list[str]] = {
+    "ucf": [
+        "1. Are there any people in the video who are not in their typical positions or engaging in activities "
+        "that are not consistent with their usual behavior?",
+        "2. Are there any vehicles in the video that are not in their typical positions or being used in a way "
+        "that is not consistent with their usual function?",
+        "3. Are there any objects in the video that are not in their typical positions or being used in a way "
+        "that is not consistent with their usual function?",
+        "4. Is there any visible damage or unusual movement in the video that indicates an anomaly?",
+        "5. Are there any unusual sounds or noises in the video that suggest an anomaly?",
+    ],
+    "xd": [
+        "1. Are there any frames where the video content shows an object or person performing an unusual action "
+        "that does not fit the usual pattern of the video content?",
+        "2. Are there any frames where the video content shows an object or person behaving in a way that is "
+        "clearly abnormal or unexpected?",
+        "3. Are there any frames where the video content shows a clear indication of an anomaly in the behavior "
+        "of objects or people, such as an object moving in an unexpected way or a person performing an unusual "
+        "action?",
+        "4. Are there any frames where the video content shows a player or object being out of place or not "
+        "fitting the usual pattern of the video content?",
+        "5. Are there any frames where the video content shows a disruption in the normal flow of the video, "
+        "such as a sudden change in the camera angle or a loss of video quality?",
+    ],
+    "ucf-qwen": [
+        "1. Are there any unusual movements or positions of the vehicles in the video frames?",
+        "2. Are there any inconsistencies in the actions of the vehicles in the video frames that suggest an "
+        "anomaly?",
+        "3. Are there any unusual behaviors of the vehicles in the video frames?",
+        "4. Are there any inconsistencies in the weather conditions in the video frames that suggest an anomaly?",
+        "5. Are there any unusual objects or items in the video frames that are not in their usual positions?",
+    ],
+}
+
+# The project's own learner template: the same slots and answer format as the
+# authors' file, in our own words.
+DEFAULT_LEARNER_TEMPLATE = """\
+Task: you are a video anomaly detector.
+The input is a sequence of frames sampled from a short video. Decide whether the video shows an anomaly, \
+that is an abnormal or unusual event, and give the class label as an integer: 0 for a normal video, \
+1 for an anomalous video.
+Guiding questions: answer each question below in one sentence, using only what you see in the frames.
+Based on the analysis above, decide: 'Is there any anomaly in the video?'
+Frames:
+[$Data]
+Reply strictly in this format and add nothing else:
+Answers to Prompt Questions: [your one-sentence answer to each question, in order]
+Output: [0 or 1]
+"""
+
+
+def load_questions(path: Path) -> list[str]:
+    """Guiding questions from a text file, one per line, blank lines dropped.
+
+    Lines are kept verbatim (numbering included), as the released code inserts
+    them. Any number of questions is accepted: the count is a learning choice.
+    """
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise VeraError(f"questions file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise VeraError(f"cannot read questions file {path}: {error}") from None
+    questions = [line.rstrip() for line in lines if line.strip()]
+    if not questions:
+        raise VeraError(f"questions file {path} holds no questions (one per line expected)")
+    check_questions(questions, str(path))
+    return questions
+
+
+def check_questions(questions: list[str], where: str = "questions") -> None:
+    """Refuse questions that would break the prompt (an image placeholder, a line break)."""
+    for number, question in enumerate(questions, start=1):
+        if IMAGE_PLACEHOLDER in question or DATA_SLOT in question:
+            raise VeraError(f"{where}: question {number} contains {IMAGE_PLACEHOLDER!r} or {DATA_SLOT!r}")
+        if "\n" in question or "\r" in question:
+            raise VeraError(f"{where}: question {number} spans several lines")
+
+
+def load_template(path: Path | None) -> str:
+    """The learner template from ``path`` (e.g. the authors' file), or the project's default."""
+    if path is None:
+        return DEFAULT_LEARNER_TEMPLATE
+    path = Path(path)
+    try:
+        template = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VeraError(f"prompt file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise VeraError(f"cannot read prompt file {path}: {error}") from None
+    check_template(template, str(path))
+    return template
+
+
+def check_template(template: str, where: str = "learner template") -> None:
+    """A template needs the ``$Data`` slot and the ``Based on the analysis above`` sentence."""
+    missing = [marker for marker in (DATA_SLOT, QUESTIONS_ANCHOR) if marker not in template]
+    if missing:
+        raise VeraError(f"{where}: the learner template lacks {' and '.join(repr(m) for m in missing)}")
+    if IMAGE_PLACEHOLDER in template:
+        raise VeraError(f"{where}: the learner template must not contain {IMAGE_PLACEHOLDER!r} itself; "
+                        f"frames go in {DATA_SLOT}")
+
+
+def insert_questions(template: str, questions: list[str]) -> str:
+    """Each question plus a newline, inserted just before the first ``Based on the analysis above``."""
+    position = template.find(QUESTIONS_ANCHOR)
+    if position == -1:
+        raise VeraError(f"the learner template lacks {QUESTIONS_ANCHOR!r}, where the questions go")
+    return template[:position] + "".join(question + "\n" for question in questions) + template[position:]
+
+
+def frame_lines(num_frames: int) -> str:
+    """``Frame1: <image>\\n`` … ``FrameN: <image>\\n``."""
+    return "".join(f"Frame{number}: {IMAGE_PLACEHOLDER}\n" for number in range(1, num_frames + 1))
+
+
+def build_learner_prompt(template: str, questions: list[str], num_frames: int = NUM_FRAMES) -> str:
+    """The full learner prompt: frames in ``$Data`` (brackets kept), then the questions inserted."""
+    check_template(template)
+    check_questions(questions)
+    return insert_questions(template.replace(DATA_SLOT, frame_lines(num_frames)), questions)
+
+
+def learner_request(prompt: str, frames: list[np.ndarray], key: str, frame_layout: str) -> VLMRequest:
+    """A backend request for one segment (or video) in the chosen frame layout."""
+    if frame_layout not in FRAME_LAYOUTS:
+        raise VeraError(f"unknown frame layout {frame_layout!r}; choose one of {', '.join(FRAME_LAYOUTS)}")
+    placeholders = prompt.count(IMAGE_PLACEHOLDER)
+    if frame_layout == "per-frame" and placeholders != len(frames):
+        raise VeraError(f"{key}: the prompt has {placeholders} {IMAGE_PLACEHOLDER} lines for {len(frames)} frames")
+    if frame_layout == "released" and placeholders == 0:
+        raise VeraError(f"{key}: the prompt has no {IMAGE_PLACEHOLDER} placeholder for the frames")
+    return VLMRequest(prompt=prompt, images=list(frames), key=key, image_block=frame_layout == "released")
+
+
+def preset_questions(name: str) -> list[str]:
+    """The questions of a preset, or ``VeraError`` naming the known presets."""
+    try:
+        return list(PRESET_QUESTIONS[name])
+    except KeyError:
+        raise VeraError(f"unknown question preset {name!r}; choose one of {', '.join(PRESET_QUESTIONS)}") from None

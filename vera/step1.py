@@ -1,0 +1,392 @@
+"""Step 1 of VERA: ask a frozen VLM the guiding questions about every segment of every test video.
+
+For each video the segments are centred on frames 0, 16, 32, … (``vera.segments``);
+each shows the VLM 8 frames of its window, resized to 448×448 (bicubic), with
+the learner prompt. The answer's 0/1 label (``vera.parsing``) is the segment's
+initial score. Output, per video, ``<output>/<key>.json``::
+
+    {"0": {"start": 0.0, "end": 150.0, "score": 1, "response": "…", "parse_status": "ok",
+           "well_formed": true, "label_prob": 0.93}, "16": {…}, …}
+
+plus ``<output>/run.json`` (what produced the folder) and a summary of the
+answers that were not well formed.
+
+Reliability: finished videos are skipped on a rerun; a video in progress is
+checkpointed to ``<output>/.partial/<key>.json`` every ``checkpoint_every``
+answers (and on the way out of a failing or interrupted run), so a rerun loses
+at most the answers since the last checkpoint. All files are written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+import vera
+from vera.annotations import TestVideo
+from vera.backends.base import VLMAnswer, VLMBackend, VLMRequest
+from vera.errors import VeraError
+from vera.frames import VideoFrames, open_frames
+from vera.io import read_json, write_json_atomic
+from vera.parsing import PARSE_STATUSES, parse_answer
+from vera.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_request
+from vera.segments import half_window, segment_centres, segment_window, window_frame_indices
+
+IMAGE_SIZE = 448
+PARTIAL_DIR = ".partial"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class Segment:
+    """One segment: its centre, its window ``[start, end)`` and the frames the VLM sees."""
+
+    centre: int
+    start: int
+    end: int
+    indices: tuple[int, ...]
+
+
+def plan_segments(length: int, half: int, num_frames: int = NUM_FRAMES) -> list[Segment]:
+    """The segments of a video of ``length`` frames, in increasing centre order."""
+    segments = []
+    for centre in segment_centres(length).tolist():
+        start, end = segment_window(centre, length, half)
+        segments.append(Segment(centre, start, end, tuple(window_frame_indices(start, end, num_frames).tolist())))
+    return segments
+
+
+def resize_frames(frames: np.ndarray, size: int = IMAGE_SIZE) -> list[np.ndarray]:
+    """Each ``(H, W, 3)`` frame resized to ``size``×``size`` with PIL bicubic, as the released preprocessing."""
+    return [np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC)) for frame in frames]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"I/N"`` with ``0 ≤ I < N`` → ``(I, N)``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise VeraError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise VeraError(f"--shard {text}: need 0 <= I < N")
+    return index, count
+
+
+def select_videos(videos: list[TestVideo], shard: tuple[int, int] = (0, 1),
+                  limit: int | None = None) -> list[TestVideo]:
+    """The first ``limit`` videos of the annotation order, then every N-th from the I-th (deterministic)."""
+    chosen = videos[:limit] if limit is not None else videos
+    index, count = shard
+    return chosen[index::count]
+
+
+@dataclass
+class Step1Settings:
+    """Everything that shapes a Step 1 run besides the model and the videos."""
+
+    output: Path
+    frames_dir: Path | None = None
+    videos_dir: Path | None = None
+    frame_layout: str = DEFAULT_FRAME_LAYOUT
+    fps: float | None = None  # None: the released 150-frame half window (30 fps assumed)
+    batch_size: int = 8
+    max_new_tokens: int = 1024
+    num_frames: int = NUM_FRAMES
+    image_size: int = IMAGE_SIZE
+    shard: tuple[int, int] = (0, 1)
+    limit: int | None = None
+    overwrite: bool = False
+    allow_length_mismatch: bool = False
+    checkpoint_every: int = 64
+    template_source: str = "default"
+    progress: bool = True
+
+
+@dataclass
+class Step1Summary:
+    """What a run did: counts by parse status, failed videos, time spent."""
+
+    videos: int = 0
+    videos_skipped: int = 0
+    segments: int = 0
+    segments_generated: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    failed: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def not_well_formed(self) -> int:
+        return sum(count for status, count in self.by_status.items() if status != "ok")
+
+    def as_dict(self) -> dict:
+        return {"videos": self.videos, "videos_skipped_as_finished": self.videos_skipped,
+                "segments": self.segments, "segments_generated": self.segments_generated,
+                "not_well_formed": self.not_well_formed, "by_status": dict(sorted(self.by_status.items())),
+                "failed_videos": self.failed, "warnings": self.warnings, "seconds": round(self.seconds, 3),
+                "seconds_per_generated_segment": (round(self.seconds / self.segments_generated, 4)
+                                                  if self.segments_generated else None),
+                "finished": _now()}
+
+    def text(self) -> str:
+        lines = [f"{self.videos} videos ({self.videos_skipped} already finished), {self.segments} segments, "
+                 f"{self.segments_generated} generated in {self.seconds:.1f} s"]
+        if self.segments:
+            bad = self.not_well_formed
+            detail = ", ".join(f"{s} {n}" for s, n in sorted(self.by_status.items()) if s != "ok")
+            lines.append(f"answers not well formed: {bad} of {self.segments} ({100 * bad / self.segments:.1f}%)"
+                         + (f": {detail}" if detail else ""))
+        lines += [f"warning: {warning}" for warning in self.warnings]
+        lines += [f"failed: {message}" for message in self.failed.values()]
+        return "\n".join(lines)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+class _VideoState:
+    """One video in progress: its segments, the answers so far, its frame reader."""
+
+    def __init__(self, video: TestVideo, segments: list[Segment], done: dict[str, dict]):
+        self.video = video
+        self.segments = segments
+        self.done = done
+        self.since_checkpoint = 0
+        self.failed = False
+
+    @property
+    def complete(self) -> bool:
+        return len(self.done) == len(self.segments)
+
+    def entries(self) -> dict[str, dict]:
+        """Answers in centre order, keyed by the centre as a string."""
+        return {str(s.centre): self.done[str(s.centre)] for s in self.segments if str(s.centre) in self.done}
+
+
+class Step1Runner:
+    """Runs Step 1 over a list of videos with one backend; see the module docstring."""
+
+    def __init__(self, backend: VLMBackend, template: str, questions: list[str], settings: Step1Settings):
+        if settings.frame_layout not in FRAME_LAYOUTS:
+            raise VeraError(f"unknown frame layout {settings.frame_layout!r}; choose one of {', '.join(FRAME_LAYOUTS)}")
+        if (settings.frames_dir is None) == (settings.videos_dir is None):
+            raise VeraError("give exactly one of --frames and --videos")
+        if settings.batch_size < 1 or settings.checkpoint_every < 1:
+            raise VeraError("--batch-size and the checkpoint interval must be at least 1")
+        self.backend = backend
+        self.settings = settings
+        self.questions = list(questions)
+        self.template = template
+        self.prompt = build_learner_prompt(template, self.questions, settings.num_frames)
+        self.half = half_window(settings.fps)
+        self.output = Path(settings.output)
+        self.partial_dir = self.output / PARTIAL_DIR
+        self.identity = self._identity()
+        self.fingerprint = _sha256(json.dumps(self.identity, sort_keys=True))
+
+    # -- the output folder ------------------------------------------------------------------
+
+    def _identity(self) -> dict:
+        """What decides the answers; a run into a folder made with other values refuses without --overwrite."""
+        description = self.backend.describe()
+        s = self.settings
+        return {"backend": self.backend.name, "model": description.get("model"), "questions": self.questions,
+                "prompt_sha256": _sha256(self.prompt), "frame_layout": s.frame_layout, "half_window": self.half,
+                "num_frames": s.num_frames, "image_size": s.image_size, "max_new_tokens": s.max_new_tokens}
+
+    def _run_record(self) -> dict:
+        return {"identity": self.identity, "fingerprint": self.fingerprint, "prompt": self.prompt,
+                "template_source": self.settings.template_source, "fps": self.settings.fps,
+                "backend": self.backend.describe(),
+                "versions": {"vera": vera.__version__, "python": platform.python_version(),
+                             "numpy": np.__version__},
+                "created": _now()}
+
+    def _score_files(self) -> list[Path]:
+        return [path for path in self.output.glob("*.json") if path.name != RUN_FILE
+                and not path.name.startswith("summary")]
+
+    def _prepare_output(self, all_videos: list[TestVideo], videos: list[TestVideo]) -> None:
+        """Check the folder belongs to this configuration (or start afresh with --overwrite); write run.json."""
+        self.output.mkdir(parents=True, exist_ok=True)
+        run_path = self.output / RUN_FILE
+        record = read_json(run_path, "run record") if run_path.is_file() else {}
+        previous = record.get("fingerprint") if isinstance(record, dict) else "unreadable"
+        same = previous == self.fingerprint
+        if not same and (previous is not None or self._score_files()):
+            if not self.settings.overwrite:
+                what = (f"was made by another run (see {run_path})" if previous
+                        else "holds score files of an unknown run")
+                raise VeraError(f"output folder {self.output} {what}: different model, questions, prompt or "
+                                "settings; use another folder or --overwrite to replace its results")
+            # Starting afresh: results of the old configuration must not pass for finished work.
+            stale = all_videos
+        elif self.settings.overwrite:
+            stale = videos
+        else:
+            stale = []
+        for video in stale:
+            (self.output / f"{video.key}.json").unlink(missing_ok=True)
+            (self.partial_dir / f"{video.key}.json").unlink(missing_ok=True)
+        if not same or self.settings.overwrite:
+            write_json_atomic(run_path, self._run_record())
+
+    def _load_partial(self, video: TestVideo, segments: list[Segment]) -> dict[str, dict]:
+        path = self.partial_dir / f"{video.key}.json"
+        if not path.is_file():
+            return {}
+        try:
+            content = read_json(path, "partial progress file")
+        except VeraError:
+            return {}  # a damaged checkpoint only costs the work it held
+        if content.get("fingerprint") != self.fingerprint or content.get("length") != video.length:
+            return {}
+        centres = {str(s.centre) for s in segments}
+        return {key: value for key, value in content.get("segments", {}).items() if key in centres}
+
+    def _checkpoint(self, state: _VideoState) -> None:
+        write_json_atomic(self.partial_dir / f"{state.video.key}.json",
+                          {"fingerprint": self.fingerprint, "length": state.video.length,
+                           "segments": state.entries()}, indent=None)
+        state.since_checkpoint = 0
+
+    def _finish(self, state: _VideoState) -> None:
+        write_json_atomic(self.output / f"{state.video.key}.json", state.entries())
+        (self.partial_dir / f"{state.video.key}.json").unlink(missing_ok=True)
+        state.since_checkpoint = 0
+
+    # -- frames to requests -----------------------------------------------------------------
+
+    def _open(self, video: TestVideo) -> VideoFrames:
+        frames = open_frames(video.key, frames_dir=self.settings.frames_dir, videos_dir=self.settings.videos_dir)
+        if frames.num_frames != video.length:
+            message = (f"video {video.key}: the annotation gives {video.length} frames but {frames.source} "
+                       f"has {frames.num_frames}")
+            if not self.settings.allow_length_mismatch:
+                frames.close()
+                raise VeraError(message + " (wrong frame rate at extraction? --allow-length-mismatch "
+                                          "uses the annotation's length where the frames exist)")
+            self.summary.warnings.append(message + "; using the annotation's length")
+        return frames
+
+    def _requests(self, states: list[_VideoState]) -> Iterator[tuple[_VideoState, Segment, VLMRequest]]:
+        """Segments still to answer, video after video, each with its request; a bad video is skipped."""
+        for state in states:
+            todo = [s for s in state.segments if str(s.centre) not in state.done]
+            if not todo:
+                continue
+            try:
+                with self._open(state.video) as frames:
+                    for segment in todo:
+                        pixels = resize_frames(frames.read(segment.indices), self.settings.image_size)
+                        request = learner_request(self.prompt, pixels, f"{state.video.key} segment {segment.centre}",
+                                                  self.settings.frame_layout)
+                        yield state, segment, request
+            except VeraError as error:
+                state.failed = True
+                self.summary.failed[state.video.key] = str(error)
+                tqdm.write(f"error: {error}", file=sys.stderr)
+
+    def _record(self, state: _VideoState, segment: Segment, answer: VLMAnswer) -> None:
+        parsed = parse_answer(answer.text)
+        status = parsed.status
+        if not parsed.well_formed and answer.extra.get("truncated"):
+            status = "truncated"
+        state.done[str(segment.centre)] = {
+            "start": float(segment.start), "end": float(segment.end), "score": parsed.score,
+            "response": answer.text, "parse_status": status, "well_formed": parsed.well_formed,
+            # The label's probability only where the label is unambiguous.
+            "label_prob": answer.label_prob if parsed.well_formed else None,
+        }
+        state.since_checkpoint += 1
+
+    def _answer(self, batch: list[tuple[_VideoState, Segment, VLMRequest]], bar: tqdm) -> None:
+        answers = self.backend.generate([request for _, _, request in batch], self.settings.max_new_tokens)
+        if len(answers) != len(batch):
+            raise VeraError(f"backend {self.backend.name} returned {len(answers)} answers for {len(batch)} requests")
+        touched: dict[int, _VideoState] = {}
+        for (state, segment, _), answer in zip(batch, answers, strict=True):
+            self._record(state, segment, answer)
+            touched[id(state)] = state
+        self.summary.segments_generated += len(batch)
+        for state in touched.values():
+            if state.complete and not state.failed:
+                self._finish(state)
+            elif state.since_checkpoint >= self.settings.checkpoint_every:
+                self._checkpoint(state)
+        bad = sum(1 for state, segment, _ in batch if not state.done[str(segment.centre)]["well_formed"])
+        self._malformed_this_run += bad
+        bar.update(len(batch))
+        bar.set_postfix(not_well_formed=self._malformed_this_run, refresh=False)
+
+    # -- the run ----------------------------------------------------------------------------
+
+    def run(self, all_videos: list[TestVideo]) -> Step1Summary:
+        """Answer every segment of the selected videos; return the summary (also written to the output)."""
+        self.summary = Step1Summary()
+        self._malformed_this_run = 0
+        started = time.perf_counter()
+        videos = select_videos(all_videos, self.settings.shard, self.settings.limit)
+        self._prepare_output(all_videos, videos)
+        states = []
+        for video in videos:
+            if video.length is None:
+                raise VeraError(f"video {video.key}: the annotation gives no length; Step 1 needs the VERA JSON "
+                                "annotations (UCF_Eval.json, xd_test_800.json)")
+            segments = plan_segments(video.length, self.half, self.settings.num_frames)
+            if not segments:
+                self.summary.warnings.append(f"video {video.key}: length 0, no segments")
+                continue
+            if (self.output / f"{video.key}.json").is_file():
+                self.summary.videos_skipped += 1
+                states.append(_VideoState(video, segments, read_json(self.output / f"{video.key}.json", "score file")))
+                continue
+            states.append(_VideoState(video, segments, self._load_partial(video, segments)))
+        self.summary.videos = len(states)
+        remaining = sum(len(s.segments) - len(s.done) for s in states)
+        batch: list = []
+        with tqdm(total=remaining, unit="segment", desc="step 1", disable=not self.settings.progress,
+                  dynamic_ncols=True) as bar:
+            try:
+                for item in self._requests(states):
+                    batch.append(item)
+                    if len(batch) == self.settings.batch_size:
+                        self._answer(batch, bar)
+                        batch = []
+                if batch:
+                    self._answer(batch, bar)
+            finally:
+                # Whatever stops the run, answers not yet checkpointed are kept.
+                for state in states:
+                    if state.since_checkpoint:
+                        self._checkpoint(state)
+        self.summary.seconds = time.perf_counter() - started
+        for state in states:
+            if state.video.key in self.summary.failed:
+                continue
+            self.summary.segments += len(state.done)
+            self.summary.by_status.update(entry.get("parse_status", "ok") for entry in state.done.values())
+        unknown = set(self.summary.by_status) - set(PARSE_STATUSES)
+        if unknown:
+            self.summary.warnings.append(f"unknown parse statuses in existing files: {sorted(unknown)}")
+        index, count = self.settings.shard
+        name = "summary.json" if count == 1 else f"summary.shard-{index}-of-{count}.json"
+        write_json_atomic(self.output / name, self.summary.as_dict())
+        return self.summary
