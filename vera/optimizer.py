@@ -1,0 +1,181 @@
+"""The optimizer role of verbalized learning: its prompt, and reading new questions from its answer.
+
+The optimizer sees a batch's frames, the current guiding questions, the
+learner's predictions and the true labels, reasons, and proposes at most five
+"New Prompt Questions". A template (ours by default, or the authors' file)
+holds four anchors that the prompt is built around:
+
+- the placeholder list of ten ``[$Prediction]``, replaced by the predictions as
+  a Python list string (``[1, 0]``), and the same for ``[$GroundTruth]``;
+- ``** Model Descriptions: **``: the frame lines of every video go just before
+  it, as ``[[Frame1: <image>\\n … ] [ … ] ]\\n``. The released code slices the
+  tail from one character too early, so the character before the anchor (a
+  newline in both templates) appears twice; we keep that so the authors' file
+  gives the released text exactly;
+- ``Based on the analysis above``: the current questions go just before it,
+  one per line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from vera.backends.base import IMAGE_PLACEHOLDER
+from vera.errors import VeraError
+from vera.prompts import check_questions
+
+PREDICTION_PLACEHOLDER = "[" + " ".join(["[$Prediction]"] * 10) + "]"
+TARGET_PLACEHOLDER = "[" + " ".join(["[$GroundTruth]"] * 10) + "]"
+FRAMES_ANCHOR = "** Model Descriptions: **"
+QUESTIONS_ANCHOR = "Based on the analysis above"
+NEW_QUESTIONS_MARKER = "New Prompt Questions"
+MAX_QUESTIONS = 5
+# A longer "question" is a runaway generation, not a question worth keeping.
+MAX_QUESTION_CHARS = 1000
+
+DEFAULT_OPTIMIZER_TEMPLATE = f"""\
+You improve the guiding questions that a video anomaly detector answers before it decides. \
+The detector read the Current Prompt Questions below, looked at each input video and \
+predicted a label; the targets are the correct labels. Rewrite the questions so that the \
+detector's predictions match the targets on this batch and on new videos of the same kind.
+** Inputs (video frames, one bracketed list per video): **
+{FRAMES_ANCHOR}
+The detector is a binary classifier of videos. From a sequence of frames it outputs 0 for a \
+normal video and 1 for an anomalous video, after answering the prompt questions.
+** Current Prompt Questions:**
+Guiding questions: answer each question below in one sentence, using only what you see in the frames.
+{QUESTIONS_ANCHOR}, decide: 'Is there any anomaly in the video?'
+** The detector's predictions: **
+{PREDICTION_PLACEHOLDER}
+** The targets: **
+{TARGET_PLACEHOLDER}
+If the predictions already match the targets, you may keep the current questions. Otherwise \
+write better ones, grounded in what the frames show, that would lower the error on this batch \
+and on the next. Write at most five questions, each ending with a question mark. Think step by \
+step, then reply in exactly this format and nothing else:
+```
+Reasoning:
+[your reasoning about the videos, the predictions and the current questions]
+{NEW_QUESTIONS_MARKER}:
+[the new questions, one per line, at most five]
+```
+"""
+
+
+def check_optimizer_template(template: str, source: str = "optimizer prompt") -> str:
+    """Return ``template`` if it holds every anchor exactly as needed, else raise ``VeraError``."""
+    for anchor in (PREDICTION_PLACEHOLDER, TARGET_PLACEHOLDER, FRAMES_ANCHOR, QUESTIONS_ANCHOR):
+        if anchor not in template:
+            raise VeraError(f"{source} lacks {anchor!r}, which the optimizer prompt is built around")
+    if template.find(FRAMES_ANCHOR) == 0:
+        raise VeraError(f"{source}: {FRAMES_ANCHOR!r} must not open the file (text must precede it)")
+    return template
+
+
+def load_optimizer_template(path: Path | None) -> str:
+    """Our default template, or the text of ``path`` (e.g. the authors' ``VERA_optimizer_instruct.txt``)."""
+    if path is None:
+        return DEFAULT_OPTIMIZER_TEMPLATE
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as error:
+        raise VeraError(f"cannot read optimizer prompt file {path}: {error}") from None
+    return check_optimizer_template(text, f"optimizer prompt file {path}")
+
+
+def batch_frame_block(num_videos: int, num_frames: int) -> str:
+    """``[`` + ``[Frame1: <image>\\n…FrameN: <image>\\n] `` once per video + ``]\\n``."""
+    lines = "".join(f"Frame{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, num_frames + 1))
+    return "[" + f"[{lines}] " * num_videos + "]\n"
+
+
+def build_optimizer_prompt(template: str, questions: list[str], predictions: list[int],
+                           targets: list[int], num_frames: int = 8) -> str:
+    """The optimizer's prompt for one batch (``len(predictions)`` videos of ``num_frames`` frames)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    text = template.replace(PREDICTION_PLACEHOLDER, str([int(p) for p in predictions]))
+    text = text.replace(TARGET_PLACEHOLDER, str([int(t) for t in targets]))
+    at = text.find(FRAMES_ANCHOR)
+    # ``at - 1``: the released slice, which repeats the character before the anchor.
+    text = text[:at] + batch_frame_block(len(predictions), num_frames) + text[at - 1:]
+    at = text.find(QUESTIONS_ANCHOR)
+    return text[:at] + "".join(question + "\n" for question in questions) + text[at:]
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """What the optimizer's answer yields: new questions, or why the old ones stay."""
+
+    questions: list[str] | None
+    status: str  # "accepted" or the reason for rejecting the answer
+
+    @property
+    def accepted(self) -> bool:
+        return self.questions is not None
+
+
+def question_problem(questions: list[str]) -> str | None:
+    """Why ``questions`` cannot replace the current ones, or None if they can."""
+    if not questions:
+        return "empty"
+    if len(questions) > MAX_QUESTIONS:
+        return f"too_many_questions ({len(questions)} > {MAX_QUESTIONS})"
+    for question in questions:
+        if "?" not in question:
+            return f"not_a_question: {question[:80]!r}"
+        if len(question) > MAX_QUESTION_CHARS:
+            return f"question_too_long ({len(question)} characters)"
+    try:
+        check_questions(questions)  # what the learner prompt refuses, e.g. an image placeholder
+    except VeraError as error:
+        return f"breaks_the_prompt: {error}"
+    return None
+
+
+def _lines_after(text: str, at: int) -> list[str]:
+    """The non-blank lines after the marker at ``at``, up to a closing code fence."""
+    rest = text[at + len(NEW_QUESTIONS_MARKER):]
+    first, _, tail = rest.partition("\n")
+    # The header line's own decoration (":", "**"); anything else on it is content.
+    lines = [first.strip().lstrip(":*").strip()] + tail.split("\n")
+    kept = []
+    for line in (line.strip() for line in lines):
+        if line.startswith("```"):
+            if kept:
+                break
+            continue
+        if line:
+            kept.append(line)
+    return kept
+
+
+def extract_new_questions(response: str) -> Proposal:
+    """Read the new questions from the optimizer's answer.
+
+    The questions are the non-blank lines after "New Prompt Questions" (up to
+    a closing code fence). An answer may mention the phrase in its reasoning
+    too, so the occurrences are tried from the last one back and the first
+    usable list wins. Nothing usable leaves the questions unchanged: the
+    ``status`` says why.
+    """
+    if not response.strip():
+        return Proposal(None, "empty_response")
+    starts = []
+    at = response.find(NEW_QUESTIONS_MARKER)
+    while at != -1:
+        starts.append(at)
+        at = response.find(NEW_QUESTIONS_MARKER, at + 1)
+    if not starts:
+        return Proposal(None, "no_marker")
+    problem = "empty"
+    for at in reversed(starts):
+        questions = _lines_after(response, at)
+        found = question_problem(questions)
+        if found is None:
+            return Proposal(questions, "accepted")
+        if at == starts[-1]:
+            problem = found  # report what was wrong with the answer's actual list
+    return Proposal(None, problem)
