@@ -18,9 +18,9 @@ from vera.evaluate import evaluate
 from vera.scoring import ScoringOptions
 from vera.synthetic import segment_file, write_synthetic_inputs
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "Inference"))
-import compute_auc  # noqa: E402
+from scripts import ROOT, load_script
+
+compute_auc = load_script("Inference/compute_auc.py")
 
 
 def _reference_run(annotation_path: Path, scores_dir: Path, features_dir: Path, dataset: str, metric: str):

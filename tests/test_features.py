@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from vera.features import PARTIAL_DIR, FeatureSettings, extract_features, video_
 from vera.frames import open_frames
 from vera.imagebind import TINY, randomly_initialised
 from vera.segments import num_segments, segment_centres, segment_window
+from scripts import load_script
 from video_fixtures import decode_to_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,10 +26,7 @@ TINY_SETTINGS = FeatureSettings(model="random-tiny (seed 0)")
 
 
 def _cli():
-    spec = importlib.util.spec_from_file_location("extract_features_cli", ROOT / "Preprocessing" / "extract_features.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("Preprocessing/extract_features.py")
 
 
 @pytest.fixture(scope="module")
@@ -203,11 +200,7 @@ def test_problem_videos_are_named_and_the_rest_go_on(data, encoder, tmp_path: Pa
 
 
 def test_compute_auc_accepts_the_features(data, from_frames, tmp_path: Path):
-    spec = importlib.util.spec_from_file_location("compute_auc_cli", ROOT / "Inference" / "compute_auc.py")
-    if spec is None or not (ROOT / "Inference" / "compute_auc.py").exists():
-        pytest.skip("Inference/compute_auc.py is not in this tree")
-    compute_auc = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compute_auc)
+    compute_auc = load_script("Inference/compute_auc.py")
     # One anomalous clip and one filed as normal, with Step 1 scores on the same segment grid.
     entries = [
         {"video": "frames/Fighting/Fighting033_x264_570_841.mp4", "temporal_label": [100, 270, -1, -1], "length": 271},

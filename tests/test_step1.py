@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from scripts import load_script
 from video_fixtures import decode_index, index_frame, write_index_video
 
 from vera.annotations import TestVideo
@@ -324,13 +324,6 @@ def test_annotation_length_must_match_the_frames_on_disk(index_videos, tmp_path)
 
 # -- the command line on the real clips with the tiny model -------------------------------------
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name.replace("/", "_"), ROOT / name)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
     from test_backends import tiny_model_path
 
@@ -355,7 +348,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
         capture.release()
         assert index == keys[key]
 
-    cli = _script("Inference/generate_initial_score.py")
+    cli = load_script("Inference/generate_initial_score.py")
     common = ["--dataset", "ucf", "--annotations", str(annotation), "--model", str(tiny_model_path("internvl")),
               "--preset", "ucf", "--batch-size", "8", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
     threads = torch.get_num_threads()
@@ -383,7 +376,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
 
-    auc = _script("Inference/compute_auc.py")
+    auc = load_script("Inference/compute_auc.py")
     assert auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores--videos"),
                      "--skip-step2", "--no-curves", "--output", str(tmp_path / "auc")]) == 0
     metrics = json.loads((tmp_path / "auc" / "metrics.json").read_text())
@@ -393,7 +386,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from vera.errors import run_cli
 
-    cli = _script("Inference/generate_initial_score.py")
+    cli = load_script("Inference/generate_initial_score.py")
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
     base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path), "--model", "m",

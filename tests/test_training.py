@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from scripts import load_script
 
 from vera.backends.base import VLMAnswer, VLMRequest
 from vera.backends.scripted import ScriptedBackend
@@ -384,12 +385,7 @@ def test_ddp_two_ranks_agree_with_one_process(ucf: dict, tmp_path: Path) -> None
 
 
 def _cli():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("training_cli", ROOT / "training.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("training.py")
 
 
 @pytest.fixture(scope="module")
