@@ -17,14 +17,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from vera.annotations import DATASETS  # noqa: E402
 from vera.backends import BACKENDS, load_backend  # noqa: E402
+from vera.devices import DTYPES  # noqa: E402
 from vera.errors import run_cli  # noqa: E402
 from vera.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS  # noqa: E402
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, choices=("ucf", "xd"))
+    parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--train", required=True, type=Path, help="training list (UCF_Instruct_train.json, xd_train.json)")
     parser.add_argument("--val", required=True, type=Path, help="validation list (UCF_Instruct_val.json, xd_val.json)")
     source = parser.add_mutually_exclusive_group(required=True)
@@ -32,7 +34,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     source.add_argument("--videos", type=Path, help="video files: DIR/**/<key>.mp4")
     parser.add_argument("--model", required=True, help="local folder or Hugging Face id of the VLM")
     parser.add_argument("--backend", choices=BACKENDS, default="hf", help="VLM backend (default: %(default)s)")
-    parser.add_argument("--dtype", default="auto",
+    parser.add_argument("--dtype", default="auto", choices=["auto", *DTYPES],
                         help="auto (bfloat16 on GPU, float32 on CPU), bfloat16, float16 or float32")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--epochs", type=int, default=10)
@@ -53,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--skip-bad-videos", action="store_true", help="skip videos whose frames cannot be read")
     parser.add_argument("--overwrite", action="store_true", help="start again in an --output that holds another run")
     parser.add_argument("--devices", type=int, default=1, help="processes (GPUs); more than 1 runs DDP")
-    parser.add_argument("--accelerator", default="auto", help="auto, cuda or cpu")
+    parser.add_argument("--accelerator", default="auto", choices=("auto", "cuda", "cpu"))
     return parser.parse_args(argv)
 
 

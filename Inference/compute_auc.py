@@ -31,6 +31,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("--metric", choices=METRICS, help="default: auc for ucf, ap for xd")
     parser.add_argument("--protocol", choices=PROTOCOLS, default="released")
+    parser.add_argument("--score-field", default="score",
+                        help="segment value to score by: the 0/1 'score' (default) or a soft one such as Step 1's "
+                             "'label_prob' (paper protocol; null values fall back to 'score')")
     parser.add_argument("--gt-frames", type=Path, help="XD-Violence frame labels of Wu et al. ({key: [0/1, …]})")
     parser.add_argument("--allow-missing", action="store_true", help="skip videos whose score or feature file is absent")
     parser.add_argument("--merge-xd-duplicates", action="store_true",
@@ -48,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         dataset=args.dataset,
         metric=args.metric or ("auc" if args.dataset == "ucf" else "ap"),
         protocol=args.protocol,
+        score_field=args.score_field,
         skip_step2=args.skip_step2,
         skip_smoothing=args.skip_smoothing,
         skip_position_weighting=args.skip_position_weighting,

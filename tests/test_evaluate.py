@@ -246,3 +246,27 @@ def test_segment_file_layout():
     assert content == {"0": {"start": 0.0, "end": 40.0, "score": 1}, "16": {"start": 0.0, "end": 40.0, "score": 0},
                        "32": {"start": 0.0, "end": 40.0, "score": 1}}
     assert segment_file(400, np.zeros(25))["192"] == {"start": 42.0, "end": 342.0, "score": 0}
+
+
+def test_soft_scores_by_label_prob_with_fallback(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    rng = np.random.default_rng(4)
+    nulls = 0
+    for video in videos:
+        path = tmp_path / "scores" / f"{video.key}.json"
+        content = json.loads(path.read_text())
+        for centre, segment in content.items():
+            segment["label_prob"] = None if centre == "16" else float(rng.random())
+            nulls += centre == "16"
+        path.write_text(json.dumps(content))
+    with pytest.raises(VeraError, match="--score-field label_prob gives soft scores; the released protocol"):
+        _cli(tmp_path, annotation, "--score-field", "label_prob")
+    assert _cli(tmp_path, annotation, "--score-field", "label_prob", "--protocol", "paper",
+                "--skip-step2", "--skip-smoothing", "--skip-position-weighting") == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["score_field"] == "label_prob" and metrics["score_fallbacks"] == nulls == 4
+    for video in videos:  # without Steps 2-3 the frames carry the soft scores, the 0/1 answer where it was null
+        content = json.loads((tmp_path / "scores" / f"{video.key}.json").read_text())
+        expected = [s["label_prob"] if s["label_prob"] is not None else s["score"] for s in content.values()]
+        saved = np.load(tmp_path / "out" / "frame_scores" / f"{video.key}.npy")
+        np.testing.assert_array_equal(saved[::16], expected)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,8 +11,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from sklearn.metrics import auc, roc_curve
 
-from vera.annotations import load_test_annotations
+from vera.annotations import infer_dataset, load_test_annotations
 from vera.errors import VeraError, run_cli
 from vera.features import PARTIAL_DIR, FeatureSettings, extract_features, video_features
 from vera.frames import open_frames
@@ -143,7 +145,8 @@ def test_interrupted_video_resumes_from_saved_rows(data, encoder, from_frames, t
 
 def test_cli_writes_then_skips_finished_videos(data, from_frames, tmp_path: Path, capsys):
     cli = _cli()
-    argv = ["--annotations", str(data["annotations"]), "--dataset", "ucf", "--frames", str(data["frames"]),
+    # No --dataset: the CLI reads it from the annotation file.
+    argv = ["--annotations", str(data["annotations"]), "--frames", str(data["frames"]),
             "--output", str(tmp_path), "--random-init", "--tiny", "--device", "cpu"]
     assert run_cli(cli.main, argv) == 0
     assert "2 written, 0 already complete, 0 failed; 29 segments" in capsys.readouterr().out
@@ -153,9 +156,17 @@ def test_cli_writes_then_skips_finished_videos(data, from_frames, tmp_path: Path
     assert run_cli(cli.main, argv) == 0
     assert "0 written, 2 already complete" in capsys.readouterr().out
     assert stamps == {key: (tmp_path / f"{key}.npy").stat().st_mtime_ns for key in CLIPS}
-    # Other settings cannot write into the same folder.
-    assert run_cli(cli.main, [*argv, "--half-window", "120"]) == 2
+    assert json.loads((tmp_path / "features_settings.json").read_text())["half_window"] == 150
+    # Other settings cannot write into the same folder: --fps 24 means 120 frames each side.
+    assert run_cli(cli.main, [*argv, "--fps", "24"]) == 2
     assert "other settings (half_window differ" in capsys.readouterr().err
+    assert run_cli(cli.main, [*argv, "--output", str(tmp_path / "fps24"), "--fps", "24", "--limit", "1"]) == 0
+    assert json.loads((tmp_path / "fps24" / "features_settings.json").read_text())["half_window"] == 120
+    for bad in ("0", "0.05", "-30", "nan", "inf"):
+        assert run_cli(cli.main, [*argv, "--fps", bad]) == 2
+        error = capsys.readouterr().err
+        assert f"--fps must be a frame rate giving at least 1 frame each side of a segment centre, got {float(bad)}" \
+            in error
 
 
 def test_cli_reports_a_missing_checkpoint(data, tmp_path: Path):
@@ -224,4 +235,34 @@ def test_compute_auc_accepts_the_features(data, from_frames, tmp_path: Path):
     assert run_cli(compute_auc.main, argv) == 0
     metrics = json.loads((tmp_path / "auc" / "metrics.json").read_text())
     assert (metrics["num_videos"], metrics["num_frames"], metrics["num_skipped"]) == (2, 271 + 181, 0)
-    assert 0.0 <= metrics["auc"] <= 1.0
+    # The metric is the ROC AUC of the saved frame scores, in annotation order, against the annotated frames.
+    saved = [np.load(tmp_path / "auc" / "frame_scores" / f"{key}.npy") for key in
+             ("Fighting033_x264_570_841", "RoadAccidents133_x264_270_451")]
+    assert [len(scores) for scores in saved] == [271, 181]
+    labels = np.zeros(271 + 181)
+    labels[100:270] = 1
+    fpr, tpr, _ = roc_curve(labels, np.concatenate(saved))
+    assert metrics["metric"] == "auc" and metrics["value"] == auc(fpr, tpr)
+
+
+@pytest.mark.parametrize("name, dataset", [
+    ("UCF_Eval.json", "ucf"), ("UCF_Instruct_train.json", "ucf"),
+    ("xd_test_800.json", "xd"), ("xd_annotations.json", "xd"), ("xd_train.json", "xd"),
+])
+def test_infer_dataset_from_the_real_annotation_files(shared_data: Path, name: str, dataset: str):
+    assert infer_dataset(shared_data / "annotations" / name) == dataset
+
+
+def test_infer_dataset_names_a_file_it_cannot_place(tmp_path: Path):
+    unknown = tmp_path / "mystery.json"
+    unknown.write_text(json.dumps([{"video": "clip_001", "temporal_label": [-1, -1], "length": 10}]))
+    with pytest.raises(VeraError, match=re.escape(f"cannot tell whether {unknown} annotates")):
+        infer_dataset(unknown)
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps([{"video": "frames/Abuse/Abuse028_x264.mp4"}, {"video": "v=x__#1_label_A"}]))
+    with pytest.raises(VeraError, match="mixed.json annotates UCF-Crime or XD-Violence"):
+        infer_dataset(mixed)
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with pytest.raises(VeraError, match=re.escape(f"annotation file {empty} must hold a non-empty JSON list")):
+        infer_dataset(empty)

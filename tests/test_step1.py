@@ -13,14 +13,16 @@ import numpy as np
 import pytest
 import torch
 from scripts import load_script
-from video_fixtures import decode_index, index_frame, write_index_video
+from sklearn.metrics import auc, roc_curve
+from video_fixtures import decode_index, decode_to_jpegs, index_frame, write_index_video
 
 from vera.annotations import TestVideo
 from vera.backends.base import VLMAnswer, VLMRequest
 from vera.backends.scripted import ScriptedBackend
 from vera.errors import VeraError
 from vera.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt
-from vera.step1 import Step1Runner, Step1Settings, parse_shard, plan_segments, resize_frames, select_videos
+from vera.frames import resize_frames
+from vera.step1 import Step1Runner, Step1Settings, parse_shard, plan_segments, select_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = PRESET_QUESTIONS["ucf"]
@@ -336,17 +338,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
         for keys_name, length in keys.items()]))
     frames = tmp_path / "frames"
     for key in list(keys)[:1]:  # the frames run does the first video only (--limit 1)
-        capture = cv2.VideoCapture(str(clips / f"{key}.mp4"))
-        (frames / key).mkdir(parents=True)
-        index = 0
-        while True:
-            ok, frame = capture.read()
-            if not ok:
-                break
-            cv2.imwrite(str(frames / key / f"{index:06d}.jpg"), frame)
-            index += 1
-        capture.release()
-        assert index == keys[key]
+        assert decode_to_jpegs(clips / f"{key}.mp4", frames / key) == keys[key]
 
     cli = load_script("Inference/generate_initial_score.py")
     common = ["--dataset", "ucf", "--annotations", str(annotation), "--model", str(tiny_model_path("internvl")),
@@ -376,11 +368,16 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
 
-    auc = load_script("Inference/compute_auc.py")
-    assert auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores--videos"),
+    compute_auc = load_script("Inference/compute_auc.py")
+    assert compute_auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores--videos"),
                      "--skip-step2", "--no-curves", "--output", str(tmp_path / "auc")]) == 0
     metrics = json.loads((tmp_path / "auc" / "metrics.json").read_text())
-    assert metrics
+    assert (metrics["num_videos"], metrics["num_frames"]) == (2, 181 + 271)
+    # The metric is the AUC of the saved frame scores against the annotated frames 100-199 of each clip.
+    saved = np.concatenate([np.load(tmp_path / "auc" / "frame_scores" / f"{key}.npy") for key in keys])
+    labels = np.concatenate([(np.arange(length) >= 100) & (np.arange(length) < 200) for length in keys.values()])
+    fpr, tpr, _ = roc_curve(labels, saved)
+    assert metrics["value"] == auc(fpr, tpr)
 
 
 def test_cli_errors_are_one_line(tmp_path, capsys):

@@ -160,7 +160,9 @@ def test_update_selection_and_outputs(ucf: dict, tmp_path: Path) -> None:
     assert f"{history[0]['predictions']}" in first.prompt and f"{history[0]['labels']}" in first.prompt
     assert "\n".join(INITIAL_QUESTIONS) + "\nBased on the analysis above" in first.prompt
     learner = [r for r in backend.requests if not r.key.startswith("optimizer")]
-    assert all(len(r.images) == 8 and r.images[0].shape == (8, 8, 3) for r in learner)
+    # Frames are resized to 448×448 (PIL bicubic), as Step 1 shows them: the 8×8 JPEGs come back enlarged.
+    assert all(len(r.images) == 8 and {i.shape for i in r.images} == {(448, 448, 3)} for r in learner)
+    assert {image.shape for image in first.images} == {(448, 448, 3)}
     # Validation is batched: 4 videos in chunks of val_batch_size=3; training batches of 2.
     assert backend.batch_sizes[:2] == [3, 1]
     assert sorted(set(backend.batch_sizes)) == [1, 2, 3]

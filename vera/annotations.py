@@ -69,6 +69,42 @@ def xd_class(key: str) -> str:
     return NORMAL_CLASS if code in ("", "A") else code
 
 
+def _entry_dataset(entry: object) -> Dataset | None:
+    """The dataset one annotation entry belongs to, or None where it does not say."""
+    if not isinstance(entry, dict):
+        return None
+    if "video_name" in entry:  # only XD training lists use this key
+        return "xd"
+    video = entry.get("video")
+    if not isinstance(video, str):
+        return None
+    if "/" in video or re.search(r"_x264(\.\w+)?$", video):  # UCF paths: frames/<Class>/<Name>_x264.mp4
+        return "ucf"
+    if re.search(r"_label_[A-Za-z0-9]", video):  # XD keys end in their label code
+        return "xd"
+    return None
+
+
+def infer_dataset(path: Path) -> Dataset:
+    """``"ucf"`` or ``"xd"`` from what a VERA annotation file (test or training list) holds.
+
+    The official UCF-Crime txt is UCF; in the JSON files UCF entries give paths
+    (``frames/Abuse/Abuse028_x264.mp4``) and XD entries give keys with a label
+    code (``…_label_B4-0-0``) or, in training lists, ``video_name``. Every
+    entry must agree.
+    """
+    path = Path(path)
+    if path.suffix == ".txt":
+        return "ucf"
+    entries = read_json(path, "annotation file")
+    if not isinstance(entries, list) or not entries:
+        raise VeraError(f"annotation file {path} must hold a non-empty JSON list of videos")
+    found = {_entry_dataset(entry) for entry in entries}
+    if len(found) != 1 or None in found:
+        raise VeraError(f"cannot tell whether {path} annotates UCF-Crime or XD-Violence; pass --dataset ucf or xd")
+    return found.pop()
+
+
 def _pairs(labels: list, where: str) -> tuple[tuple[int, int], ...]:
     if len(labels) % 2:
         raise VeraError(f"{where}: temporal_label has an odd number of values: {labels}")

@@ -34,6 +34,7 @@ class Evaluation:
     options: ScoringOptions
     videos: list[VideoResult]
     skipped: list[str] = field(default_factory=list)
+    score_fallbacks: int = 0  # segments without a soft score, scored by their 0/1 answer
     metrics: dict = field(default_factory=dict)
 
 
@@ -109,6 +110,9 @@ def evaluate(
     if features_dir is None and not options.skip_step2:
         raise VeraError("--features is required unless --skip-step2")
     features_dir = None if options.skip_step2 else Path(features_dir)
+    if options.score_field != "score" and options.protocol == "released":
+        raise VeraError(f"--score-field {options.score_field} gives soft scores; the released protocol takes 0/1 "
+                        "answers (use --protocol paper)")
     if features_dir is not None and not features_dir.is_dir():
         raise VeraError(f"feature folder not found: {features_dir}")
     gt_frames = read_json(gt_frames_path, "--gt-frames file") if gt_frames_path else None
@@ -125,12 +129,13 @@ def evaluate(
             + (f"\n  … and {more} more" if more > 0 else "")
         )
 
-    results = []
+    results, fallbacks = [], 0
     for video in videos:
         if video.key in missing:
             continue
         score_path = scores_dir / f"{video.key}.json"
-        segments = read_segment_scores(score_path, binary=options.protocol == "released")
+        segments = read_segment_scores(score_path, binary=options.protocol == "released", field=options.score_field)
+        fallbacks += segments.fallbacks
         length = _check_length(video, segments, score_path)
         features = (
             None
@@ -142,7 +147,7 @@ def evaluate(
         results.append(VideoResult(video.key, video.video_class, scores[: labels.size], labels))
     if not results:
         raise VeraError("no video could be scored")
-    evaluation = Evaluation(options, results, skipped=list(missing))
+    evaluation = Evaluation(options, results, skipped=list(missing), score_fallbacks=fallbacks)
     evaluation.metrics = compute_metrics(evaluation)
     return evaluation
 
@@ -175,6 +180,8 @@ def compute_metrics(evaluation: Evaluation) -> dict:
         "num_frames": int(labels.size),
         "num_skipped": len(evaluation.skipped),
         "skipped": evaluation.skipped,
+        "score_field": options.score_field,
+        "score_fallbacks": evaluation.score_fallbacks,
         "options": asdict(options),
         "auc": roc_auc(labels, scores),
         "ap": pr_auc(labels, scores),
@@ -212,7 +219,8 @@ def summary(evaluation: Evaluation) -> str:
         f"{m['dataset'].upper()} {m['metric'].upper()} ({m['protocol']} protocol"
         + (f", without {', '.join(skipped)}" if skipped else "") + f"): {_fmt(m['value'])}  [{m['value']!r}]",
         f"  videos {m['num_videos']}, frames {m['num_frames']}"
-        + (f", skipped {m['num_skipped']} with missing files" if m["num_skipped"] else ""),
+        + (f", skipped {m['num_skipped']} with missing files" if m["num_skipped"] else "")
+        + (f", {m['score_fallbacks']} segments without {m['score_field']} scored 0/1" if m["score_fallbacks"] else ""),
         f"  AUC {_fmt(m['auc'])} | AP {_fmt(m['ap'])} | AUC anomalous videos {_fmt(m['auc_anomalous_videos'])}"
         f" | false alarms on normal videos (≥{m['false_alarm_threshold']}) {_fmt(m['false_alarm_rate_normal'])}%",
         "  AUC per class: " + ", ".join(f"{name} {_fmt(value)}" for name, value in m["auc_per_class"].items()),

@@ -24,9 +24,9 @@ from typing import Literal
 import cv2
 from tqdm import tqdm
 
-from vera.annotations import Dataset, load_test_annotations, load_train_annotations
+from vera.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations
 from vera.errors import VeraError
-from vera.frames import FRAME_SUFFIX, frame_name, video_key
+from vera.frames import JpegFolderFrames, frame_name, video_key
 from vera.io import read_json, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"
@@ -90,12 +90,11 @@ def write_manifest(frames_dir: Path, entries: dict[str, ExtractedVideo]) -> None
 
 
 def count_frames(folder: Path) -> int:
-    """Number of frames in a complete folder, or -1 if the folder is missing or numbered with gaps."""
+    """Number of frames in a complete folder, or -1 if the folder is missing, empty or numbered with gaps."""
     try:
-        count = sum(1 for entry in os.scandir(folder) if entry.name.endswith(FRAME_SUFFIX))
-    except (FileNotFoundError, NotADirectoryError):
+        return JpegFolderFrames(folder).num_frames
+    except VeraError:
         return -1
-    return count if count and (folder / frame_name(count - 1)).is_file() else -1
 
 
 def is_complete(frames_dir: Path, entry: ExtractedVideo) -> bool:
@@ -275,24 +274,16 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
 def annotated_lengths(path: Path, dataset: Dataset | None = None) -> dict[str, int]:
     """Key → annotated length in frames from a VERA annotation file (test or training list).
 
-    ``dataset`` is inferred when not given: training lists name their videos
-    ``video_name`` (XD) or ``video`` (UCF); test entries give UCF paths
-    (``frames/Abuse/Abuse028_x264.mp4``) and bare XD keys.
+    ``dataset`` is inferred from the file when not given.
     """
     path = Path(path)
     if path.suffix == ".txt":
         raise VeraError(f"annotation file {path} gives no video lengths; use a VERA JSON annotation file")
+    dataset = dataset or infer_dataset(path)
     entries = read_json(path, "annotation file")
-    if not isinstance(entries, list) or not entries or not isinstance(entries[0], dict):
-        raise VeraError(f"annotation file {path} must hold a non-empty JSON list of videos")
-    first = entries[0]
-    if "temporal_label" in first:
-        if dataset is None:
-            dataset = "ucf" if "/" in str(first.get("video", "")) else "xd"
+    if isinstance(entries, list) and entries and isinstance(entries[0], dict) and "temporal_label" in entries[0]:
         videos = load_test_annotations(path, dataset)
         return {video.key: video.length for video in videos if video.length is not None}
-    if dataset is None:
-        dataset = "xd" if "video_name" in first else "ucf"
     return {video.key: video.length for video in load_train_annotations(path, dataset)}
 
 

@@ -26,8 +26,11 @@ import av
 import cv2
 import numpy as np
 from av.video.reformatter import VideoReformatter
+from PIL import Image
 
 from vera.errors import VeraError
+
+VLM_IMAGE_SIZE = 448  # InternVL2's tile: one tile per frame, as released
 
 DEFAULT_CACHE_BYTES = 256 * 2**20  # decoded frames kept per video reader: 776 frames at 640×360
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
@@ -390,3 +393,12 @@ def open_frames(key: str, *, frames_dir: Path | None = None, videos_dir: Path | 
     if frames_dir is not None:
         return JpegFolderFrames(Path(frames_dir) / key, key)
     return VideoFileFrames(find_video(Path(videos_dir), key), key, cache_bytes=cache_bytes)
+
+
+def resize_frames(frames: Sequence[np.ndarray], size: int = VLM_IMAGE_SIZE) -> list[np.ndarray]:
+    """Each ``(H, W, 3)`` frame resized to ``size``×``size`` with PIL bicubic, as the released preprocessing.
+
+    Step 1 and training both show the VLM frames through this, so the questions
+    are learned on the same input they are later used with.
+    """
+    return [np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC)) for frame in frames]

@@ -6,6 +6,7 @@ half-written file behind: a reader sees the old file or the new one.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -34,6 +35,11 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def sha256_text(text: str) -> str:
+    """Hex SHA-256 of ``text`` (UTF-8): how run records fingerprint prompts and settings."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

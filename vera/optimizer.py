@@ -21,14 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vera.backends.base import IMAGE_PLACEHOLDER
 from vera.errors import VeraError
-from vera.prompts import check_questions
+from vera.prompts import QUESTIONS_ANCHOR, check_questions, frame_lines
 
 PREDICTION_PLACEHOLDER = "[" + " ".join(["[$Prediction]"] * 10) + "]"
 TARGET_PLACEHOLDER = "[" + " ".join(["[$GroundTruth]"] * 10) + "]"
 FRAMES_ANCHOR = "** Model Descriptions: **"
-QUESTIONS_ANCHOR = "Based on the analysis above"
 NEW_QUESTIONS_MARKER = "New Prompt Questions"
 MAX_QUESTIONS = 5
 # A longer "question" is a runaway generation, not a question worth keeping.
@@ -87,8 +85,7 @@ def load_optimizer_template(path: Path | None) -> str:
 
 def batch_frame_block(num_videos: int, num_frames: int) -> str:
     """``[`` + ``[Frame1: <image>\\n…FrameN: <image>\\n] `` once per video + ``]\\n``."""
-    lines = "".join(f"Frame{i}: {IMAGE_PLACEHOLDER}\n" for i in range(1, num_frames + 1))
-    return "[" + f"[{lines}] " * num_videos + "]\n"
+    return "[" + f"[{frame_lines(num_frames)}] " * num_videos + "]\n"
 
 
 def build_optimizer_prompt(template: str, questions: list[str], predictions: list[int],

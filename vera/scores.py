@@ -24,6 +24,7 @@ class SegmentScores:
     centres: np.ndarray  # int64, 0, 16, 32, …
     ends: np.ndarray  # float64, window ends
     scores: np.ndarray  # float64
+    fallbacks: int = 0  # segments whose score field was null, so their 0/1 "score" stood in
 
     @property
     def num_segments(self) -> int:
@@ -40,8 +41,13 @@ class SegmentScores:
         return SEGMENT_STRIDE * (self.num_segments - 1) + self.last_segment_frames
 
 
-def read_segment_scores(path: Path, *, binary: bool = True) -> SegmentScores:
-    """Read and check one score file; ``binary`` demands scores in {0, 1} (released protocol)."""
+def read_segment_scores(path: Path, *, binary: bool = True, field: str = "score") -> SegmentScores:
+    """Read and check one score file; ``binary`` demands scores in {0, 1} (released protocol).
+
+    ``field`` picks the value to score by: the 0/1 ``score``, or a soft score
+    such as Step 1's ``label_prob``; where that is null (a malformed answer),
+    the segment's 0/1 ``score`` stands in and is counted in ``fallbacks``.
+    """
     path = Path(path)
     content = read_json(path, "score file")
     if not isinstance(content, dict) or not content:
@@ -62,9 +68,11 @@ def read_segment_scores(path: Path, *, binary: bool = True) -> SegmentScores:
     segments = list(content.values())
     try:
         ends = np.array([float(segments[i]["end"]) for i in order])
-        scores = np.array([float(segments[i]["score"]) for i in order])
-    except (KeyError, TypeError, ValueError) as error:
-        raise VeraError(f"score file {path}: every segment needs numeric 'end' and 'score' ({error!r})") from None
+        chosen = [segments[i].get(field) for i in order]
+        fallbacks = sum(value is None for value in chosen) if field != "score" else 0
+        scores = np.array([float(segments[i]["score"] if value is None else value) for i, value in zip(order, chosen)])
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise VeraError(f"score file {path}: every segment needs numeric 'end' and '{field}' ({error!r})") from None
     if binary and not np.all((scores == 0) | (scores == 1)):
         bad = centres[np.flatnonzero((scores != 0) & (scores != 1))[0]]
         raise VeraError(
@@ -75,4 +83,4 @@ def read_segment_scores(path: Path, *, binary: bool = True) -> SegmentScores:
         raise VeraError(f"score file {path}: scores must lie in [0, 1]")
     if ends[-1] <= centres[-1]:
         raise VeraError(f"score file {path}: the last segment ends at {ends[-1]}, before its centre {centres[-1]}")
-    return SegmentScores(centres, ends, scores)
+    return SegmentScores(centres, ends, scores, fallbacks)

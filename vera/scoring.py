@@ -42,6 +42,7 @@ class ScoringOptions:
     dataset: str = "ucf"
     metric: Metric = "auc"
     protocol: Protocol = "released"
+    score_field: str = "score"
     skip_step2: bool = False
     skip_smoothing: bool = False
     skip_position_weighting: bool = False

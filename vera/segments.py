@@ -13,7 +13,6 @@ import numpy as np
 
 SEGMENT_STRIDE = 16
 HALF_WINDOW = 150  # frames on each side of a centre: 5 s at 30 fps
-RELEASED_FPS = 30.0
 
 
 def num_segments(length: int) -> int:
@@ -39,9 +38,10 @@ def segment_window(centre: int, length: int, half: int = HALF_WINDOW) -> tuple[i
 def window_frame_indices(start: int, end: int, num_frames: int = 8) -> np.ndarray:
     """The frames Step 1 shows the VLM for one window, exactly as released.
 
-    ``np.arange(start, end, (end - start) / num_frames).astype(int)``; a float
-    step can yield one extra index, which the released code kept, so we drop
-    only indices past ``num_frames`` to keep the count fixed.
+    ``np.arange(start, end, (end - start) / num_frames).astype(int)``. For 8
+    frames the step divides the window exactly and arange gives 8 indices; for
+    other counts a float step can give one more, which is dropped so that every
+    window shows ``num_frames`` frames.
     """
     if end <= start:
         raise ValueError(f"empty window [{start}, {end})")

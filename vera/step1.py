@@ -19,7 +19,6 @@ at most the answers since the last checkpoint. All files are written atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import sys
@@ -31,20 +30,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from tqdm import tqdm
 
 import vera
 from vera.annotations import TestVideo
 from vera.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
-from vera.frames import VideoFrames, open_frames
-from vera.io import read_json, write_json_atomic
+from vera.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames, resize_frames
+from vera.io import read_json, sha256_text, write_json_atomic
 from vera.parsing import PARSE_STATUSES, parse_answer
 from vera.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_request
 from vera.segments import half_window, segment_centres, segment_window, window_frame_indices
 
-IMAGE_SIZE = 448
 PARTIAL_DIR = ".partial"
 RUN_FILE = "run.json"
 
@@ -66,11 +63,6 @@ def plan_segments(length: int, half: int, num_frames: int = NUM_FRAMES) -> list[
         start, end = segment_window(centre, length, half)
         segments.append(Segment(centre, start, end, tuple(window_frame_indices(start, end, num_frames).tolist())))
     return segments
-
-
-def resize_frames(frames: np.ndarray, size: int = IMAGE_SIZE) -> list[np.ndarray]:
-    """Each ``(H, W, 3)`` frame resized to ``size``×``size`` with PIL bicubic, as the released preprocessing."""
-    return [np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC)) for frame in frames]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -104,7 +96,7 @@ class Step1Settings:
     batch_size: int = 8
     max_new_tokens: int = 1024
     num_frames: int = NUM_FRAMES
-    image_size: int = IMAGE_SIZE
+    image_size: int = VLM_IMAGE_SIZE
     shard: tuple[int, int] = (0, 1)
     limit: int | None = None
     overwrite: bool = False
@@ -157,10 +149,6 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 class _VideoState:
     """One video in progress: its segments, the answers so far, its frame reader."""
 
@@ -199,7 +187,7 @@ class Step1Runner:
         self.output = Path(settings.output)
         self.partial_dir = self.output / PARTIAL_DIR
         self.identity = self._identity()
-        self.fingerprint = _sha256(json.dumps(self.identity, sort_keys=True))
+        self.fingerprint = sha256_text(json.dumps(self.identity, sort_keys=True))
 
     # -- the output folder ------------------------------------------------------------------
 
@@ -208,7 +196,7 @@ class Step1Runner:
         description = self.backend.describe()
         s = self.settings
         return {"backend": self.backend.name, "model": description.get("model"), "questions": self.questions,
-                "prompt_sha256": _sha256(self.prompt), "frame_layout": s.frame_layout, "half_window": self.half,
+                "prompt_sha256": sha256_text(self.prompt), "frame_layout": s.frame_layout, "half_window": self.half,
                 "num_frames": s.num_frames, "image_size": s.image_size, "max_new_tokens": s.max_new_tokens}
 
     def _run_record(self) -> dict:

@@ -20,11 +20,11 @@ writes files.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -40,8 +40,8 @@ from tqdm import tqdm
 from vera.annotations import TrainVideo, load_train_annotations
 from vera.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
-from vera.frames import find_video, open_frames
-from vera.io import write_bytes_atomic, write_text_atomic
+from vera.frames import VLM_IMAGE_SIZE, find_video, open_frames, resize_frames
+from vera.io import sha256_text, write_bytes_atomic, write_text_atomic
 from vera.metrics import roc_auc
 from vera.optimizer import build_optimizer_prompt, extract_new_questions, load_optimizer_template
 from vera.parsing import parse_answer
@@ -76,6 +76,7 @@ class TrainingOptions:
     epochs: int = 10
     batch_size: int = 2
     num_frames: int = 8
+    image_size: int = VLM_IMAGE_SIZE
     val_every: int = 100
     max_steps: int | None = None
     limit_val: int | None = None
@@ -140,12 +141,12 @@ class Ranks:
     def gather_checked(self, work: Callable[[], Any]) -> list[Any]:
         """Run ``work`` on every rank and gather the results; a ``VeraError`` on any rank is raised on all,
         so no rank is left waiting for one that failed."""
-        gathered = self.gather(_outcome(work))
+        gathered = self.gather(_outcome(work, self))
         return [_unwrap(outcome) for outcome in gathered]
 
     def on_main(self, work: Callable[[], Any]) -> Any:
         """Run ``work`` on rank 0 only and give its result (or its ``VeraError``) to every rank."""
-        return _unwrap(self.broadcast(_outcome(work) if self.is_main else None))
+        return _unwrap(self.broadcast(_outcome(work, self) if self.is_main else None))
 
     def share(self, items: list) -> list:
         """This rank's items: positions ``rank, rank + world_size, …``."""
@@ -159,11 +160,19 @@ class Ranks:
         return merged
 
 
-def _outcome(work: Callable[[], Any]) -> tuple[bool, Any]:
+def _outcome(work: Callable[[], Any], ranks: Ranks) -> tuple[bool, Any]:
+    """``work()``'s result, or its failure as a message. Under DDP any exception is
+    passed on (its traceback printed here first), so the other ranks stop too
+    instead of waiting for this one forever."""
     try:
         return True, work()
     except VeraError as error:
         return False, str(error)
+    except Exception as error:
+        if not ranks.active:
+            raise
+        traceback.print_exc()
+        return False, f"rank {ranks.rank} failed: {type(error).__name__}: {error}"
 
 
 def _unwrap(outcome: tuple[bool, Any]) -> Any:
@@ -199,7 +208,7 @@ class Loaded:
     """A video's frames, or why they could not be read."""
 
     video: TrainVideo
-    frames: np.ndarray | None = None
+    frames: list[np.ndarray] | None = None
     error: str | None = None
 
 
@@ -215,7 +224,7 @@ class FrameSource:
         try:
             with open_frames(video.key, frames_dir=self.options.frames_dir,
                              videos_dir=self.options.videos_dir) as source:
-                frames = source.read(indices)
+                frames = resize_frames(source.read(indices), self.options.image_size)
         except VeraError as error:
             message = str(error) if video.key in str(error) else f"video {video.key}: {error}"
             if not self.options.skip_bad_videos:
@@ -281,12 +290,8 @@ class TrainingState:
         )
 
 
-def _sha256(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def _list_digest(videos: list[TrainVideo]) -> str:
-    return _sha256(json.dumps([[v.key, v.length, v.label] for v in videos]))
+    return sha256_text(json.dumps([[v.key, v.length, v.label] for v in videos]))
 
 
 def run_signature(options: TrainingOptions, train: list[TrainVideo], val: list[TrainVideo],
@@ -302,7 +307,7 @@ def run_signature(options: TrainingOptions, train: list[TrainVideo], val: list[T
         "val_every": options.val_every, "select_by": options.select_by, "seed": options.seed,
         "frame_layout": options.frame_layout, "max_new_tokens": options.max_new_tokens,
         "skip_bad_videos": options.skip_bad_videos,
-        "learner_template": _sha256(learner_template), "optimizer_template": _sha256(optimizer_template),
+        "learner_template": sha256_text(learner_template), "optimizer_template": sha256_text(optimizer_template),
         "initial_questions": list(options.initial_questions),
     }
 
@@ -660,8 +665,13 @@ def train_with_lightning(options: TrainingOptions, make_backend: Callable[[str],
     """
     from lightning_fabric import Fabric
 
-    fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
-                    loggers=_lightning_loggers(Path(options.output)))
+    if devices < 1:
+        raise VeraError(f"--devices must be at least 1, got {devices}")
+    try:
+        fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
+                        loggers=_lightning_loggers(Path(options.output)))
+    except (ValueError, RuntimeError) as error:  # Lightning's word on an accelerator/devices it cannot provide
+        raise VeraError(f"--accelerator {accelerator} --devices {devices}: {error}") from None
     fabric.launch()
 
     def log(metrics: dict, step: int) -> None:
