@@ -54,7 +54,7 @@ class FeatureSettings:
 
 
 @dataclass
-class ExtractionReport:
+class FeatureReport:
     """Outcome of a run: keys written, keys already complete, and per-video errors."""
 
     written: list[str] = field(default_factory=list)
@@ -231,14 +231,14 @@ def extract_features(
     clamp_short: bool = False,
     partial_every_s: float = 60.0,
     show_progress: bool = True,
-) -> ExtractionReport:
+) -> FeatureReport:
     """Write ``<output_dir>/<key>.npy`` for every video not done yet; per-video errors are collected, not raised."""
     if batch_size < 1:
         raise VeraError(f"--batch-size must be at least 1, got {batch_size}")
     output_dir = Path(output_dir)
     check_settings(output_dir, settings)
     width = encoder.config.out_dim
-    report = ExtractionReport()
+    report = FeatureReport()
     started = time.perf_counter()
     bar = tqdm(videos, desc="features", unit="video", disable=not show_progress, file=sys.stderr)
     for video in bar:
