@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 from vera.errors import VeraError
-from vera.io import read_json
+from vera.io import read_json, read_text
 
 Dataset = Literal["ucf", "xd"]
 DATASETS: tuple[str, ...] = ("ucf", "xd")
@@ -182,10 +182,7 @@ def load_test_annotations(path: Path, dataset: Dataset, merge_xd_duplicates: boo
 
 def _load_ucf_txt(path: Path) -> list[TestVideo]:
     """Official UCF-Crime lines: ``Name.mp4 Class s1 e1 s2 e2`` (no lengths)."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as error:
-        raise VeraError(f"cannot read annotation file {path}: {error}") from None
+    lines = read_text(path, "annotation file").splitlines()
     videos = []
     for number, line in enumerate(lines, start=1):
         fields = line.split()

@@ -58,6 +58,17 @@ def save_npy_atomic(path: Path, array: np.ndarray) -> None:
     _atomic_write(path, lambda handle: np.save(handle, array))
 
 
+def read_text(path: Path, what: str = "file") -> str:
+    """Read a UTF-8 text file, or raise ``VeraError`` naming the file and the problem."""
+    path = Path(path)
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise VeraError(f"{what} not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise VeraError(f"cannot read {what} {path}: {error}") from None
+
+
 def read_json(path: Path, what: str = "JSON file") -> Any:
     """Load a JSON file, or raise ``VeraError`` naming the file and the problem."""
     path = Path(path)

@@ -78,7 +78,7 @@ def load_optimizer_template(path: Path | None) -> str:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise VeraError(f"cannot read optimizer prompt file {path}: {error}") from None
     return check_optimizer_template(text, f"optimizer prompt file {path}")
 

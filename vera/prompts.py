@@ -24,6 +24,7 @@ import numpy as np
 
 from vera.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
+from vera.io import read_text
 
 FRAME_LAYOUTS = ("released", "per-frame")
 DEFAULT_FRAME_LAYOUT = "released"
@@ -91,12 +92,7 @@ def load_questions(path: Path) -> list[str]:
     them. Any number of questions is accepted: the count is a learning choice.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise VeraError(f"questions file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise VeraError(f"cannot read questions file {path}: {error}") from None
+    lines = read_text(path, "questions file").splitlines()
     questions = [line.rstrip() for line in lines if line.strip()]
     if not questions:
         raise VeraError(f"questions file {path} holds no questions (one per line expected)")
@@ -118,12 +114,7 @@ def load_template(path: Path | None) -> str:
     if path is None:
         return DEFAULT_LEARNER_TEMPLATE
     path = Path(path)
-    try:
-        template = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise VeraError(f"prompt file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise VeraError(f"cannot read prompt file {path}: {error}") from None
+    template = read_text(path, "prompt file")
     check_template(template, str(path))
     return template
 
