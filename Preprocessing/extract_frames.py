@@ -12,52 +12,7 @@ complete are skipped, so rerunning the same command resumes a killed run.
 is listed. A video that cannot be decoded is reported and skipped.
 """
 
-from __future__ import annotations
-
-import argparse
-import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from vera.annotations import DATASETS  # noqa: E402
-from vera.errors import run_cli  # noqa: E402
-from vera.frame_extraction import annotated_lengths, extract_videos, length_mismatches, read_manifest  # noqa: E402
-from vera.frames import list_videos  # noqa: E402
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--videos", type=Path, required=True, help="folder of videos (searched recursively)")
-    parser.add_argument("--frames", type=Path, required=True, help="output folder: <frames>/<key>/%%06d.jpg")
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel videos (default: CPU count)")
-    parser.add_argument("--annotations", type=Path,
-                        help="VERA annotation JSON (test or training list) to check frame counts against its lengths")
-    parser.add_argument("--dataset", choices=DATASETS, help="dataset of --annotations (inferred if omitted)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = parser.parse_args(argv)
-
-    lengths = annotated_lengths(args.annotations, args.dataset) if args.annotations else None
-    videos = list_videos(args.videos)
-    if not videos:
-        print(f"no videos found under {args.videos}")
-        return 1
-    report = extract_videos(videos, args.frames, workers=args.workers, progress=not args.no_progress)
-
-    if lengths is not None:
-        manifest = read_manifest(args.frames)
-        mismatches = length_mismatches(manifest, lengths)
-        for key, annotated, extracted in mismatches:
-            print(f"length mismatch: {key}: annotated {annotated} frames, extracted {extracted}")
-        checked = sum(key in manifest for key in lengths)
-        missing = [key for key in lengths if key not in manifest]
-        print(f"length check against {args.annotations}: {checked - len(mismatches)} of {checked} extracted "
-              f"videos match, {len(mismatches)} differ; {len(missing)} annotated videos have no frames"
-              + (f" (e.g. {', '.join(missing[:3])})" if missing else ""))
-    print(report.summary)
-    return 1 if report.of("failed") else 0
-
+from vera.commands import run
 
 if __name__ == "__main__":
-    sys.exit(run_cli(main))
+    raise SystemExit(run("extract_frames"))

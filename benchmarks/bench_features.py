@@ -20,15 +20,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import torch  # noqa: E402
 
-from vera.features import video_features  # noqa: E402
-from vera.frames import open_frames  # noqa: E402
-from vera.imagebind import HUGE, TINY, load_vision_encoder, randomly_initialised  # noqa: E402
-from vera.segments import num_segments  # noqa: E402
+from vera.features.extraction import video_features  # noqa: E402
+from vera.data.frames import open_frames  # noqa: E402
+from vera.features.imagebind import HUGE, TINY, load_vision_encoder, randomly_initialised  # noqa: E402
+from vera.data.segments import num_segments  # noqa: E402
 from video_fixtures import decode_to_jpegs  # noqa: E402
 
 CLIPS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"

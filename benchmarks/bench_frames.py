@@ -24,13 +24,13 @@ import cv2
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # test fixtures (video writer), not the package
 
 from video_fixtures import decode_index, write_h264_index_video  # noqa: E402
 
-from vera.frame_extraction import extract_videos  # noqa: E402
-from vera.frames import DEFAULT_CACHE_BYTES, JpegFolderFrames, VideoFileFrames  # noqa: E402
-from vera.segments import segment_centres, segment_window, window_frame_indices  # noqa: E402
+from vera.data.extraction import extract_videos  # noqa: E402
+from vera.data.frames import DEFAULT_CACHE_BYTES, JpegFolderFrames, VideoFileFrames  # noqa: E402
+from vera.data.segments import segment_centres, segment_window, window_frame_indices  # noqa: E402
 
 
 def best_time(run: Callable[[], object], repeats: int) -> float:

@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "annotations" / "UCF_Eval.json"
@@ -30,10 +29,10 @@ ANNOTATIONS = ROOT.parent / "shared" / "data" / "annotations" / "UCF_Eval.json"
 def run_ours(workdir: Path) -> dict:
     import numpy as np
 
-    import vera.scoring as scoring
-    from vera.annotations import load_test_annotations
-    from vera.evaluate import evaluate
-    from vera.scoring import ScoringOptions
+    import vera.scoring.steps as scoring
+    from vera.data.annotations import load_test_annotations
+    from vera.scoring.evaluate import evaluate
+    from vera.scoring.steps import ScoringOptions
 
     stages = {"similarity (BLAS)": 0.0, "neighbours": 0.0}
     for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "released_neighbours")):
@@ -89,8 +88,8 @@ def main() -> None:
         return
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="vera-bench-"))
     if not (workdir / "features").is_dir():
-        from vera.annotations import load_test_annotations
-        from vera.synthetic import write_synthetic_inputs
+        from vera.data.annotations import load_test_annotations
+        from vera.scoring.synthetic import write_synthetic_inputs
 
         write_synthetic_inputs(load_test_annotations(ANNOTATIONS, "ucf"), workdir / "scores", workdir / "features",
                                width=args.width)

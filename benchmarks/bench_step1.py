@@ -2,7 +2,7 @@
 
     python benchmarks/bench_step1.py [--archs internvl qwen2_vl] [--max-new-tokens 16 128] [--batch-sizes 1 8]
 
-Runs ``vera.step1.Step1Runner`` on the real clip RoadAccidents133 (181 frames,
+Runs ``vera.vlm.step1.Step1Runner`` on the real clip RoadAccidents133 (181 frames,
 12 segments, read from the .mp4) with the ``hf`` backend and each tiny model
 (written once into --workdir), for every max-new-tokens × batch-size pair, into
 a fresh output folder each time; model loading is not timed. A scripted backend
@@ -25,16 +25,15 @@ from collections import Counter
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 CLIPS = ROOT.parent / "shared" / "data" / "clips"
 CLIP_KEY, CLIP_LENGTH = "RoadAccidents133_x264_270_451", 181
 
 
 def timed_run(backend, settings_kwargs: dict, output: Path) -> dict:
-    from vera.annotations import TestVideo
-    from vera.prompts import PRESET_QUESTIONS, load_template
-    from vera.step1 import Step1Runner, Step1Settings
+    from vera.data.annotations import TestVideo
+    from vera.vlm.prompts import PRESET_QUESTIONS, load_template
+    from vera.vlm.step1 import Step1Runner, Step1Settings
 
     shutil.rmtree(output, ignore_errors=True)  # a fresh folder: nothing to resume
     settings = Step1Settings(output=output, videos_dir=CLIPS, progress=False, **settings_kwargs)
@@ -60,8 +59,8 @@ def main() -> int:
     import torch
 
     from vera import tiny_model
-    from vera.backends.hf import HFBackend
-    from vera.backends.scripted import ScriptedBackend
+    from vera.vlm.backends.hf import HFBackend
+    from vera.vlm.backends.scripted import ScriptedBackend
 
     if args.threads:
         torch.set_num_threads(args.threads)

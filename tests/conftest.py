@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,3 +20,33 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data folder {SHARED_DATA} is absent (see the README, 'Tests')")
     return SHARED_DATA
+
+
+class TinyModels:
+    """Tiny random VLMs (``vera.vlm.tiny_model``), each written once per test run and loaded once."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self._paths: dict[str, Path] = {}
+        self._backends: dict[str, object] = {}
+
+    def path(self, arch: str) -> Path:
+        if arch not in self._paths:
+            from vera.vlm.tiny_model import write_tiny_model
+
+            self._paths[arch] = write_tiny_model(arch, self.root / arch)
+        return self._paths[arch]
+
+    def backend(self, arch: str):
+        if arch not in self._backends:
+            from vera.vlm.backends import load_backend
+
+            self._backends[arch] = load_backend("hf", str(self.path(arch)), device="cpu", local_files_only=True)
+        return self._backends[arch]
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """Shared tiny models for every test that needs one; the folder is removed when the run ends."""
+    with tempfile.TemporaryDirectory(prefix="vera-tiny-models-") as root:
+        yield TinyModels(Path(root))

@@ -1,7 +1,7 @@
 """A plain, loop-by-loop transcription of the released scoring, written from issue #2's description.
 
 It is deliberately naive (Python lists, one segment at a time, ``round`` on
-numpy scalars), so that the vectorised ``vera.scoring`` can be checked against
+numpy scalars), so that the vectorised ``vera.scoring.steps`` can be checked against
 it bit for bit. It is not used by the package.
 """
 

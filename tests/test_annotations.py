@@ -7,7 +7,7 @@ from collections import Counter
 
 import pytest
 
-from vera.annotations import NORMAL_CLASS, load_test_annotations, load_train_annotations, ucf_class, ucf_key, xd_class
+from vera.data.annotations import NORMAL_CLASS, load_test_annotations, load_train_annotations, ucf_class, ucf_key, xd_class
 from vera.errors import VeraError
 
 

@@ -2,37 +2,19 @@
 
 from __future__ import annotations
 
-import functools
 import logging
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from vera.backends import load_backend
-from vera.backends.base import VLMRequest
+from vera.vlm.backends import load_backend
+from vera.vlm.backends.base import VLMRequest
 from vera.errors import VeraError
-from vera.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
 
 ARCHS = ("internvl", "qwen2_vl")
-TINY_ROOT = Path(tempfile.mkdtemp(prefix="vera-tiny-models-"))
-
-
-@functools.cache
-def tiny_model_path(arch: str) -> Path:
-    """A tiny random model of ``arch``, written once per test session (test_step1 shares it)."""
-    from vera import tiny_model
-
-    folder = TINY_ROOT / arch
-    assert tiny_model.main(["--arch", arch, "--out", str(folder)]) == 0
-    return folder
-
-
-@functools.cache
-def tiny_backend(arch: str):
-    return load_backend("hf", str(tiny_model_path(arch)), device="cpu", local_files_only=True)
 
 
 @pytest.fixture(autouse=True)
@@ -63,11 +45,11 @@ def _requests(num_frames: int = 8) -> list[VLMRequest]:
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_tiny_model_loads_offline_and_describes_itself(arch):
-    backend = tiny_backend(arch)
+def test_tiny_model_loads_offline_and_describes_itself(arch, tiny_models):
+    backend = tiny_models.backend(arch)
     assert backend.model_type == arch
     description = backend.describe()
-    assert description["model"] == str(tiny_model_path(arch))
+    assert description["model"] == str(tiny_models.path(arch))
     assert description["device"] == "cpu" and description["dtype"] == "float32"
     assert backend.tokenizer.padding_side == "left"
     for label, ids in backend.label_token_ids.items():
@@ -75,8 +57,8 @@ def test_tiny_model_loads_offline_and_describes_itself(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_batched_answers_equal_one_by_one(arch):
-    backend = tiny_backend(arch)
+def test_batched_answers_equal_one_by_one(arch, tiny_models):
+    backend = tiny_models.backend(arch)
     requests = _requests()
     batched = backend.generate(requests, max_new_tokens=6)
     single = [backend.generate([request], max_new_tokens=6)[0] for request in requests]
@@ -90,8 +72,8 @@ def test_batched_answers_equal_one_by_one(arch):
     assert len({a.text for a in batched}) >= 3
 
 
-def test_internvl_released_layout_is_one_image_block():
-    backend = tiny_backend("internvl")
+def test_internvl_released_layout_is_one_image_block(tiny_models):
+    backend = tiny_models.backend("internvl")
     processor = backend.processor
     tokenizer = backend.tokenizer
     requests = _requests()
@@ -115,8 +97,8 @@ def test_internvl_released_layout_is_one_image_block():
             assert "<image>" not in text and "Frame8: <img>" in text
 
 
-def test_qwen_layouts_put_images_where_asked():
-    backend = tiny_backend("qwen2_vl")
+def test_qwen_layouts_put_images_where_asked(tiny_models):
+    backend = tiny_models.backend("qwen2_vl")
     tokenizer = backend.tokenizer
     requests = _requests()
     inputs = backend._batch(requests).inputs
@@ -133,16 +115,16 @@ def test_qwen_layouts_put_images_where_asked():
             assert all(f"Frame{n}: <|vision_start|>" in text for n in range(1, 9))
 
 
-def test_per_frame_needs_one_image_per_placeholder():
-    backend = tiny_backend("internvl")
+def test_per_frame_needs_one_image_per_placeholder(tiny_models):
+    backend = tiny_models.backend("internvl")
     prompt = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, ["1. Q?"], 8)
     request = VLMRequest(prompt, _frames(0, 3), "video-x segment 0", image_block=False)
     with pytest.raises(VeraError, match="video-x segment 0: 8 <image> placeholders for 3 images"):
         backend.generate([request], max_new_tokens=2)
 
 
-def test_label_probability_is_read_at_the_last_label_token():
-    backend = tiny_backend("internvl")
+def test_label_probability_is_read_at_the_last_label_token(tiny_models):
+    backend = tiny_models.backend("internvl")
     zeros, ones = backend.label_token_ids["0"], backend.label_token_ids["1"]
     other = backend.tokenizer.encode("a", add_special_tokens=False)[0]
 
@@ -156,8 +138,8 @@ def test_label_probability_is_read_at_the_last_label_token():
     assert backend._label_prob([other, other, other], steps) is None
 
 
-def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog):
-    backend = tiny_backend("internvl")
+def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog, tiny_models):
+    backend = tiny_models.backend("internvl")
     requests = _requests()
     expected = [a.text for a in backend.generate(requests, max_new_tokens=3)]
     real = backend._generate_batch
@@ -185,20 +167,20 @@ def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog):
         backend.generate(requests[:1], max_new_tokens=3)
 
 
-def test_load_errors(tmp_path):
+def test_load_errors(tmp_path, tiny_models):
     with pytest.raises(VeraError, match="cannot load model"):
         load_backend("hf", str(tmp_path / "absent"), device="cpu", local_files_only=True)
     with pytest.raises(VeraError, match="unknown backend 'vllm'"):
         load_backend("vllm", "x")
     with pytest.raises(VeraError, match="unknown dtype"):
-        load_backend("hf", str(tiny_model_path("internvl")), device="cpu", dtype="int3")
+        load_backend("hf", str(tiny_models.path("internvl")), device="cpu", dtype="int3")
 
 
 @pytest.mark.parametrize("layout", ["released", "per-frame"])
-def test_authors_prompt_reaches_internvl_token_for_token(shared_data, layout):
-    from vera.prompts import load_template
+def test_authors_prompt_reaches_internvl_token_for_token(shared_data, layout, tiny_models):
+    from vera.vlm.prompts import load_template
 
-    backend = tiny_backend("internvl")
+    backend = tiny_models.backend("internvl")
     processor = backend.processor
     prompt = build_learner_prompt(load_template(shared_data / "prompts" / "VERA_learner_instruct.txt"),
                                   PRESET_QUESTIONS["ucf"])

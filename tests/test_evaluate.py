@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -12,15 +13,15 @@ import pytest
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from released_reference import reference_labels, reference_video
-from vera.annotations import TestVideo, load_test_annotations
+from vera.data.annotations import TestVideo, load_test_annotations
 from vera.errors import VeraError
-from vera.evaluate import evaluate
-from vera.scoring import ScoringOptions
-from vera.synthetic import segment_file, write_synthetic_inputs
+from vera.scoring.evaluate import evaluate
+from vera.scoring.steps import ScoringOptions
+from vera.scoring.synthetic import segment_file, write_synthetic_inputs
 
-from scripts import ROOT, load_script
+from scripts import ROOT
 
-compute_auc = load_script("Inference/compute_auc.py")
+compute_auc = importlib.import_module("vera.commands.compute_auc")
 
 
 def _reference_run(annotation_path: Path, scores_dir: Path, features_dir: Path, dataset: str, metric: str):
@@ -223,7 +224,7 @@ def test_user_mistakes_exit_2_with_one_line_and_no_traceback(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == f"error: score folder not found: {tmp_path / 'nope'}"
+    assert result.stderr.strip() == f"error: argument --scores: folder not found: {tmp_path / 'nope'}"
 
 
 def test_official_ucf_txt_takes_lengths_from_the_scores(tmp_path):

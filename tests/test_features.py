@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import subprocess
@@ -13,13 +14,12 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, roc_curve
 
-from vera.annotations import infer_dataset, load_test_annotations
+from vera.data.annotations import infer_dataset, load_test_annotations
 from vera.errors import VeraError, run_cli
-from vera.features import PARTIAL_DIR, FeatureSettings, extract_features, video_features
-from vera.frames import open_frames
-from vera.imagebind import TINY, randomly_initialised
-from vera.segments import num_segments, segment_centres, segment_window
-from scripts import load_script
+from vera.features.extraction import PARTIAL_DIR, FeatureSettings, extract_features, video_features
+from vera.data.frames import open_frames
+from vera.features.imagebind import TINY, randomly_initialised
+from vera.data.segments import num_segments, segment_centres, segment_window
 from video_fixtures import decode_to_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,7 +28,7 @@ TINY_SETTINGS = FeatureSettings(model="random-tiny (seed 0)")
 
 
 def _cli():
-    return load_script("Preprocessing/extract_features.py")
+    return importlib.import_module("vera.commands.extract_features")
 
 
 @pytest.fixture(scope="module")
@@ -165,8 +165,8 @@ def test_cli_writes_then_skips_finished_videos(data, from_frames, tmp_path: Path
     for bad in ("0", "0.05", "-30", "nan", "inf"):
         assert run_cli(cli.main, [*argv, "--fps", bad]) == 2
         error = capsys.readouterr().err
-        assert f"--fps must be a frame rate giving at least 1 frame each side of a segment centre, got {float(bad)}" \
-            in error
+        assert error.splitlines()[-1] == ("error: argument --fps: must be a finite frame rate of at least 0.1 "
+                                          f"(one frame each side of a segment centre), got {bad}")
 
 
 def test_cli_reports_a_missing_checkpoint(data, tmp_path: Path):
@@ -177,7 +177,7 @@ def test_cli_reports_a_missing_checkpoint(data, tmp_path: Path):
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith("error: checkpoint not found:")
+    assert result.stderr.strip().splitlines()[-1].startswith("error: argument --checkpoint: file not found:")
     assert "Traceback" not in result.stderr
 
 
@@ -211,7 +211,7 @@ def test_problem_videos_are_named_and_the_rest_go_on(data, encoder, tmp_path: Pa
 
 
 def test_compute_auc_accepts_the_features(data, from_frames, tmp_path: Path):
-    compute_auc = load_script("Inference/compute_auc.py")
+    compute_auc = importlib.import_module("vera.commands.compute_auc")
     # One anomalous clip and one filed as normal, with Step 1 scores on the same segment grid.
     entries = [
         {"video": "frames/Fighting/Fighting033_x264_570_841.mp4", "temporal_label": [100, 270, -1, -1], "length": 271},

@@ -17,7 +17,7 @@ import pytest
 from video_fixtures import decode_index, extract_or_crash, index_frame, write_h264_index_video, write_index_video
 
 from vera.errors import VeraError
-from vera.frame_extraction import (
+from vera.data.extraction import (
     MANIFEST_NAME,
     ExtractedVideo,
     annotated_lengths,
@@ -25,8 +25,8 @@ from vera.frame_extraction import (
     length_mismatches,
     read_manifest,
 )
-from vera.frames import JpegFolderFrames, VideoFileFrames, find_video, frame_name, list_videos, open_frames
-from vera.segments import segment_centres, segment_window, window_frame_indices
+from vera.data.frames import JpegFolderFrames, VideoFileFrames, find_video, frame_name, list_videos, open_frames
+from vera.data.segments import segment_centres, segment_window, window_frame_indices
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frame counts, sizes and rates of the real clips, from ../shared/data/README.md.

@@ -20,9 +20,9 @@ import pytest
 import torch
 
 from vera.errors import VeraError
-from vera.features import video_features
-from vera.frames import open_frames
-from vera.imagebind import (
+from vera.features.extraction import video_features
+from vera.data.frames import open_frames
+from vera.features.imagebind import (
     CLIP_MEAN,
     CLIP_STD,
     TINY,
@@ -40,7 +40,7 @@ from vera.imagebind import (
     short_side_size,
     window_sample,
 )
-from vera.segments import segment_centres, segment_window
+from vera.data.segments import segment_centres, segment_window
 from video_fixtures import decode_to_jpegs
 
 INSTALL = ("pip install --no-deps imagebind-packaged==0.1.2 pytorchvideo==0.1.5 timm==1.0.31 iopath==0.1.10 "

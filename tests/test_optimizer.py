@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from vera.errors import VeraError
-from vera.optimizer import (
+from vera.learning.optimizer_prompt import (
     DEFAULT_OPTIMIZER_TEMPLATE,
     MAX_QUESTIONS,
     build_optimizer_prompt,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from vera.parsing import ParsedAnswer, parse_answer, released_score
+from vera.vlm.parsing import ParsedAnswer, parse_answer, released_score
 
 
 @pytest.mark.parametrize("text, score, status", [

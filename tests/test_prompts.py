@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vera.errors import VeraError
-from vera.prompts import (
+from vera.vlm.prompts import (
     DEFAULT_LEARNER_TEMPLATE,
     FRAME_LAYOUTS,
     PRESET_QUESTIONS,

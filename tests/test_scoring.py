@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from released_reference import reference_video
-from vera.scoring import (
+from vera.scoring.steps import (
     ScoringOptions,
     frame_scores,
     ground_truth,
@@ -141,7 +141,7 @@ def test_fast_neighbours_agree_with_argsort_where_it_matters():
 
 @pytest.mark.parametrize("block_elements", [1 << 21, 1000])
 def test_heavy_ties_with_mixed_scores_fall_back_to_numpy_argsort(monkeypatch, block_elements):
-    monkeypatch.setattr("vera.scoring._BLOCK_ELEMENTS", block_elements)  # 1000: blocks of 8 rows on threads
+    monkeypatch.setattr("vera.scoring.steps._BLOCK_ELEMENTS", block_elements)  # 1000: blocks of 8 rows on threads
     rng = np.random.default_rng(11)
     h = 120
     base = rng.standard_normal((4, 8)).astype(np.float32)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vera.segments import num_segments, segment_centres, segment_window, video_frame_indices, window_frame_indices
+from vera.data.segments import num_segments, segment_centres, segment_window, video_frame_indices, window_frame_indices
 
 
 def test_grid_and_windows():

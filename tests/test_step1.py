@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import json
 import os
 import subprocess
@@ -12,17 +14,17 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from scripts import load_script
 from sklearn.metrics import auc, roc_curve
 from video_fixtures import decode_index, decode_to_jpegs, index_frame, write_index_video
 
-from vera.annotations import TestVideo
-from vera.backends.base import VLMAnswer, VLMRequest
-from vera.backends.scripted import ScriptedBackend
+from vera.data.annotations import TestVideo
+from vera.vlm.backends.base import VLMAnswer, VLMRequest
+from vera.vlm.backends.scripted import ScriptedBackend
 from vera.errors import VeraError
-from vera.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt
-from vera.frames import resize_frames
-from vera.step1 import Step1Runner, Step1Settings, parse_shard, plan_segments, select_videos
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt
+from vera.data.frames import resize_frames
+from vera.options import shard as shard_option
+from vera.vlm.step1 import Step1Runner, Step1Settings, plan_segments, select_videos
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = PRESET_QUESTIONS["ucf"]
@@ -185,10 +187,10 @@ KILL_SCRIPT = """
 import os, sys
 from pathlib import Path
 from video_fixtures import decode_index
-from vera.annotations import TestVideo
-from vera.backends.scripted import ScriptedBackend
-from vera.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
-from vera.step1 import Step1Runner, Step1Settings
+from vera.data.annotations import TestVideo
+from vera.vlm.backends.scripted import ScriptedBackend
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+from vera.vlm.step1 import Step1Runner, Step1Settings
 
 answered = 0
 def respond(request):
@@ -280,10 +282,10 @@ def test_shards_split_videos_deterministically(index_videos, tmp_path):
         write_index_folder(index_videos["frames_dir"] / f"extra{i}", 20)
     assert [v.key for v in select_videos(videos, (1, 2))] == ["mid", "extra0", "extra2"]
     assert [v.key for v in select_videos(videos, (0, 2), limit=3)] == ["long", "short"]
-    assert parse_shard("2/3") == (2, 3)
+    assert shard_option("2/3") == (2, 3)
     for bad in ("3/3", "1", "a/b", "0/0"):
-        with pytest.raises(VeraError, match="--shard"):
-            parse_shard(bad)
+        with pytest.raises(argparse.ArgumentTypeError):
+            shard_option(bad)
     sharded = tmp_path / "sharded"
     for index in range(2):
         runner(ScriptedBackend(index_answer), sharded, frames_dir=index_videos["frames_dir"],
@@ -326,8 +328,7 @@ def test_annotation_length_must_match_the_frames_on_disk(index_videos, tmp_path)
 
 # -- the command line on the real clips with the tiny model -------------------------------------
 
-def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
-    from test_backends import tiny_model_path
+def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys, tiny_models):
 
     clips = shared_data / "clips"
     keys = {"RoadAccidents133_x264_270_451": 181, "Fighting033_x264_570_841": 271}
@@ -340,8 +341,8 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
     for key in list(keys)[:1]:  # the frames run does the first video only (--limit 1)
         assert decode_to_jpegs(clips / f"{key}.mp4", frames / key) == keys[key]
 
-    cli = load_script("Inference/generate_initial_score.py")
-    common = ["--dataset", "ucf", "--annotations", str(annotation), "--model", str(tiny_model_path("internvl")),
+    cli = importlib.import_module("vera.commands.generate_initial_score")
+    common = ["--dataset", "ucf", "--annotations", str(annotation), "--model", str(tiny_models.path("internvl")),
               "--preset", "ucf", "--batch-size", "8", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -368,7 +369,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
 
-    compute_auc = load_script("Inference/compute_auc.py")
+    compute_auc = importlib.import_module("vera.commands.compute_auc")
     assert compute_auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores--videos"),
                      "--skip-step2", "--no-curves", "--output", str(tmp_path / "auc")]) == 0
     metrics = json.loads((tmp_path / "auc" / "metrics.json").read_text())
@@ -383,14 +384,14 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys):
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from vera.errors import run_cli
 
-    cli = load_script("Inference/generate_initial_score.py")
+    cli = importlib.import_module("vera.commands.generate_initial_score")
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
-    base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path), "--model", "m",
+    base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path), "--model", str(tmp_path),
             "--output", str(tmp_path / "out")]
     assert run_cli(cli.main, base + ["--preset", "ucf", "--shard", "2/2"]) == 2
-    assert "error: --shard 2/2: need 0 <= I < N" in capsys.readouterr().err
+    assert capsys.readouterr().err == "error: argument --shard: 2/2: need 0 <= I < N\n"
     assert run_cli(cli.main, base + ["--questions", str(tmp_path / "q.txt")]) == 2
-    assert "error: questions file not found" in capsys.readouterr().err
+    assert capsys.readouterr().err == f"error: argument --questions: file not found: {tmp_path / 'q.txt'}\n"
     assert run_cli(cli.main, base + ["--preset", "ucf", "--prompt-file", str(annotation)]) == 2
     assert "lacks '$Data' and 'Based on the analysis above'" in capsys.readouterr().err

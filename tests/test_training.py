@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import multiprocessing
 import os
@@ -12,12 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-from scripts import load_script
 
-from vera.backends.base import VLMAnswer, VLMRequest
-from vera.backends.scripted import ScriptedBackend
+from vera.vlm.backends.base import VLMAnswer, VLMRequest
+from vera.vlm.backends.scripted import ScriptedBackend
 from vera.errors import VeraError
-from vera.training import (
+from vera.learning.loop import (
     BEST_FILE,
     CHECKPOINT_FILE,
     HISTORY_FILE,
@@ -387,16 +387,12 @@ def test_ddp_two_ranks_agree_with_one_process(ucf: dict, tmp_path: Path) -> None
 
 
 def _cli():
-    return load_script("training.py")
+    return importlib.import_module("vera.commands.training")
 
 
 @pytest.fixture(scope="module")
-def tiny_internvl(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from vera import tiny_model
-
-    folder = tmp_path_factory.mktemp("tiny") / "internvl"
-    assert tiny_model.main(["--arch", "internvl", "--out", str(folder)]) in (0, None)
-    return folder
+def tiny_internvl(tiny_models) -> Path:
+    return tiny_models.path("internvl")
 
 
 def test_cli_end_to_end_with_tiny_model_and_resume(shared_data: Path, tiny_internvl: Path, tmp_path: Path,
@@ -428,7 +424,7 @@ def test_cli_end_to_end_with_tiny_model_and_resume(shared_data: Path, tiny_inter
     best = (out / BEST_FILE).read_text().splitlines()
     assert best == next(r["questions"] for r in validation if r["selected"] and r["step"] == load_checkpoint(
         out / CHECKPOINT_FILE).best.step)
-    from vera.prompts import load_questions
+    from vera.vlm.prompts import load_questions
 
     assert load_questions(out / BEST_FILE) == best  # what generate_initial_score.py --questions reads
     metrics = (out / "logs" / "version_1" / "metrics.csv").read_text()

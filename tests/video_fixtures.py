@@ -99,7 +99,7 @@ def write_h264_index_video(path: Path, num_frames: int, size: tuple[int, int] = 
 
 def extract_or_crash(video: Path, frames_dir: Path, known: bool):
     """A stand-in for ``extract_video`` whose worker dies on videos named ``crash*`` and raises on ``oops*``."""
-    from vera.frame_extraction import extract_video
+    from vera.data.extraction import extract_video
 
     if Path(video).name.startswith("crash"):
         os._exit(3)
@@ -111,7 +111,7 @@ def extract_or_crash(video: Path, frames_dir: Path, known: bool):
 def decode_to_jpegs(video: Path, folder: Path) -> int:
     """Decode ``video`` with OpenCV and write every frame as ``folder/%06d.jpg``; returns the count.
 
-    A plain decode-and-write loop, independent of ``vera.frame_extraction``,
+    A plain decode-and-write loop, independent of ``vera.data.extraction``,
     for tests and benchmarks that need frame folders of the real clips.
     """
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,20 @@
 """VERA: explainable video anomaly detection by verbalized learning of a frozen VLM.
 
-One module per concept: ``annotations`` (datasets and labels), ``segments``
-(the 16-frame grid and its windows), ``scores`` (per-video segment files),
-``scoring`` (Steps 2 and 3), ``metrics`` (AUC/AP and friends), ``evaluate``
-(the whole evaluation of ``Inference/compute_auc.py``).
+The package is organised by capability, in the order of the paper's pipeline:
+
+- ``vera.data``: datasets and their annotations, the 16-frame segment grid,
+  frame reading (JPEG folders or video files) and frame extraction.
+- ``vera.features``: ImageBind vision features per segment (Step 2's similarity).
+- ``vera.vlm``: the frozen vision-language model: backends, prompts, answer
+  parsing, tiny offline models, and Step 1 (one answer per segment).
+- ``vera.learning``: verbalized learning of the guiding questions (training).
+- ``vera.scoring``: segment score files, Steps 2 and 3, metrics and evaluation.
+
+Shared mechanisms live at the top: ``vera.options`` (every command-line option,
+defined once), ``vera.runs`` (output folders: identity, refusal, resume),
+``vera.io`` (atomic writes, clear read errors), ``vera.errors`` (one-line
+errors) and ``vera.devices``. ``vera.commands`` holds the entry points that the
+top-level scripts (``Inference/``, ``Preprocessing/``, ``training.py``) call.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

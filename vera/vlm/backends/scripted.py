@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from vera.backends.base import VLMAnswer, VLMRequest
+from vera.vlm.backends.base import VLMAnswer, VLMRequest
 
 
 class ScriptedBackend:

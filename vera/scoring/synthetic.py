@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 
-from vera.annotations import TestVideo
+from vera.data.annotations import TestVideo
 from vera.io import save_npy_atomic, write_json_atomic
-from vera.scoring import ground_truth
-from vera.segments import half_window, segment_centres
+from vera.scoring.steps import ground_truth
+from vera.data.segments import half_window, segment_centres
 
 
 def segment_file(length: int, scores: np.ndarray) -> dict:

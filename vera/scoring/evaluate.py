@@ -10,13 +10,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vera.annotations import NORMAL_CLASS, TestVideo
+from vera.data.annotations import NORMAL_CLASS, TestVideo
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
-from vera.metrics import FALSE_ALARM_THRESHOLD, false_alarm_rate, pr_auc, roc_auc, save_curves
-from vera.scores import SegmentScores, read_segment_scores
-from vera.scoring import ScoringOptions, frame_scores, ground_truth, released_ap_trim
-from vera.segments import num_segments
+from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, false_alarm_rate, pr_auc, roc_auc, save_curves
+from vera.scoring.score_files import SegmentScores, read_segment_scores
+from vera.scoring.steps import ScoringOptions, frame_scores, ground_truth, released_ap_trim
+from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
 

@@ -1,7 +1,7 @@
 """Step 2's segment features: one ImageBind embedding per 16-frame segment, one ``.npy`` per video.
 
 For every segment centre ``c = 0, 16, 32, … < length`` (``length`` from the
-annotation) the views of LAVAD's recipe (``vera.imagebind``) are embedded
+annotation) the views of LAVAD's recipe (``vera.features.imagebind``) are embedded
 and averaged; ``<output>/<key>.npy`` holds the ``(num_segments, 1024)``
 float32 rows. Views of many segments go through the model together.
 
@@ -11,7 +11,7 @@ skipped on the next run; a video in progress saves its finished rows to
 there. ``<output>/features_settings.json`` records the model and recipe, so a
 rerun with other settings cannot mix features of two models in one folder.
 
-Frames come from ``vera.frames`` (JPEG folders or video files). A video with
+Frames come from ``vera.data.frames`` (JPEG folders or video files). A video with
 fewer frames than its annotated length is an error (frames and annotation
 disagree, so the segment grid would be wrong) unless ``clamp_short`` is set,
 which reads the last frame in place of the missing ones and warns. Extra
@@ -31,12 +31,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from vera.annotations import TestVideo
+from vera.data.annotations import TestVideo
 from vera.errors import VeraError
-from vera.frames import VideoFrames, open_frames
-from vera.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
+from vera.data.frames import VideoFrames, open_frames
+from vera.features.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
 from vera.io import read_json, save_npy_atomic, write_json_atomic
-from vera.segments import HALF_WINDOW, num_segments, segment_centres
+from vera.data.segments import HALF_WINDOW, num_segments, segment_centres
 
 RECIPE = "lavad-imagebind: 10 frames/window, FrameVideo 30 fps, 5 clips x 2 s, 2 frames/clip, short side 224, 3 crops"
 SETTINGS_FILE = "features_settings.json"

@@ -22,12 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vera.backends.base import IMAGE_PLACEHOLDER, VLMRequest
+from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
 from vera.io import read_text
+from vera.options import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS
 
-FRAME_LAYOUTS = ("released", "per-frame")
-DEFAULT_FRAME_LAYOUT = "released"
 DATA_SLOT = "$Data"
 QUESTIONS_ANCHOR = "Based on the analysis above"
 NUM_FRAMES = 8

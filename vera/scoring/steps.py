@@ -18,12 +18,11 @@ from typing import Literal
 
 import numpy as np
 
-from vera.segments import SEGMENT_STRIDE
+from vera.data.segments import SEGMENT_STRIDE
+from vera.options import METRICS, PROTOCOLS
 
 Protocol = Literal["released", "paper"]
 Metric = Literal["auc", "ap"]
-PROTOCOLS: tuple[str, ...] = ("released", "paper")
-METRICS: tuple[str, ...] = ("auc", "ap")
 
 SIMILARITY_SCALE = 10.0  # softmax(10·S): the paper's temperature 0.1
 RELEASED_KERNEL_SIZE, RELEASED_KERNEL_SIGMA = 15, 10.0

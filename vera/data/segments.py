@@ -11,8 +11,9 @@ import math
 
 import numpy as np
 
+from vera.options import HALF_WINDOW  # frames on each side of a centre: 5 s at 30 fps
+
 SEGMENT_STRIDE = 16
-HALF_WINDOW = 150  # frames on each side of a centre: 5 s at 30 fps
 
 
 def num_segments(length: int) -> int:

@@ -26,7 +26,7 @@ import torch
 import transformers
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
 
-from vera.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
+from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
 from vera.devices import resolve_device, resolve_dtype
 from vera.errors import VeraError
 

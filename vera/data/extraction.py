@@ -24,9 +24,9 @@ from typing import Literal
 import cv2
 from tqdm import tqdm
 
-from vera.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations
+from vera.data.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations
 from vera.errors import VeraError
-from vera.frames import JpegFolderFrames, frame_name, video_key
+from vera.data.frames import JpegFolderFrames, frame_name, video_key
 from vera.io import read_json, write_json_atomic
 
 MANIFEST_NAME = "manifest.json"

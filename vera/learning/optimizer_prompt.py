@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vera.errors import VeraError
-from vera.prompts import QUESTIONS_ANCHOR, check_questions, frame_lines
+from vera.vlm.prompts import QUESTIONS_ANCHOR, check_questions, frame_lines
 
 PREDICTION_PLACEHOLDER = "[" + " ".join(["[$Prediction]"] * 10) + "]"
 TARGET_PLACEHOLDER = "[" + " ".join(["[$GroundTruth]"] * 10) + "]"

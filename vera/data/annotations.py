@@ -14,9 +14,9 @@ from typing import Literal
 
 from vera.errors import VeraError
 from vera.io import read_json, read_text
+from vera.options import DATASETS
 
 Dataset = Literal["ucf", "xd"]
-DATASETS: tuple[str, ...] = ("ucf", "xd")
 NORMAL_CLASS = "Normal"
 UCF_NORMAL_FOLDERS = ("Normal", "Testing_Normal_Videos_Anomaly", "Training_Normal_Videos_Anomaly")
 

@@ -1,8 +1,8 @@
 """Step 1 of VERA: ask a frozen VLM the guiding questions about every segment of every test video.
 
-For each video the segments are centred on frames 0, 16, 32, … (``vera.segments``);
+For each video the segments are centred on frames 0, 16, 32, … (``vera.data.segments``);
 each shows the VLM 8 frames of its window, resized to 448×448 (bicubic), with
-the learner prompt. The answer's 0/1 label (``vera.parsing``) is the segment's
+the learner prompt. The answer's 0/1 label (``vera.vlm.parsing``) is the segment's
 initial score. Output, per video, ``<output>/<key>.json``::
 
     {"0": {"start": 0.0, "end": 150.0, "score": 1, "response": "…", "parse_status": "ok",
@@ -33,14 +33,14 @@ import numpy as np
 from tqdm import tqdm
 
 import vera
-from vera.annotations import TestVideo
-from vera.backends.base import VLMAnswer, VLMBackend, VLMRequest
+from vera.data.annotations import TestVideo
+from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
-from vera.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames, resize_frames
+from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames, resize_frames
 from vera.io import read_json, sha256_text, write_json_atomic
-from vera.parsing import PARSE_STATUSES, parse_answer
-from vera.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_request
-from vera.segments import half_window, segment_centres, segment_window, window_frame_indices
+from vera.vlm.parsing import PARSE_STATUSES, parse_answer
+from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_request
+from vera.data.segments import half_window, segment_centres, segment_window, window_frame_indices
 
 PARTIAL_DIR = ".partial"
 RUN_FILE = "run.json"
@@ -63,17 +63,6 @@ def plan_segments(length: int, half: int, num_frames: int = NUM_FRAMES) -> list[
         start, end = segment_window(centre, length, half)
         segments.append(Segment(centre, start, end, tuple(window_frame_indices(start, end, num_frames).tolist())))
     return segments
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` with ``0 ≤ I < N`` → ``(I, N)``."""
-    try:
-        index, count = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise VeraError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if count < 1 or not 0 <= index < count:
-        raise VeraError(f"--shard {text}: need 0 <= I < N")
-    return index, count
 
 
 def select_videos(videos: list[TestVideo], shard: tuple[int, int] = (0, 1),

@@ -37,22 +37,22 @@ import torch
 import torch.distributed as torch_dist
 from tqdm import tqdm
 
-from vera.annotations import TrainVideo, load_train_annotations
-from vera.backends.base import VLMAnswer, VLMBackend, VLMRequest
+from vera.data.annotations import TrainVideo, load_train_annotations
+from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
-from vera.frames import VLM_IMAGE_SIZE, find_video, open_frames, resize_frames
+from vera.options import SELECT_BY
+from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames, resize_frames
 from vera.io import sha256_text, write_bytes_atomic, write_text_atomic
-from vera.metrics import roc_auc
-from vera.optimizer import build_optimizer_prompt, extract_new_questions, load_optimizer_template
-from vera.parsing import parse_answer
-from vera.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, build_learner_prompt, learner_request, load_template
-from vera.segments import video_frame_indices
+from vera.scoring.metrics import roc_auc
+from vera.learning.optimizer_prompt import build_optimizer_prompt, extract_new_questions, load_optimizer_template
+from vera.vlm.parsing import parse_answer
+from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, build_learner_prompt, learner_request, load_template
+from vera.data.segments import video_frame_indices
 
 INITIAL_QUESTIONS = [
     "1. Is there any suspicious person or object that looks unusual in this scene?",
     "2. Is there any behavior that looks unusual in this scene?",
 ]
-SELECT_BY = ("accuracy", "auc")
 HISTORY_FILE = "history.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 BEST_FILE = "best_questions.txt"
@@ -644,7 +644,7 @@ def train(options: TrainingOptions, backend: VLMBackend, *, log: Callable[[dict,
 
 def _lightning_loggers(output: Path) -> list:
     """CSV logs always; TensorBoard too where it is installed."""
-    from lightning_fabric.loggers import CSVLogger, TensorBoardLogger
+    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
 
     loggers = [CSVLogger(root_dir=output, name="logs", flush_logs_every_n_steps=1)]
     if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
@@ -663,7 +663,7 @@ def train_with_lightning(options: TrainingOptions, make_backend: Callable[[str],
     process launching, the DDP process group and the loggers; the loop is ours.
     ``make_backend`` receives this process's device (``cuda:1``, ``cpu`` …).
     """
-    from lightning_fabric import Fabric
+    from lightning.fabric import Fabric
 
     if devices < 1:
         raise VeraError(f"--devices must be at least 1, got {devices}")

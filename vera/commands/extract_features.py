@@ -1,0 +1,56 @@
+"""ImageBind segment features for Step 2: <output>/<key>.npy, one row per 16-frame segment.
+
+    python Preprocessing/extract_features.py --annotations Data/UCF_Eval.json \\
+        --frames Data/frames/ucf --output Data/features/ucf --checkpoint imagebind_huge.pth
+
+Frames come from JPEG folders (--frames, as written by extract_frames.py) or
+straight from the video files (--videos). The dataset is read from the
+annotation file unless --dataset names it. --fps sets the segment windows as
+in Inference/generate_initial_score.py; give both steps the same value.
+Rerunning the same command resumes: finished videos are skipped and a video
+cut short continues from its last saved rows. --random-init (ImageBind-huge's
+shape) and --random-init --tiny (a small model of the same architecture) run
+the whole path without weights.
+"""
+
+from __future__ import annotations
+
+from vera.options import Command, OneOf
+
+COMMAND = Command(__doc__, [
+    "annotations", "dataset_optional", OneOf(("frames", "videos")), "output", OneOf(("checkpoint", "random_init")),
+    "tiny", "features_batch_size", "device", "dtype", "fps", "clamp_short", "limit",
+], prog="extract_features.py")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = COMMAND.parse(argv)
+    from vera.data.annotations import infer_dataset, load_test_annotations
+    from vera.data.segments import half_window
+    from vera.devices import resolve_device, resolve_dtype
+    from vera.errors import VeraError
+    from vera.features.extraction import FeatureSettings, extract_features
+    from vera.features.imagebind import load_vision_encoder
+
+    window = half_window(args.fps)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device, gpu_default="float16")
+    dtype_name = str(dtype).removeprefix("torch.")
+    dataset = args.dataset or infer_dataset(args.annotations)
+    videos = load_test_annotations(args.annotations, dataset)[: args.limit]
+    encoder = load_vision_encoder(args.checkpoint, random_init=args.random_init, tiny=args.tiny,
+                                  device=device, dtype=dtype)
+    if args.random_init:
+        model = f"random-{encoder.config.name} (seed 0)"
+    else:
+        model = f"{args.checkpoint.name} ({args.checkpoint.stat().st_size} bytes)"
+    settings = FeatureSettings(model=model, dtype=dtype_name, half_window=window)
+    report = extract_features(videos, encoder, args.output, settings, frames_dir=args.frames, videos_dir=args.videos,
+                              batch_size=args.batch_size, clamp_short=args.clamp_short)
+    rate = report.segments / report.seconds if report.seconds > 0 else 0.0
+    print(f"{len(report.written)} written, {len(report.skipped)} already complete, {len(report.failed)} failed; "
+          f"{report.segments} segments in {report.seconds:.1f} s ({rate:.2f} segments/s) on {device} {dtype_name}")
+    if report.failed:
+        listed = "; ".join(list(report.failed.values())[:3])
+        raise VeraError(f"{len(report.failed)} of {len(videos)} videos failed ({listed}); fix them and rerun to resume")
+    return 0

@@ -1,0 +1,328 @@
+"""Every command-line option of the project, defined once: flag, type, default, help and validation.
+
+A command lists the options it takes by name (``build_parser(["dataset",
+"annotations", ...])``), so the same flag means, defaults to and rejects the
+same thing in every script: ``--fps nan`` gives the same one-line error in
+Step 1, feature extraction and training. Where a flag means something else in
+another command (``--batch-size`` counts segments in Step 1, videos in
+training, views in feature extraction) it is a separate option with its own
+name here.
+
+This module imports nothing heavy (no torch, no transformers), so ``--help``
+and argument errors answer at once; commands import their stage after parsing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vera.errors import VeraError
+
+# Choices that several modules share; the modules that use them import them from here.
+DATASETS = ("ucf", "xd")
+FRAME_LAYOUTS = ("released", "per-frame")
+DEFAULT_FRAME_LAYOUT = "released"
+BACKENDS = ("hf",)
+DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
+PROTOCOLS = ("released", "paper")
+METRICS = ("auc", "ap")
+PRESETS = ("ucf", "xd", "ucf-qwen")
+SELECT_BY = ("accuracy", "auc")
+ACCELERATORS = ("auto", "cuda", "cpu")
+HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
+
+
+# -- value types: each turns the text into a value or says, in one line, what is wrong --------
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def frame_rate(text: str) -> float:
+    """A frame rate whose 10-second window keeps at least one frame each side of a centre."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
+    if not math.isfinite(value) or round(5.0 * value) < 1:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite frame rate of at least 0.1 (one frame each side of a segment centre), got {text}")
+    return value
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` with ``0 <= I < N`` → ``(I, N)``."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must look like I/N (e.g. 0/4), got {text!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"{text}: need 0 <= I < N")
+    return index, count
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
+    return path
+
+
+def existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"folder not found: {path}" if not path.exists() else f"not a folder: {path}")
+    return path
+
+
+def output_dir(text: str) -> Path:
+    """A folder the run can write to: it exists and is writable, or it can be created.
+
+    Checked before any work so that a typo or a read-only disk is not found
+    after an hour of computation.
+    """
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} exists and is not a folder")
+    probe = path
+    while not probe.exists():  # the nearest existing ancestor decides whether we can create it
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+        raise argparse.ArgumentTypeError(f"cannot write to {path}: {probe} is not a writable folder")
+    return path
+
+
+def model_ref(text: str) -> str:
+    """A local model folder, or a Hub id (``owner/name``); a local path that does not exist fails now."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name a local folder or a Hugging Face id")
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") != 1 or Path(text).exists()
+    if looks_local and not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"model folder not found: {text}")
+    return text
+
+
+# -- the options ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Option:
+    """One command-line option: what argparse needs, in one place."""
+
+    flags: tuple[str, ...]
+    help: str
+    type: Callable[[str], Any] | None = None
+    default: Any = None
+    choices: Sequence[str] | None = None
+    action: str | None = None
+    required: bool = False
+    metavar: str | None = None
+    dest: str | None = None
+
+    def add_to(self, parser: argparse._ActionsContainer, required: bool | None = None) -> None:
+        kwargs: dict[str, Any] = {"help": self.help}
+        if self.dest:
+            kwargs["dest"] = self.dest
+        if self.action:
+            kwargs["action"] = self.action
+        else:
+            kwargs.update(type=self.type, default=self.default, choices=self.choices, metavar=self.metavar)
+            if required if required is not None else self.required:
+                kwargs["required"] = True
+        parser.add_argument(*self.flags, **kwargs)
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """Options of which at most one (exactly one when ``required``) may be given."""
+
+    names: tuple[str, ...]
+    required: bool = True
+
+
+def _opt(*flags: str, **kwargs: Any) -> Option:
+    return Option(flags=flags, **kwargs)
+
+
+OPTIONS: dict[str, Option] = {
+    # inputs
+    "dataset": _opt("--dataset", choices=DATASETS, required=True,
+                    help="ucf (UCF-Crime) or xd (XD-Violence); decides the key rule and the normal label"),
+    "dataset_optional": _opt("--dataset", choices=DATASETS,
+                             help="ucf or xd (default: inferred from the annotation file)"),
+    "annotations": _opt("--annotations", type=existing_file, required=True, metavar="FILE",
+                        help="test annotations: UCF_Eval.json, xd_test_800.json (or the official UCF txt where "
+                             "lengths are not needed)"),
+    "frames": _opt("--frames", type=existing_dir, metavar="DIR",
+                   help="folder of <key>/%%06d.jpg frame folders (Preprocessing/extract_frames.py)"),
+    "videos": _opt("--videos", type=existing_dir, metavar="DIR",
+                   help="folder holding <key>.mp4 (or .avi, …) anywhere below it; frames are decoded directly "
+                        "(pixels differ slightly from --frames, which went through JPEG)"),
+    "fps": _opt("--fps", type=frame_rate, metavar="F",
+                help=f"frame rate for a true 10-second window, ±round(5·F) frames (default: ±{HALF_WINDOW} "
+                     "frames, the released 30 fps assumption); give every stage the same value"),
+    "limit": _opt("--limit", type=positive_int, metavar="N", help="only the first N videos of the annotation file"),
+    "allow_length_mismatch": _opt("--allow-length-mismatch", action="store_true",
+                                  help="use a video whose frame count differs from its annotated length "
+                                       "(its frames are read up to the annotated length)"),
+    # outputs and runs
+    "output": _opt("--output", type=output_dir, required=True, metavar="DIR", help="output folder"),
+    "overwrite": _opt("--overwrite", action="store_true",
+                      help="replace what the output folder holds from a run with other settings"),
+    "no_progress": _opt("--no-progress", action="store_true",
+                        help="no progress bar (when not on a terminal, progress is logged as plain lines anyway)"),
+    "shard": _opt("--shard", type=shard, default=(0, 1), metavar="I/N",
+                  help="this process takes every N-th video from the I-th (0-based)"),
+    # the VLM
+    "model": _opt("--model", type=model_ref, required=True, metavar="PATH_OR_ID",
+                  help="local folder or Hugging Face id of the VLM (an id needs the network or the local cache)"),
+    "backend": _opt("--backend", choices=BACKENDS, default="hf", help="how the VLM runs (default: %(default)s)"),
+    "device": _opt("--device", default="auto", help="cpu, cuda or cuda:N (default auto: a GPU if there is one)"),
+    "dtype": _opt("--dtype", choices=DTYPE_CHOICES, default="auto",
+                  help="model precision (auto: bfloat16 on GPU for the VLM, float16 for ImageBind; float32 on CPU)"),
+    "questions": _opt("--questions", type=existing_file, metavar="FILE",
+                      help="guiding questions, one per line (e.g. training's best_questions.txt)"),
+    "preset": _opt("--preset", choices=PRESETS, help="the published questions"),
+    "prompt_file": _opt("--prompt-file", type=existing_file, metavar="FILE",
+                        help="learner template with $Data and 'Based on the analysis above' (e.g. the authors' "
+                             "VERA_learner_instruct.txt); default: the project's own"),
+    "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS, default=DEFAULT_FRAME_LAYOUT,
+                         help="released: all frames at the first <image> (as the authors fed InternVL2); "
+                              "per-frame: one frame per Frame line (default: %(default)s)"),
+    "max_new_tokens": _opt("--max-new-tokens", type=positive_int, default=1024, metavar="N",
+                           help="answer length limit (default: %(default)s, as released)"),
+    # Step 1
+    "step1_batch_size": _opt("--batch-size", type=positive_int, default=8, metavar="N",
+                             help="segments per generate call (default: %(default)s)"),
+    # features
+    "checkpoint": _opt("--checkpoint", type=existing_file, metavar="FILE",
+                       help="the official imagebind_huge.pth"),
+    "random_init": _opt("--random-init", action="store_true", help="seeded random weights of ImageBind-huge's shape"),
+    "tiny": _opt("--tiny", action="store_true", help="with --random-init: a small model, for smoke runs"),
+    "features_batch_size": _opt("--batch-size", type=positive_int, default=48, metavar="N",
+                                help="views per forward pass (3 per segment; default: %(default)s)"),
+    "clamp_short": _opt("--clamp-short", action="store_true",
+                        help="for a video with fewer frames than annotated, reuse its last frame instead of failing"),
+    # frames
+    "videos_in": _opt("--videos", type=existing_dir, required=True, metavar="DIR",
+                      help="folder of videos (searched recursively)"),
+    "frames_out": _opt("--frames", type=output_dir, required=True, metavar="DIR",
+                       help="output folder: <frames>/<key>/%%06d.jpg"),
+    "workers": _opt("--workers", type=positive_int, default=os.cpu_count() or 1, metavar="N",
+                    help="videos decoded in parallel (default: the CPU count)"),
+    "annotations_check": _opt("--annotations", type=existing_file, metavar="FILE",
+                              help="VERA annotation JSON (test or training list) to check frame counts against"),
+    "allow_short": _opt("--allow-short", action="store_true",
+                        help="accept a video that decodes fewer frames than its container declares"),
+    # scoring
+    "scores": _opt("--scores", type=existing_dir, required=True, metavar="DIR",
+                   help="folder of <key>.json segment scores (Step 1)"),
+    "features": _opt("--features", type=existing_dir, metavar="DIR",
+                      help="folder of <key>.npy segment features (needed for Step 2)"),
+    "metric": _opt("--metric", choices=METRICS, help="default: auc for ucf, ap for xd"),
+    "protocol": _opt("--protocol", choices=PROTOCOLS, default="released",
+                     help="released: the authors' scripts bit for bit; paper: the paper's text (default: %(default)s)"),
+    "score_field": _opt("--score-field", default="score",
+                        help="segment value to score by: the 0/1 'score' (default) or a soft one such as Step 1's "
+                             "'label_prob' (paper protocol; null values fall back to 'score')"),
+    "gt_frames": _opt("--gt-frames", type=existing_file, metavar="FILE",
+                      help="XD-Violence frame labels of Wu et al. ({key: [0/1, …]}), e.g. the authors' "
+                           "Data/name_gt_pair.json"),
+    "allow_missing": _opt("--allow-missing", action="store_true",
+                          help="skip videos whose score or feature file is absent"),
+    "merge_xd_duplicates": _opt("--merge-xd-duplicates", action="store_true",
+                                help="fold the 14 '<key>.mp4' entries of xd_annotations.json into their videos"),
+    "skip_step2": _opt("--skip-step2", action="store_true", help="ablation: no scene context"),
+    "skip_smoothing": _opt("--skip-smoothing", action="store_true", help="ablation: no temporal smoothing"),
+    "skip_position_weighting": _opt("--skip-position-weighting", action="store_true",
+                                    help="ablation: no position weighting"),
+    "no_curves": _opt("--no-curves", action="store_true", help="do not draw roc.png / pr.png"),
+    # training
+    "train": _opt("--train", type=existing_file, required=True, metavar="FILE",
+                  help="training list (UCF_Instruct_train.json, xd_train.json)"),
+    "val": _opt("--val", type=existing_file, required=True, metavar="FILE",
+                help="validation list (UCF_Instruct_val.json, xd_val.json)"),
+    "epochs": _opt("--epochs", type=positive_int, default=10, metavar="N", help="default: %(default)s"),
+    "train_batch_size": _opt("--batch-size", type=positive_int, default=2, metavar="N",
+                             help="training videos per step (default: %(default)s)"),
+    "num_frames": _opt("--num-frames", type=positive_int, default=8, metavar="N",
+                       help="frames per training video (default: %(default)s)"),
+    "val_every": _opt("--val-every", type=positive_int, default=100, metavar="N",
+                      help="validate every N steps (default: %(default)s)"),
+    "max_steps": _opt("--max-steps", type=positive_int, metavar="N", help="stop after N steps in all"),
+    "limit_val": _opt("--limit-val", type=positive_int, metavar="N",
+                      help="validate on the first N videos of --val only"),
+    "val_batch_size": _opt("--val-batch-size", type=positive_int, default=8, metavar="N",
+                           help="validation videos per model call (default: %(default)s)"),
+    "select_by": _opt("--select-by", choices=SELECT_BY, default="accuracy",
+                      help="keep the questions with the best validation accuracy (released) or AUC"),
+    "initial_questions": _opt("--questions", type=existing_file, metavar="FILE",
+                              help="initial questions, one per line (default: the released two)"),
+    "optimizer_prompt_file": _opt("--optimizer-prompt-file", type=existing_file, metavar="FILE",
+                                  help="optimizer template (e.g. the authors' VERA_optimizer_instruct.txt)"),
+    "seed": _opt("--seed", type=non_negative_int, default=0, metavar="N",
+                 help="seed of the per-epoch shuffling (default: %(default)s)"),
+    "skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
+                            help="skip videos whose frames cannot be read (fails if none is left)"),
+    "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
+                    help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
+    "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as one ``VeraError`` line instead of usage text and exit."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise VeraError(message)
+
+
+def build_parser(description: str, items: Iterable[str | OneOf], prog: str | None = None) -> argparse.ArgumentParser:
+    """A parser with the named options (and groups of alternatives), in the order given."""
+    parser = _Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for item in items:
+        if isinstance(item, OneOf):
+            group = parser.add_mutually_exclusive_group(required=item.required)
+            for name in item.names:
+                OPTIONS[name].add_to(group, required=False)
+        else:
+            OPTIONS[item].add_to(parser)
+    return parser
+
+
+@dataclass
+class Command:
+    """A command's description and options; ``parse`` turns argv into a namespace or a one-line error."""
+
+    description: str
+    items: list[str | OneOf] = field(default_factory=list)
+    prog: str | None = None
+
+    def parser(self) -> argparse.ArgumentParser:
+        return build_parser(self.description, self.items, self.prog)
+
+    def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
+        return self.parser().parse_args(argv)
