@@ -3,8 +3,12 @@
     python Inference/compute_auc.py --dataset ucf --annotations Data/UCF_Eval.json \\
         --scores Data/scores/ucf --features Data/features/ucf --output runs/ucf_auc
 
-Writes OUTPUT/metrics.json, OUTPUT/frame_scores/<key>.npy and ROC/PR curves.
-The default ``released`` protocol reproduces the authors' scripts bit for bit.
+Writes OUTPUT/metrics.json, OUTPUT/frame_scores/<key>.npy, ROC/PR curves and
+OUTPUT/stages.npz (each segment's value after every step, for Inference/plot.py).
+The default ``released`` protocol reproduces the authors' scripts bit for bit;
+--k-ratio, --random-k, --tau, --window, --sigma1 and --sigma2 change the
+paper's hyper-parameters (default: the protocol's values), --classes A,B
+evaluates a scenario subset.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from vera.options import Command
 COMMAND = Command(__doc__, [
     "dataset", "annotations", "scores", "features", "output", "metric", "protocol", "score_field", "gt_frames",
     "allow_missing", "merge_xd_duplicates", "skip_step2", "skip_smoothing", "skip_position_weighting", "no_curves",
+    "k_ratio", "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal",
 ], prog="compute_auc.py")
 
 
@@ -21,20 +26,14 @@ def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.data.annotations import load_test_annotations
     from vera.scoring.evaluate import evaluate, summary, write_outputs
+    from vera.scoring.stages import write_stages
     from vera.scoring.steps import ScoringOptions
 
-    options = ScoringOptions(
-        dataset=args.dataset,
-        metric=args.metric or ("auc" if args.dataset == "ucf" else "ap"),
-        protocol=args.protocol,
-        score_field=args.score_field,
-        skip_step2=args.skip_step2,
-        skip_smoothing=args.skip_smoothing,
-        skip_position_weighting=args.skip_position_weighting,
-    )
+    options = ScoringOptions.from_args(args)
     videos = load_test_annotations(args.annotations, args.dataset, merge_xd_duplicates=args.merge_xd_duplicates)
     evaluation = evaluate(videos, args.scores, args.features, options, args.gt_frames, args.allow_missing)
     write_outputs(evaluation, args.output, curves=not args.no_curves)
+    write_stages(evaluation.videos, args.output)
     print(summary(evaluation))
     print(f"wrote {args.output / 'metrics.json'}")
     return 0
