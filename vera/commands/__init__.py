@@ -19,6 +19,8 @@ COMMANDS = {
     "extract-features": "extract_features",
     "generate-initial-score": "generate_initial_score",
     "compute-auc": "compute_auc",
+    "reproduce-tables": "reproduce_tables",
+    "plot": "plot",
     "train": "training",
     "tiny-model": "tiny_model",
 }
@@ -44,6 +46,8 @@ _SCRIPTS = {
     "extract-features": "Preprocessing/extract_features.py",
     "generate-initial-score": "Inference/generate_initial_score.py",
     "compute-auc": "Inference/compute_auc.py",
+    "reproduce-tables": "Inference/reproduce_tables.py",
+    "plot": "Inference/plot.py",
     "train": "training.py",
     "tiny-model": "-m vera.tiny_model",
 }
