@@ -58,12 +58,13 @@ def run_ours(workdir: Path, annotations: Path) -> dict:
     from vera.scoring.steps import ScoringOptions
 
     stages = {"similarity (BLAS)": 0.0, "neighbours": 0.0}
-    for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "released_neighbours_fast")):
+    for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "rank_largest"),
+                            ("neighbours", "released_neighbours_fast")):
         original = getattr(video_steps, attribute)
 
-        def timed(*args, _original=original, _name=name):
+        def timed(*args, _original=original, _name=name, **kwargs):
             start = time.perf_counter()
-            result = _original(*args)
+            result = _original(*args, **kwargs)
             stages[_name] += time.perf_counter() - start
             return result
 

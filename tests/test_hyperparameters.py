@@ -21,6 +21,7 @@ from vera.scoring.steps import (
     frame_scores,
     paper_neighbours,
     paper_position_weights,
+    rank_largest,
     released_neighbours,
     released_neighbours_fast,
     released_position_weights,
@@ -277,3 +278,25 @@ def test_paper_neighbours_equal_a_stable_argsort(dtype):
         for k in (1, 7, h // 3):
             assert np.array_equal(paper_neighbours(similarity, k),
                                   np.argsort(-similarity, axis=1, kind="stable")[:, :k]), (h, k)
+
+
+def test_neighbours_from_a_larger_partition_are_those_of_their_own():
+    """One partition at the largest K serves every smaller k (the sweep over Table 13), ties included."""
+    rng = np.random.default_rng(12)
+    h = 240
+    for distinct in (12, 80, 240):
+        features = rng.standard_normal((distinct, 6)).astype(np.float32)[rng.integers(0, distinct, size=h)]
+        scores = rng.integers(0, 2, size=h).astype(np.float64)
+        normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
+        similarity = np.dot(normalised, normalised.T)
+        ranked = rank_largest(similarity, 60)
+        for k in (5, 24, 36, 60):
+            shared, reordered = released_neighbours_fast(similarity, k, scores, ranked=ranked)
+            own, own_reordered = released_neighbours_fast(similarity, k, scores)
+            assert np.array_equal(np.sort(reordered), np.sort(own_reordered)), (distinct, k)
+            exact = np.argsort(similarity, axis=1)[:, -k:]
+            for row in range(h):  # equal to argsort up to swaps that change no sum, except the reordered rows
+                assert np.array_equal(similarity[row, shared[row]], similarity[row, exact[row]])
+                assert row in reordered or np.array_equal(scores[shared[row]], scores[exact[row]])
+            exact_rows = np.setdiff1d(np.arange(h), reordered)
+            assert np.array_equal(released_neighbours(similarity, k, scores)[exact_rows], shared[exact_rows])

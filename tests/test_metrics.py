@@ -54,11 +54,12 @@ def test_subsets_of_one_sort_equal_their_own_curves():
     for labels, scores in list(_cases())[:40]:
         ranking = Ranking.of(labels, scores)
         mask = rng.random(labels.size) < 0.4
-        subset = ranking.subset(mask)
+        subset, same = ranking.subset(mask), ranking.where(ranking.ranked(mask))
         if 0 < labels[mask].sum() < mask.sum():
             assert (subset.roc_auc(), subset.pr_auc()) == _sklearn(labels[mask], scores[mask])
+            assert (same.roc_auc(), same.pr_auc()) == _sklearn(labels[mask], scores[mask])
         else:
-            assert subset.roc_auc() is None
+            assert subset.roc_auc() is None and same.roc_auc() is None
 
 
 @pytest.mark.parametrize("labels", [np.zeros(5), np.ones(5), np.empty(0)])

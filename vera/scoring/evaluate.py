@@ -222,10 +222,11 @@ def compute_metrics(evaluation: Evaluation) -> dict:
     number = {name: index for index, name in enumerate(classes)}  # normal: -1
     frame_class = np.repeat([number.get(video.video_class, -1) for video in videos],
                             [video.scores.size for video in videos])
-    normal = frame_class == -1
-    auc_anomalous = ranking.subset(~normal).roc_auc()
-    auc_per_class = [ranking.subset(normal | (frame_class == index)).roc_auc() for index in range(len(classes))]
-    normal_scores = scores[normal]
+    ranked_class = ranking.ranked(frame_class)  # the subsets' masks in ranked order: no re-sorting
+    ranked_normal = ranked_class == -1
+    auc_anomalous = ranking.where(~ranked_normal).roc_auc()
+    auc_per_class = [ranking.where(ranked_normal | (ranked_class == index)).roc_auc() for index in range(len(classes))]
+    normal_scores = scores[frame_class == -1]
     return {
         "dataset": options.dataset,
         "metric": options.metric,

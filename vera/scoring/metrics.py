@@ -56,6 +56,14 @@ class Ranking:
         keep = np.asarray(mask, dtype=bool)[self.order]
         return Ranking(self.order[keep], self.scores[keep], self.labels[keep])
 
+    def ranked(self, values: np.ndarray) -> np.ndarray:
+        """Per-frame ``values`` (original order) in this ranking's order, e.g. to build many masks for ``where``."""
+        return np.asarray(values)[self.order]
+
+    def where(self, keep: np.ndarray) -> Ranking:
+        """The ranking of the frames where ``keep``, given in ranked order, is true (its scores and labels only)."""
+        return Ranking(np.empty(0, dtype=np.intp), self.scores[keep], self.labels[keep])
+
     @property
     def defined(self) -> bool:
         return _two_classes(self.labels)

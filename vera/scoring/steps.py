@@ -34,7 +34,7 @@ POSITION_SIGMA_FRACTION = 0.5  # σ₂ = ⌊F/2⌋
 PAPER_KERNEL = {"ucf": (15, 10.0), "xd": (30, 30.0)}
 PAPER_NEIGHBOUR_FRACTION = {"ucf": 0.10, "xd": 0.15}
 # Below this many segments a full argsort is as cheap as the top-k search.
-_FULL_SORT_MAX_SEGMENTS = 64
+FULL_SORT_MAX_SEGMENTS = 64
 _BLOCK_ELEMENTS = 1 << 21  # similarity entries per block of rows (8 MiB of float32)
 
 
@@ -164,10 +164,11 @@ def released_neighbours(similarity: np.ndarray, k: int, scores: np.ndarray) -> n
     algorithm on the same input). Rows go in blocks, which bounds memory, over
     the CPU cores (numpy releases the GIL while it sorts).
     """
-    return _neighbours_in_blocks(similarity, k, scores, exact_order=True)[0]
+    return released_neighbours_fast(similarity, k, scores, exact_order=True)[0]
 
 
-def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray, exact_order: bool = False,
+                             ranked: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``released_neighbours``, except that rows whose only tie lies *inside* the k keep the partition's order.
 
     Such a row holds the same k segments as numpy's argsort, in another order
@@ -177,53 +178,75 @@ def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray)
     Ties across the k-th place change *which* segments are in, so those rows
     still get numpy's argsort. Returns the neighbours and the indices of the
     reordered rows, for ``VideoSteps`` to fix where the released rounding to
-    0.1 could notice.
+    0.1 could notice. ``ranked``: ``rank_largest(similarity, K)`` for some
+    K ≥ k, so that several k share one partition of the rows.
     """
-    return _neighbours_in_blocks(similarity, k, scores, exact_order=False)
-
-
-def _neighbours_in_blocks(similarity: np.ndarray, k: int, scores: np.ndarray,
-                          exact_order: bool) -> tuple[np.ndarray, np.ndarray]:
     h = similarity.shape[0]
-    if k == 0 or k >= h or h <= _FULL_SORT_MAX_SEGMENTS:
+    if k == 0 or k >= h or h <= FULL_SORT_MAX_SEGMENTS:
         return np.argsort(similarity, axis=1)[:, -k:], np.empty(0, dtype=np.intp)
+    indices, values = rank_largest(similarity, k) if ranked is None else ranked
     scores = np.asarray(scores)
-    rows_per_block = max(1, _BLOCK_ELEMENTS // h)
-    firsts = range(0, h, rows_per_block)
 
-    def one_block(first: int) -> tuple[np.ndarray, np.ndarray]:
-        neighbours, reordered = _block_neighbours(similarity[first : first + rows_per_block], k, scores, exact_order)
-        return neighbours, reordered + first
+    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        neighbours, reordered = _select_neighbours(similarity[rows], indices[rows], values[rows], k, scores,
+                                                   exact_order)
+        return neighbours, reordered + rows.start
 
-    workers = min(os.cpu_count() or 1, len(firsts))
-    if workers < 2:
-        parts = [one_block(first) for first in firsts]
-    else:
-        with ThreadPoolExecutor(workers) as pool:
-            parts = list(pool.map(one_block, firsts))
+    parts = _over_row_blocks(h, block)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _block_neighbours(block: np.ndarray, k: int, scores: np.ndarray,
-                      exact_order: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """The neighbours of a block of rows, and the rows left in the partition's order (none if ``exact_order``)."""
-    h = block.shape[1]
-    rows = np.arange(block.shape[0])[:, None]
-    largest = np.argpartition(block, h - k, axis=1)[:, h - k :]
-    values = block[rows, largest]
-    order = np.argsort(values, axis=1)
-    neighbours, values = largest[rows, order], values[rows, order]
+def rank_largest(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k largest similarities and their columns, in ascending order (equal values in any order)."""
+    h = similarity.shape[0]
+
+    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        part = similarity[rows]
+        largest = np.argpartition(part, h - k, axis=1)[:, h - k :]
+        values = np.take_along_axis(part, largest, axis=1)
+        order = np.argsort(values, axis=1)
+        return np.take_along_axis(largest, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+    parts = _over_row_blocks(h, block)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _over_row_blocks(h: int, work) -> list:
+    """``work(rows)`` over blocks of rows of an h×h matrix (bounded memory), on the CPU cores.
+
+    numpy releases the GIL while it partitions and sorts, so threads run in parallel.
+    """
+    rows_per_block = max(1, _BLOCK_ELEMENTS // h)
+    blocks = [slice(first, min(first + rows_per_block, h)) for first in range(0, h, rows_per_block)]
+    workers = min(os.cpu_count() or 1, len(blocks))
+    if workers < 2:
+        return [work(rows) for rows in blocks]
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(work, blocks))
+
+
+def _select_neighbours(block: np.ndarray, ranked: np.ndarray, ranked_values: np.ndarray, k: int,
+                       scores: np.ndarray, exact_order: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The k neighbours of a block of rows from their K ≥ k largest, and the rows left in the partition's order."""
+    K = ranked.shape[1]
+    neighbours, values = ranked[:, K - k :].copy(), ranked_values[:, K - k :]
     neighbour_scores = scores[neighbours]
     # Ties inside the k: adjacent equal similarities whose scores differ.
     inside = np.any((values[:, 1:] == values[:, :-1]) & (neighbour_scores[:, 1:] != neighbour_scores[:, :-1]), axis=1)
     # Ties across the boundary: the k-th largest value also occurs outside the k,
     # so which of its segments got in matters unless they all share one score.
+    # Where the k-th value is above the K-th, all its ties are among the K.
     kth_largest = values[:, :1]
-    at_boundary = block == kth_largest
-    crossing = np.flatnonzero(np.count_nonzero(at_boundary, axis=1) > np.count_nonzero(values == kth_largest, axis=1))
+    tied_in = np.count_nonzero(values == kth_largest, axis=1)
+    tied_all = np.count_nonzero(ranked_values == kth_largest, axis=1)
+    edge = np.flatnonzero(ranked_values[:, 0] == kth_largest[:, 0])
+    if edge.size:
+        whole = block if edge.size == len(block) else block[edge]
+        tied_all[edge] = np.count_nonzero(whole == kth_largest[edge], axis=1)
+    crossing = np.flatnonzero(tied_all > tied_in)
     across = np.zeros(len(block), dtype=bool)
     if crossing.size:
-        tied_scores = np.where(at_boundary[crossing], scores[None, :], np.nan)
+        tied_scores = np.where(block[crossing] == kth_largest[crossing], scores[None, :], np.nan)
         across[crossing] = np.nanmin(tied_scores, axis=1) != np.nanmax(tied_scores, axis=1)
     fallback = np.flatnonzero(across | inside if exact_order else across)
     if fallback.size:
@@ -272,7 +295,7 @@ def paper_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
     outside the k (which tied segment is in depends on the index) are sorted in full.
     """
     h = similarity.shape[0]
-    if k >= h or h <= _FULL_SORT_MAX_SEGMENTS:
+    if k >= h or h <= FULL_SORT_MAX_SEGMENTS:
         return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     rows = np.arange(h)[:, None]
     largest = np.sort(np.argpartition(similarity, h - k, axis=1)[:, h - k :], axis=1)

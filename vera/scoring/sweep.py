@@ -40,8 +40,10 @@ def _scoring_part(options: ScoringOptions) -> ScoringOptions:
 
 
 def _neighbour_order(options: ScoringOptions) -> tuple:
-    """Settings that share neighbours run one after another (``VideoSteps`` keeps one set of neighbours)."""
-    return options.protocol, options.retrieval, options.k_ratio or 0.0, -1 if options.random_k is None else options.random_k
+    """Settings that share neighbours run one after another (``VideoSteps`` keeps one set of neighbours), the
+    largest K first (its partition of the rows serves every smaller K)."""
+    random = -1 if options.random_k is None else options.random_k
+    return options.protocol, random, -(options.k_ratio if options.retrieval else 0.0)
 
 
 def metric_value(labels: np.ndarray, scores: np.ndarray, metric: str) -> float | None:

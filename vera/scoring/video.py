@@ -22,12 +22,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from vera.scoring.steps import (
+    FULL_SORT_MAX_SEGMENTS,
     ScoringOptions,
     cosine_similarity,
     frames_per_segment,
     paper_neighbours,
     paper_position_weights,
     paper_smoothing,
+    rank_largest,
     released_ap_trim,
     released_neighbours_fast,
     released_position_weights,
@@ -108,6 +110,7 @@ class VideoSteps:
         self._similarity: dict[bool, np.ndarray] = {}
         self._neighbours: dict[tuple, _Neighbours] = {}  # the latest only: each holds h·K values
         self._context: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+        self._largest: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def num_segments(self) -> int:
@@ -131,13 +134,22 @@ class VideoSteps:
                 rng = video_rng(options.random_k, self.key)
                 indices = random_neighbours(self.num_segments, k or self.num_segments, rng)
             elif options.released:
-                indices, reordered = released_neighbours_fast(similarity, k, self.scores)
+                indices, reordered = released_neighbours_fast(similarity, k, self.scores, ranked=self._ranked(k))
             else:
                 indices = paper_neighbours(similarity, k)
             self._neighbours.clear()
             self._neighbours[key] = _Neighbours(indices, reordered, np.take_along_axis(similarity, indices, axis=1),
                                                 self.scores[indices])
         return self._neighbours[key]
+
+    def _ranked(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Each row's K ≥ k largest similarities, in order (released protocol): one partition serves every k ≤ K."""
+        h = self.num_segments
+        if k == 0 or k >= h or h <= FULL_SORT_MAX_SEGMENTS:  # these take a full argsort
+            return None
+        if self._largest is None or self._largest[0].shape[1] < k:
+            self._largest = rank_largest(self.similarity(True), k)
+        return self._largest
 
     def context(self, options: ScoringOptions) -> tuple[np.ndarray, np.ndarray]:
         """Step 2's values, and the rows summed in the partition's order instead of numpy's argsort order."""
