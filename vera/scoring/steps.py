@@ -179,12 +179,14 @@ def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray,
     still get numpy's argsort. Returns the neighbours and the indices of the
     reordered rows, for ``VideoSteps`` to fix where the released rounding to
     0.1 could notice. ``ranked``: ``rank_largest(similarity, K)`` for some
-    K ≥ k, so that several k share one partition of the rows.
+    K > k, so that several k share one partition of the rows.
     """
     h = similarity.shape[0]
     if k == 0 or k >= h or h <= FULL_SORT_MAX_SEGMENTS:
         return np.argsort(similarity, axis=1)[:, -k:], np.empty(0, dtype=np.intp)
-    indices, values = rank_largest(similarity, k) if ranked is None else ranked
+    # One more than k: where the (k+1)-th value is below the k-th, no tie can cross the k-th place,
+    # and only the other rows need a look at their whole row.
+    indices, values = rank_largest(similarity, k + 1) if ranked is None else ranked
     scores = np.asarray(scores)
 
     def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:

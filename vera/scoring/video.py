@@ -143,12 +143,12 @@ class VideoSteps:
         return self._neighbours[key]
 
     def _ranked(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Each row's K ≥ k largest similarities, in order (released protocol): one partition serves every k ≤ K."""
+        """Each row's K > k largest similarities, in order (released protocol): one partition serves every k < K."""
         h = self.num_segments
         if k == 0 or k >= h or h <= FULL_SORT_MAX_SEGMENTS:  # these take a full argsort
             return None
-        if self._largest is None or self._largest[0].shape[1] < k:
-            self._largest = rank_largest(self.similarity(True), k)
+        if self._largest is None or self._largest[0].shape[1] <= k:
+            self._largest = rank_largest(self.similarity(True), k + 1)
         return self._largest
 
     def context(self, options: ScoringOptions) -> tuple[np.ndarray, np.ndarray]:
