@@ -124,7 +124,8 @@ def test_xd_smoothing_by_hand():
     got = frame_scores(impulse, None, 16, options)[::16]
     full = sum(_gauss(d, 30) for d in range(-15, 16))
     assert got[20] == pytest.approx(1 / full, rel=RTOL)
-    assert got[5] == pytest.approx(_gauss(15, 30) / sum(_gauss(d, 30) for d in range(-5, 16)), rel=RTOL)  # taps -5 … 15
+    # Segment 5 sees taps -5 … 15 (0 is the first segment).
+    assert got[5] == pytest.approx(_gauss(15, 30) / sum(_gauss(d, 30) for d in range(-5, 16)), rel=RTOL)
     assert got[4] == 0.0 and got[36] == 0.0
     # Segment 35 sees taps -15 … +4 (39 is the last segment).
     assert got[35] == pytest.approx(_gauss(15, 30) / sum(_gauss(d, 30) for d in range(-15, 5)), rel=RTOL)

@@ -153,9 +153,13 @@ def paper_similarity(features: np.ndarray) -> np.ndarray:
     1.0 and S[i, a] one ulp less), which would break the rule that ties go to
     the lower index. The product of the distinct rows, indexed back, cannot.
     """
-    distinct, inverse = np.unique(np.asarray(features, dtype=np.float64), axis=0, return_inverse=True)
-    inverse = inverse.reshape(-1)
-    return cosine_similarity(distinct)[np.ix_(inverse, inverse)]
+    rows = np.asarray(features, dtype=np.float64) + 0.0  # a contiguous copy; -0.0 becomes 0.0
+    group: dict[bytes, int] = {}
+    inverse = np.array([group.setdefault(row.tobytes(), len(group)) for row in rows], dtype=np.int64)
+    if len(group) == len(rows):
+        return cosine_similarity(rows)
+    first = np.unique(inverse, return_index=True)[1]
+    return cosine_similarity(rows[first])[np.ix_(inverse, inverse)]
 
 
 def paper_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
