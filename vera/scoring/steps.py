@@ -145,9 +145,26 @@ def released_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> 
     return weighted[:, 0, 0]
 
 
+def paper_similarity(features: np.ndarray) -> np.ndarray:
+    """Cosine similarities in float64 that are *exactly* equal wherever two feature rows are equal.
+
+    One BLAS product can round S[i, a] and S[i, b] differently although rows a
+    and b are identical (its blocking depends on where they sit; S[i, i] may be
+    1.0 and S[i, a] one ulp less), which would break the rule that ties go to
+    the lower index. The product of the distinct rows, indexed back, cannot.
+    """
+    rows = np.asarray(features, dtype=np.float64) + 0.0  # a contiguous copy; -0.0 becomes 0.0
+    group: dict[bytes, int] = {}
+    inverse = np.array([group.setdefault(row.tobytes(), len(group)) for row in rows], dtype=np.int64)
+    if len(group) == len(rows):
+        return cosine_similarity(rows)
+    first = np.unique(inverse, return_index=True)[1]
+    return cosine_similarity(rows[first])[np.ix_(inverse, inverse)]
+
+
 def paper_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
     """Step 2 of the paper: the same softmax-weighted mean, in float64, ties broken by index."""
-    similarity = cosine_similarity(np.asarray(features, dtype=np.float64))
+    similarity = paper_similarity(features)
     neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
     logits = np.take_along_axis(similarity, neighbours, axis=1) * SIMILARITY_SCALE
     weights = np.exp(logits - logits.max(axis=1, keepdims=True))
