@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vera.errors import VeraError
+from unprivileged import read_only_folder, unprivileged, world_readable_tmp
 from vera.runs import PARTIAL_DIR, RUN_FILE, RunFolder, check_writable
 
 IDENTITY = {"model": "tiny", "fps": 30, "questions": ["Is there a fight?"]}
-NOBODY = 65534
 
 
 def outputs(folder: Path) -> list[Path]:
@@ -124,43 +121,18 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path):
     assert path.read_text() == "x"
 
 
-@contextlib.contextmanager
-def _unprivileged():
-    """Act as an ordinary user: root writes into a 0o555 folder regardless of its mode.
-
-    Only the effective user id changes (root keeps its saved id and switches
-    back), and only around calls that need no files beyond the test's own.
-    """
-    if os.geteuid() != 0:
-        yield
-        return
-    os.seteuid(NOBODY)
-    try:
-        yield
-    finally:
-        os.seteuid(0)
-
-
 @pytest.fixture
 def shared_tmp():
-    """A temporary folder every user may enter (pytest's own is private to root)."""
-    path = Path(tempfile.mkdtemp(prefix="vera-runs-"))
-    path.chmod(0o755)
-    yield path
-    for folder_ in (path, *path.rglob("*")):
-        if folder_.is_dir():
-            folder_.chmod(0o755)
-    shutil.rmtree(path)
+    with world_readable_tmp() as path:
+        yield path
 
 
 def test_a_read_only_folder_is_refused_before_any_work(shared_tmp):
-    read_only = shared_tmp / "read-only"
-    read_only.mkdir(mode=0o555)
-    read_only.chmod(0o555)
+    read_only = read_only_folder(shared_tmp)
     writable = shared_tmp / "writable"
     writable.mkdir()
     writable.chmod(0o777)
-    with _unprivileged():
+    with unprivileged():
         # os.access asks about the real user (root here) and would call both writable.
         with pytest.raises(VeraError) as error:
             check_writable(read_only)
