@@ -65,3 +65,25 @@ def test_a_terminal_gets_a_bar_and_disabled_progress_only_messages():
         bar.update(5)
         bar.write("FAILED: video x")
     assert quiet.getvalue() == "FAILED: video x\n"
+
+
+def test_a_stage_logs_plain_lines_into_a_log(tmp_path, capsys):
+    """Step 1 with progress on, its stderr captured (not a terminal): log lines, no carriage return."""
+    import cv2
+    import numpy as np
+
+    from vera.data.annotations import TestVideo
+    from vera.vlm.backends.scripted import ScriptedBackend
+    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+    from vera.vlm.step1 import Step1Runner, Step1Settings
+
+    (tmp_path / "frames" / "v").mkdir(parents=True)
+    for index in range(40):
+        cv2.imwrite(str(tmp_path / "frames" / "v" / f"{index:06d}.jpg"), np.full((8, 8, 3), index, np.uint8))
+    settings = Step1Settings(output=tmp_path / "out", frames_dir=tmp_path / "frames", image_size=8, progress=True)
+    Step1Runner(ScriptedBackend(lambda request: "Output: 1"), DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"],
+                settings).run([TestVideo("v", 40)])
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.startswith("step 1: 3/3 segments (100.0%), ") and err.endswith(", not_well_formed=0\n")
+    assert err.count("\n") == 1
