@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -271,3 +272,29 @@ def test_soft_scores_by_label_prob_with_fallback(tmp_path):
         expected = [s["label_prob"] if s["label_prob"] is not None else s["score"] for s in content.values()]
         saved = np.load(tmp_path / "out" / "frame_scores" / f"{video.key}.npy")
         np.testing.assert_array_equal(saved[::16], expected)
+
+
+def test_a_rerun_replaces_every_output_and_other_settings_need_overwrite(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    out = tmp_path / "out"
+    assert _cli(tmp_path, annotation) == 0
+    assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{video.key}.npy" for video in videos)
+    assert (out / "roc.png").is_file() and (out / "pr.png").is_file()
+    # The same settings with one video fewer and no curves: nothing of the first run may remain.
+    (tmp_path / "scores" / "Arson002_x264.json").unlink()
+    assert _cli(tmp_path, annotation, "--allow-missing", "--no-curves") == 0
+    assert sorted(os.listdir(out)) == ["frame_scores", "metrics.json", "run.json"]
+    remaining = [video.key for video in videos if video.key != "Arson002_x264"]
+    assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{key}.npy" for key in remaining)
+    metrics = (out / "metrics.json").read_bytes()
+    assert json.loads(metrics)["num_videos"] == 3
+    # Other settings: refused before scoring, the folder untouched; --overwrite replaces it.
+    with pytest.raises(VeraError) as error:
+        _cli(tmp_path, annotation, "--allow-missing", "--skip-smoothing")
+    assert str(error.value) == (f"output folder {out} was made with other settings (skip_smoothing differ; see "
+                                f"{out / 'run.json'}); use another folder or --overwrite to replace its contents")
+    assert (out / "metrics.json").read_bytes() == metrics
+    assert _cli(tmp_path, annotation, "--allow-missing", "--skip-smoothing", "--overwrite") == 0
+    assert json.loads((out / "metrics.json").read_text())["options"]["skip_smoothing"] is True
+    assert json.loads((out / "run.json").read_text())["identity"]["skip_smoothing"] is True
+    assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{key}.npy" for key in remaining)

@@ -27,6 +27,7 @@ from vera.data.extraction import (
 )
 from vera.data.frames import JpegFolderFrames, VideoFileFrames, find_video, frame_name, list_videos, open_frames
 from vera.data.segments import segment_centres, segment_window, window_frame_indices
+from vera.runs import PARTIAL_DIR, RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frame counts, sizes and rates of the real clips, from ../shared/data/README.md.
@@ -111,7 +112,8 @@ def test_a_killed_run_resumes_to_the_complete_set(clips: Path, tmp_path: Path) -
     partial = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and run.poll() is None:
-        partial = [p for p in frames_dir.glob(".*.partial") if len(os.listdir(p)) >= 20] if frames_dir.exists() else []
+        partial = [p for p in (frames_dir / PARTIAL_DIR).glob("*") if len(os.listdir(p)) >= 20] \
+            if (frames_dir / PARTIAL_DIR).exists() else []
         if partial:
             break
         time.sleep(0.005)
@@ -141,15 +143,15 @@ def test_stale_and_unrecorded_folders_are_repaired_or_adopted(clips: Path, tmp_p
     (tmp_path / MANIFEST_NAME).unlink()
     for index in range(100, CLIPS[road][0]):
         (tmp_path / road / frame_name(index)).unlink()
-    (tmp_path / f".{fighting}.partial").mkdir()
-    (tmp_path / f".{fighting}.partial" / frame_name(0)).write_bytes(b"junk")
+    (tmp_path / PARTIAL_DIR / fighting).mkdir(parents=True)
+    (tmp_path / PARTIAL_DIR / fighting / frame_name(0)).write_bytes(b"junk")
 
     report = extract_videos(videos, tmp_path, progress=False)
     assert {o.video.stem: o.status for o in report.outcomes} == {fighting: "skipped", road: "written"}
     assert {key: entry.frames for key, entry in read_manifest(tmp_path).items()} == {fighting: 271, road: 181}
     assert_folder_matches_video(tmp_path / road, clips / f"{road}.mp4")
-    # The stale temporary folder is not a video; it is cleaned when that video is next extracted.
-    assert not (tmp_path / road).with_name(f".{road}.stale").exists()
+    # The incomplete folder was replaced whole, and the temporary folder of the adopted video removed.
+    assert not (tmp_path / PARTIAL_DIR).exists()
 
 
 def test_corrupt_videos_are_reported_and_the_others_complete(clips: Path, tmp_path: Path) -> None:
@@ -170,7 +172,7 @@ def test_corrupt_videos_are_reported_and_the_others_complete(clips: Path, tmp_pa
     assert result.stdout.strip().splitlines()[-1] == (
         "frames: 1 videos written (181 frames), 0 skipped as already complete, 2 failed")
     assert set(read_manifest(frames_dir)) == {good.stem}
-    assert sorted(os.listdir(frames_dir)) == sorted([good.stem, MANIFEST_NAME])
+    assert sorted(os.listdir(frames_dir)) == sorted([good.stem, MANIFEST_NAME, RUN_FILE])
 
 
 def test_a_crashing_worker_fails_only_its_video(tmp_path: Path) -> None:
@@ -184,7 +186,7 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path: Path) -> None:
     assert failures["crash"].startswith("video crash: the worker crashed twice")
     assert failures["oops"] == "video oops: RuntimeError('unexpected')"
     assert {key: entry.frames for key, entry in read_manifest(tmp_path / "frames").items()} == {"a": 12, "b": 12}
-    assert sorted(os.listdir(tmp_path / "frames")) == ["a", "b", MANIFEST_NAME]
+    assert sorted(os.listdir(tmp_path / "frames")) == ["a", "b", MANIFEST_NAME, RUN_FILE]
 
 
 def test_annotated_lengths_are_checked(clips: Path, clip_frames: Path, tmp_path: Path) -> None:

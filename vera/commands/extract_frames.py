@@ -7,7 +7,8 @@ Videos are found anywhere below --videos (UCF-Crime keeps them in class
 folders); the key is the file name without its extension. One video per worker
 process; each video's folder appears only when complete, videos already
 complete are skipped, so rerunning the same command resumes a killed run.
-<frames>/manifest.json records each video's frame count, fps and size. With
+<frames>/manifest.json records each video's frame count, fps and size, and
+<frames>/run.json the decoder and JPEG quality. With
 --annotations, every video whose frame count differs from its annotated length
 is listed. A video that cannot be decoded is reported and skipped.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 from vera.options import Command
 
 COMMAND = Command(__doc__, ["videos_in", "frames_out", "workers", "annotations_check", "dataset_optional",
-                            "no_progress"], prog="extract_frames.py")
+                            "no_progress", "overwrite"], prog="extract_frames.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         print(f"no videos found under {args.videos}")
         return 1
-    report = extract_videos(videos, args.frames, workers=args.workers, progress=not args.no_progress)
+    report = extract_videos(videos, args.frames, workers=args.workers, progress=not args.no_progress,
+                            overwrite=args.overwrite)
 
     if lengths is not None:
         manifest = read_manifest(args.frames)

@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.data.annotations import load_test_annotations
     from vera.vlm.backends import load_backend
-    from vera.vlm.prompts import load_questions, load_template, preset_questions
-    from vera.vlm.step1 import Step1Runner, Step1Settings
+    from vera.vlm.prompts import build_learner_prompt, load_questions, load_template, preset_questions
+    from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
     questions = load_questions(args.questions) if args.questions else preset_questions(args.preset)
     template = load_template(args.prompt_file)
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         allow_length_mismatch=args.allow_length_mismatch,
         template_source=str(args.prompt_file) if args.prompt_file else "default", progress=not args.no_progress,
     )
+    # The output folder is checked (writable, same settings or --overwrite) before the model loads.
+    prompt = build_learner_prompt(template, questions, settings.num_frames)
+    step1_folder(settings, step1_identity(args.backend, args.model, questions, prompt, settings), videos).check()
     backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
                            max_batch_size=args.batch_size)
     summary = Step1Runner(backend, template, questions, settings).run(videos)

@@ -3,15 +3,18 @@
 Frames are decoded and written with OpenCV exactly as the released
 ``Preprocessing/extract_frames.py`` does (``cv2.VideoCapture.read`` then
 ``cv2.imwrite`` at OpenCV's default JPEG quality, 95), so with the same OpenCV
-build the JPEGs match theirs byte for byte. Each video is written to a hidden temporary folder that is
-renamed to ``<key>`` only when complete, so a folder named after a key always
-holds a whole video; a manifest (``manifest.json``) records each finished video.
+build the JPEGs match theirs byte for byte. The frames folder is a
+``vera.runs.RunFolder`` (``run.json`` names the decoder and JPEG quality). Each
+video is written to ``.partial/<key>/`` and renamed to ``<key>`` only when
+complete, so a folder named after a key always holds a whole video; a manifest
+(``manifest.json``) records each finished video.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,15 +25,21 @@ from pathlib import Path
 from typing import Literal
 
 import cv2
-from tqdm import tqdm
 
 from vera.data.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations
 from vera.errors import VeraError
 from vera.data.frames import JpegFolderFrames, frame_name, video_key
 from vera.io import read_json, write_json_atomic
+from vera.progress import progress as progress_display
+from vera.runs import PARTIAL_DIR, RunFolder
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SAVE_SECONDS = 5.0  # a kill loses at most this much of the manifest; see _adopt for the rest
+JPEG_QUALITY = 95  # OpenCV's default, which the released script used
+# What decides the pixels of a frames folder besides the videos themselves.
+IDENTITY = {"decoder": "OpenCV VideoCapture (FFmpeg backend), every frame in decode order",
+            "image_format": "jpg", "jpeg_quality": JPEG_QUALITY}
+_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
 
 
 @dataclass(frozen=True)
@@ -143,7 +152,7 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
     video, frames_dir = Path(video), Path(frames_dir)
     key = video_key(video)
     final = frames_dir / key
-    partial = frames_dir / f".{key}.partial"
+    partial = frames_dir / PARTIAL_DIR / key
     try:
         if final.exists() and not known:
             entry = _adopt(video, final)
@@ -159,7 +168,7 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
                 ok, frame = capture.read()
                 if not ok:
                     break
-                if not cv2.imwrite(str(partial / frame_name(count)), frame):
+                if not cv2.imwrite(str(partial / frame_name(count)), frame, _JPEG_PARAMS):
                     raise VeraError(f"video {key}: cannot write frame {count} to {partial}")
                 shape = frame.shape
                 count += 1
@@ -178,7 +187,7 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
 def _replace_folder(partial: Path, final: Path) -> None:
     """Rename the finished temporary folder into place, replacing an incomplete one."""
     if final.exists():
-        stale = final.with_name(f".{final.name}.stale")
+        stale = partial.with_name(f"{final.name}.stale")
         shutil.rmtree(stale, ignore_errors=True)
         final.rename(stale)
         partial.rename(final)
@@ -218,16 +227,32 @@ def _run_pool(tasks: Sequence[tuple[Path, bool]], frames_dir: Path, workers: int
     return crashed
 
 
+def frames_folder(frames_dir: Path, overwrite: bool = False) -> RunFolder:
+    """The frames folder as a run folder: frame folders and the manifest are its outputs.
+
+    Frame folders without ``run.json`` (the released script's, or this
+    project's before it kept one) are the same JPEGs, so they are adopted
+    rather than refused.
+    """
+    def outputs(folder: Path) -> list[Path]:
+        return [path for path in folder.iterdir() if not path.name.startswith(".")
+                and (path.is_dir() or path.name == MANIFEST_NAME)]
+
+    return RunFolder(frames_dir, "frames", IDENTITY, overwrite=overwrite, outputs=outputs,
+                     record={"opencv": cv2.__version__}, adopt_unrecorded=True)
+
+
 def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1, progress: bool = True,
-                   task: Callable[[Path, Path, bool], Outcome] = extract_video) -> ExtractionReport:
+                   task: Callable[[Path, Path, bool], Outcome] = extract_video,
+                   overwrite: bool = False) -> ExtractionReport:
     """Extract the frames of ``videos`` (one per worker process), skipping those already complete.
 
     The manifest is merged and saved every few seconds and at the end, also when
     interrupted. A video whose worker crashes is retried once on its own, then
     reported as failed. ``task`` replaces the per-video work (tests use it).
     """
-    frames_dir = Path(frames_dir)
-    frames_dir.mkdir(parents=True, exist_ok=True)
+    folder = frames_folder(frames_dir, overwrite).open()
+    frames_dir = folder.path
     by_key: dict[str, Path] = {}
     for video in videos:
         other = by_key.setdefault(video_key(video), Path(video))
@@ -241,8 +266,8 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
             report.outcomes.append(Outcome(video, "skipped", manifest[key]))
         else:
             tasks.append((video, key in manifest))
-    bar = tqdm(total=len(by_key), initial=len(report.outcomes), unit="video", desc="extracting frames",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_display(total=len(by_key), initial=len(report.outcomes), unit="video", desc="extracting frames",
+                           enabled=progress)
     last_save = time.monotonic()
 
     def on_outcome(outcome: Outcome) -> None:
@@ -251,9 +276,9 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
         if outcome.entry is not None:
             manifest[outcome.entry.key] = outcome.entry
         if outcome.status == "failed":
-            bar.write(f"FAILED: {outcome.message}")
+            bar.write(f"FAILED: {outcome.message}", file=sys.stdout)
         elif outcome.message:
-            bar.write(f"{outcome.video}: {outcome.message}")
+            bar.write(f"{outcome.video}: {outcome.message}", file=sys.stdout)
         bar.update(1)
         if time.monotonic() - last_save > MANIFEST_SAVE_SECONDS:
             write_manifest(frames_dir, manifest)
@@ -268,6 +293,9 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
     finally:
         bar.close()
         write_manifest(frames_dir, manifest)
+    for key in by_key.keys() & manifest.keys():  # temporary folders a killed run left for videos now complete
+        shutil.rmtree(folder.partial_path(key), ignore_errors=True)
+    folder.tidy()
     return report
 
 

@@ -1,4 +1,10 @@
-"""The evaluation of ``Inference/compute_auc.py``: files in, frame scores and metrics out."""
+"""The evaluation of ``Inference/compute_auc.py``: files in, frame scores and metrics out.
+
+The output folder is a ``vera.runs.RunFolder`` whose identity is the scoring
+options and the input files. Each run recomputes everything and replaces all
+outputs of the previous one (``metrics.json`` last), so no frame score of a
+video the previous run had and this one has not survives beside new metrics.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +19,16 @@ import numpy as np
 from vera.data.annotations import NORMAL_CLASS, TestVideo
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
+from vera.runs import RunFolder
 from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, false_alarm_rate, pr_auc, roc_auc, save_curves
 from vera.scoring.score_files import SegmentScores, read_segment_scores
 from vera.scoring.steps import ScoringOptions, frame_scores, ground_truth, released_ap_trim
 from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
+METRICS_FILE = "metrics.json"
+FRAME_SCORES_DIR = "frame_scores"
+CURVE_FILES = ("roc.png", "pr.png")
 
 
 @dataclass
@@ -198,17 +208,37 @@ def compute_metrics(evaluation: Evaluation) -> dict:
     }
 
 
-def write_outputs(evaluation: Evaluation, output_dir: Path, curves: bool = True) -> None:
-    """``metrics.json``, ``frame_scores/<key>.npy`` (float64) and the ROC/PR curves."""
-    output_dir = Path(output_dir)
-    for video in evaluation.videos:
-        save_npy_atomic(output_dir / "frame_scores" / f"{video.key}.npy", video.scores.astype(np.float64))
-    if curves:
-        labels = np.concatenate([video.labels for video in evaluation.videos])
-        scores = np.concatenate([video.scores for video in evaluation.videos])
-        options = evaluation.options
-        save_curves(labels, scores, output_dir, f"{options.dataset.upper()} ({options.protocol} protocol)")
-    write_json_atomic(output_dir / "metrics.json", evaluation.metrics)
+def evaluation_folder(output_dir: Path, options: ScoringOptions, *, annotations: Path, scores_dir: Path,
+                      features_dir: Path | None, gt_frames: Path | None = None, merge_xd_duplicates: bool = False,
+                      overwrite: bool = False) -> RunFolder:
+    """The output folder of an evaluation; its identity is the options and the inputs (as absolute paths)."""
+    def where(path: Path | None) -> str | None:
+        return None if path is None else str(Path(path).resolve())
+
+    identity = {**asdict(options), "annotations": where(annotations), "scores": where(scores_dir),
+                "features": None if options.skip_step2 else where(features_dir), "gt_frames": where(gt_frames),
+                "merge_xd_duplicates": merge_xd_duplicates}
+
+    def outputs(folder: Path) -> list[Path]:
+        return [folder / METRICS_FILE, folder / FRAME_SCORES_DIR, *(folder / name for name in CURVE_FILES)]
+
+    return RunFolder(output_dir, "evaluation", identity, overwrite=overwrite, outputs=outputs)
+
+
+def write_outputs(evaluation: Evaluation, folder: RunFolder, curves: bool = True) -> None:
+    """Replace the folder's outputs: ``metrics.json``, ``frame_scores/<key>.npy`` (float64), ROC/PR curves."""
+
+    def write(staging: Path) -> None:
+        for video in evaluation.videos:
+            save_npy_atomic(staging / FRAME_SCORES_DIR / f"{video.key}.npy", video.scores.astype(np.float64))
+        if curves:
+            labels = np.concatenate([video.labels for video in evaluation.videos])
+            scores = np.concatenate([video.scores for video in evaluation.videos])
+            options = evaluation.options
+            save_curves(labels, scores, staging, f"{options.dataset.upper()} ({options.protocol} protocol)")
+        write_json_atomic(staging / METRICS_FILE, evaluation.metrics)
+
+    folder.replace_outputs(write, last=METRICS_FILE)
 
 
 def _fmt(value: float | None) -> str:
