@@ -331,7 +331,7 @@ OPTIONS: dict[str, Option] = {
                              help="ucf, xd or all (default: %(default)s)"),
     "download_what": _opt("--what", type=artifact_list, default=ARTIFACTS, metavar="LIST",
                           help=f"comma-separated, from {','.join(ARTIFACTS)} (default: all)"),
-    "dest": _opt("--dest", type=output_dir, default=Path("Data"), metavar="DIR",
+    "dest": _opt("--dest", type=output_dir, default="Data", metavar="DIR",
                  help="where the documented Data/ layout is filled (default: Data/ in the current folder)"),
     "mirror": _opt("--mirror", type=mirror_url, metavar="URL",
                    help="fetch everything from URL instead: URL/github/<owner>/<repo>/<commit>/<path> and "
