@@ -35,6 +35,7 @@ METRICS = ("auc", "ap")
 PRESETS = ("ucf", "xd", "ucf-qwen")
 SELECT_BY = ("accuracy", "auc")
 ACCELERATORS = ("auto", "cuda", "cpu")
+ARTIFACTS = ("annotations", "prompts", "scores", "features")  # what Data/download.py fetches
 HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
 
 
@@ -122,6 +123,34 @@ def model_ref(text: str) -> str:
     if looks_local and not Path(text).expanduser().is_dir():
         raise argparse.ArgumentTypeError(f"model folder not found: {text}")
     return text
+
+
+# -- types of the newcomer commands (make_annotations, download) --------------------------------
+
+def output_file(text: str) -> Path:
+    """A file the run can write: not a folder, in a folder that exists (or can be created) and is writable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    output_dir(str(path.parent))  # the same writability check, phrased for the folder
+    return path
+
+
+def artifact_list(text: str) -> tuple[str, ...]:
+    """Comma-separated artifact kinds, each one of ``ARTIFACTS``, in the order given (repeats dropped)."""
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [kind for kind in kinds if kind not in ARTIFACTS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(
+            f"choose from {','.join(ARTIFACTS)} (comma-separated), got {text!r}")
+    return kinds
+
+
+def mirror_url(text: str) -> str:
+    """An http(s) base address without a trailing slash."""
+    if not text.startswith(("http://", "https://")) or len(text.rstrip("/")) <= len("https://"):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// address, got {text!r}")
+    return text.rstrip("/")
 
 
 # -- the options ------------------------------------------------------------------------------
@@ -288,6 +317,25 @@ OPTIONS: dict[str, Option] = {
     "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
+    # make_annotations (an annotation file for your own videos)
+    "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
+                            help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
+    "labels": _opt("--labels", type=existing_file, metavar="CSV",
+                   help="optional labels: columns video,class,intervals (see Data/README.md); without it the "
+                        "file holds keys and lengths only"),
+    "overwrite_file": _opt("--overwrite", action="store_true", help="replace the output file if it exists"),
+    # download (the authors' released artifacts)
+    "download_dataset": _opt("--dataset", choices=DATASETS + ("all",), default="all",
+                             help="ucf, xd or all (default: %(default)s)"),
+    "download_what": _opt("--what", type=artifact_list, default=ARTIFACTS, metavar="LIST",
+                          help=f"comma-separated, from {','.join(ARTIFACTS)} (default: all)"),
+    "dest": _opt("--dest", type=output_dir, default="Data", metavar="DIR",
+                 help="where the documented Data/ layout is filled (default: Data/ in the current folder)"),
+    "mirror": _opt("--mirror", type=mirror_url, metavar="URL",
+                   help="fetch everything from URL instead: URL/github/<owner>/<repo>/<commit>/<path> and "
+                        "URL/drive/<file id> (see Data/README.md)"),
+    "retries": _opt("--retries", type=non_negative_int, default=3, metavar="N",
+                    help="retries of an interrupted transfer, each resuming where it stopped (default: %(default)s)"),
 }
 
 

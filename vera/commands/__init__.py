@@ -21,6 +21,8 @@ COMMANDS = {
     "compute-auc": "compute_auc",
     "train": "training",
     "tiny-model": "tiny_model",
+    "make-annotations": "make_annotations",
+    "download": "download",
 }
 
 
@@ -46,4 +48,6 @@ _SCRIPTS = {
     "compute-auc": "Inference/compute_auc.py",
     "train": "training.py",
     "tiny-model": "-m vera.tiny_model",
+    "make-annotations": "Data/make_annotations.py",
+    "download": "Data/download.py",
 }
