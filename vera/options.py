@@ -290,6 +290,11 @@ OPTIONS: dict[str, Option] = {
     "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
+    # InternVL2 conversion
+    "convert_src": _opt("src", type=existing_dir, metavar="SRC",
+                        help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
+    "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
+    "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
 }
 
 

@@ -21,6 +21,7 @@ COMMANDS = {
     "compute-auc": "compute_auc",
     "train": "training",
     "tiny-model": "tiny_model",
+    "convert-internvl2": "convert_internvl2",
 }
 
 
@@ -46,4 +47,5 @@ _SCRIPTS = {
     "compute-auc": "Inference/compute_auc.py",
     "train": "training.py",
     "tiny-model": "-m vera.tiny_model",
+    "convert-internvl2": "-m vera.convert_internvl2",
 }
