@@ -28,18 +28,22 @@ from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_l
 
 spm = pytest.importorskip("sentencepiece")
 
-SYSTEM = "你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，英文名叫InternVL, 是一个有用无害的人工智能助手。"
+# InternVL2's system message, as the issue spells it out.
+SYSTEM = ("你是由上海人工智能实验室联合商汤科技开发的书生多模态大模型，"
+          "英文名叫InternVL, 是一个有用无害的人工智能助手。")
 HEADS, KV_HEADS, HEAD_DIM, HIDDEN, LAYERS = 8, 2, 8, 64, 2
 VIT_HIDDEN, VIT_HEADS, IMAGE, PATCH = 32, 2, 32, 8
 TOKENS_PER_TILE = (IMAGE // PATCH) ** 2 // 4
 RESERVED = ["[UNUSED_TOKEN_0]", "[UNUSED_TOKEN_1]", "[UNUSED_TOKEN_145]", "[UNUSED_TOKEN_146]"]
 RENAMED = {"[UNUSED_TOKEN_145]": "<|im_end|>", "[UNUSED_TOKEN_146]": "<|im_start|>"}
-INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>", "</box>"]
+INTERNVL_TOKENS = ["<img>", "</img>", "<IMG_CONTEXT>", "<quad>", "</quad>", "<ref>", "</ref>", "<box>",
+                   "</box>"]
 TRICKY = ["", " ", "   ", "\n", "\n\n\n", "a", " leading", "trailing ", "two  spaces", "\ttab\tand\r\nCRLF",
-          "这是一个测试。你好，世界！", "视频中是否有异常？", "emoji 😀🎉🚓 and ✅", "ﬁ ① ｈｅｌｌｏ ǅ", "x" * 40,
-          "    four-space indent\n        eight", "Frame1: <image>\nFrame2: <image>", "<s>hi</s>", "<unk>",
-          "<|im_start|>user\nQ<|im_end|><|im_start|>assistant\n", "<img><IMG_CONTEXT><IMG_CONTEXT></img>",
-          "text<|im_end|>text", "[UNUSED_TOKEN_0] and [UNUSED_TOKEN_1]x", "Output: 1", " 0", "0", "1"]
+          "这是一个测试。你好，世界！", "视频中是否有异常？", "emoji 😀🎉🚓 and ✅", "ﬁ ① ｈｅｌｌｏ ǅ",
+          "x" * 40, "    four-space indent\n        eight", "Frame1: <image>\nFrame2: <image>", "<s>hi</s>",
+          "<unk>", "<|im_start|>user\nQ<|im_end|><|im_start|>assistant\n",
+          "<img><IMG_CONTEXT><IMG_CONTEXT></img>", "text<|im_end|>text", "[UNUSED_TOKEN_0] and [UNUSED_TOKEN_1]x",
+          "Output: 1", " 0", "0", "1"]
 
 
 def _corpus() -> str:
@@ -383,6 +387,10 @@ def test_unused_or_missing_source_tensors_are_refused(tmp_path):
     write_original(tmp_path / "short", drop="language_model.model.layers.1.ffn_norm.weight")
     with pytest.raises(VeraError, match=r"1 native parameters have no source tensor.*layers\.1\.post_attention"):
         convert(tmp_path / "short", tmp_path / "out")
+    wrong = {"language_model.model.layers.0.attention.wqkv.weight": torch.ones(HEADS * HEAD_DIM + 1, HIDDEN)}
+    write_original(tmp_path / "wrong", extra=wrong)
+    with pytest.raises(VeraError, match=r"do not fit the native shapes, e\.g\. .*layers\.0\.attention\.wqkv"):
+        convert(tmp_path / "wrong", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -547,3 +555,113 @@ def test_hf_backend_builds_the_batch_chat_inputs_for_the_released_layout(convert
     assert torch.equal(backend._internvl_tiles(larger), torch.stack([original(Image.fromarray(f)) for f in larger]))
     answers = backend.generate(requests, max_new_tokens=3)
     assert len(answers) == 2 and all(answer.extra["new_tokens"] <= 3 for answer in answers)
+
+
+# -- the other language models of InternVL2 (1B: Qwen2, 4B: Phi-3): already in transformers' names ----
+
+def _write_other(src: Path, arch: str) -> dict:
+    """A Qwen2 (Hermes-2 template, byte-level tokenizer) or Phi-3 (phi3-chat, Llama SentencePiece) source."""
+    from vera.vlm.tiny_model import _byte_level_tokenizer
+
+    src.mkdir(parents=True)
+    chat_tokens = ["<|im_start|>", "<|im_end|>"] if arch == "qwen2" else ["<|system|>", "<|user|>",
+                                                                          "<|assistant|>", "<|end|>"]
+    if arch == "qwen2":
+        tokenizer = _byte_level_tokenizer(["<|endoftext|>"] + chat_tokens + INTERNVL_TOKENS)
+        tokenizer.save_pretrained(src)
+        config = json.loads((src / "tokenizer_config.json").read_text())
+        config["tokenizer_class"] = "Qwen2Tokenizer"
+        (src / "tokenizer_config.json").write_text(json.dumps(config))
+        vocab, sp = len(tokenizer), None
+    else:
+        model = _train_sentencepiece(src / "sp")  # SentencePiece defaults: dummy prefix, like Llama's
+        (src / "tokenizer.model").write_bytes(model.read_bytes())
+        sp = spm.SentencePieceProcessor(model_file=str(model))
+        added = {"<unk>": 0, "<s>": 1, "</s>": 2}
+        added |= {token: sp.get_piece_size() + i for i, token in enumerate(chat_tokens + INTERNVL_TOKENS)}
+        decoder = {str(i): {"content": token, "special": True} for token, i in added.items()}
+        (src / "tokenizer_config.json").write_text(json.dumps(
+            {"added_tokens_decoder": decoder, "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>",
+             "eos_token": "</s>", "pad_token": "</s>", "unk_token": "<unk>", "add_bos_token": True}))
+        vocab = max(added.values()) + 1
+    weights = {name: tensor for name, tensor in _original_weights(vocab).items()
+               if not name.startswith("language_model.")}
+    generator = torch.Generator().manual_seed(5)
+    layer_shapes = {"self_attn.o_proj.weight": (HIDDEN, HIDDEN), "mlp.down_proj.weight": (HIDDEN, 96),
+                    "input_layernorm.weight": (HIDDEN,), "post_attention_layernorm.weight": (HIDDEN,)}
+    if arch == "qwen2":
+        layer_shapes |= {"self_attn.q_proj.weight": (HIDDEN, HIDDEN), "self_attn.q_proj.bias": (HIDDEN,),
+                         "self_attn.k_proj.weight": (16, HIDDEN), "self_attn.k_proj.bias": (16,),
+                         "self_attn.v_proj.weight": (16, HIDDEN), "self_attn.v_proj.bias": (16,),
+                         "mlp.gate_proj.weight": (96, HIDDEN), "mlp.up_proj.weight": (96, HIDDEN)}
+    else:
+        layer_shapes |= {"self_attn.qkv_proj.weight": (3 * HIDDEN, HIDDEN), "mlp.gate_up_proj.weight": (192, HIDDEN)}
+    for layer in range(LAYERS):
+        for name, shape in layer_shapes.items():
+            weights[f"language_model.model.layers.{layer}.{name}"] = torch.randn(*shape, generator=generator) * 0.2
+    weights["language_model.model.embed_tokens.weight"] = torch.randn(vocab, HIDDEN, generator=generator)
+    weights["language_model.model.norm.weight"] = torch.ones(HIDDEN)
+    weights["language_model.lm_head.weight"] = torch.randn(vocab, HIDDEN, generator=generator)
+    save_file(weights, str(src / "model.safetensors"))
+    config = _original_config(vocab)
+    common = {"hidden_size": HIDDEN, "intermediate_size": 96, "num_hidden_layers": LAYERS, "vocab_size": vocab,
+              "rms_norm_eps": 1e-6, "max_position_embeddings": 4096, "attn_implementation": "eager"}
+    if arch == "qwen2":
+        config["template"] = "Hermes-2"
+        config["llm_config"] = common | {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2",
+                                         "num_attention_heads": 4, "num_key_value_heads": 1,
+                                         "tie_word_embeddings": True, "rope_theta": 1000000.0}
+    else:
+        config["template"] = "phi3-chat"
+        config["llm_config"] = common | {"architectures": ["Phi3ForCausalLM"], "model_type": "phi3",
+                                         "num_attention_heads": 4, "num_key_value_heads": 4,
+                                         "tie_word_embeddings": False, "rope_scaling": None,
+                                         "original_max_position_embeddings": 4096, "bos_token_id": 1,
+                                         "eos_token_id": 2, "pad_token_id": 2}
+    (src / "config.json").write_text(json.dumps(config))
+    return {"weights": weights, "sp": sp}
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "phi3"])
+def test_qwen2_and_phi3_checkpoints_convert(tmp_path, arch, shared_data):
+    from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
+
+    from vera.vlm.convert_internvl2 import convert
+
+    source = _write_other(tmp_path / "src", arch)
+    report = convert(tmp_path / "src", tmp_path / "dst")
+    tied = arch == "qwen2"
+    assert report["skipped_source_tensors"] == (
+        {"language_model.lm_head.weight": "tied to the input embeddings, as in the original model"} if tied else {})
+    native = _converted_weights(tmp_path / "dst")
+    renamed = {name.replace("model.language_model.", "language_model.model.").replace(
+        "lm_head.", "language_model.lm_head."): tensor for name, tensor in native.items()
+        if not name.startswith(("model.vision_tower.", "model.multi_modal_projector."))}
+    expected = {name: tensor for name, tensor in source["weights"].items()
+                if name.startswith("language_model.") and not (tied and "lm_head" in name)}
+    assert sorted(renamed) == sorted(expected)
+    assert all(torch.equal(renamed[name], tensor) for name, tensor in expected.items())
+    model, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "dst", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    assert model.config.text_config.model_type == arch
+    head, embed = model.lm_head.weight, model.model.language_model.embed_tokens.weight
+    assert (head.data_ptr() == embed.data_ptr()) == tied
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "dst")
+    messages = [{"role": "user", "content": "Q"}]
+    rendered = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if arch == "qwen2":
+        assert rendered == f"<|im_start|>system\n{SYSTEM}<|im_end|><|im_start|>user\nQ<|im_end|><|im_start|>assistant\n"
+        original = AutoTokenizer.from_pretrained(tmp_path / "src")
+        reference = lambda text: original(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    else:
+        assert rendered == f"<s><|system|>\n{SYSTEM}<|end|><|user|>\nQ<|end|><|assistant|>\n"
+        added = {token: processor.tokenizer.convert_tokens_to_ids(token)
+                 for token in ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
+                 + INTERNVL_TOKENS}
+        reference = lambda text: slow_encode(source["sp"], added, text)  # noqa: E731
+    for text in _strings(shared_data) + [rendered]:
+        assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] == reference(text), repr(text[:60])
+    sep = "<|im_end|>" if arch == "qwen2" else "<|end|>"
+    generation = json.loads((tmp_path / "dst" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == processor.tokenizer.convert_tokens_to_ids(sep)

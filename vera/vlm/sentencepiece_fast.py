@@ -148,11 +148,11 @@ def _normalizer(model: SentencePieceModel) -> normalizers.Normalizer:
     return normalizers.Sequence(steps)
 
 
-def _merges(vocab: dict[str, int], model: SentencePieceModel) -> list[tuple[str, str]]:
+def _merges(vocab: dict[str, int], pieces: list[tuple[str, float, int]]) -> list[tuple[str, str]]:
     """Every split of a normal piece into two vocabulary pieces, highest-scoring result first."""
     ranked = []
-    for index, (piece, score, kind) in enumerate(model.pieces):
-        if kind != NORMAL or vocab.get(piece) != index:
+    for index, (piece, score, kind) in enumerate(pieces):
+        if kind != NORMAL:
             continue
         for cut in range(1, len(piece)):
             left, right = piece[:cut], piece[cut:]
@@ -186,10 +186,10 @@ def build_fast_tokenizer(model_file: Path, added_tokens: dict[int, dict]) -> Tok
             raise VeraError(f"{model_file}: token {name!r} appears twice (ids {vocab[name]} and {index})")
         vocab[name] = index
     renamed = {index for index in added_tokens if index < len(model.pieces)}
-    scored = SentencePieceModel(**{**model.__dict__, "pieces": [
-        (names[index], score, kind if index not in renamed else CONTROL)
-        for index, (_, score, kind) in enumerate(model.pieces)]})
-    tokenizer = Tokenizer(BPE(vocab, _merges(vocab, scored), unk_token=model.unk_piece, fuse_unk=True,
+    # A renamed piece is an added token now: no merge may produce it.
+    merge_pieces = [(names[index], score, CONTROL if index in renamed else kind)
+                    for index, (_, score, kind) in enumerate(model.pieces)]
+    tokenizer = Tokenizer(BPE(vocab, _merges(vocab, merge_pieces), unk_token=model.unk_piece, fuse_unk=True,
                               byte_fallback=model.byte_fallback))
     tokenizer.normalizer = _normalizer(model)
     tokenizer.pre_tokenizer = None
