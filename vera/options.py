@@ -336,6 +336,11 @@ OPTIONS: dict[str, Option] = {
                         "URL/drive/<file id> (see Data/README.md)"),
     "retries": _opt("--retries", type=non_negative_int, default=3, metavar="N",
                     help="retries of an interrupted transfer, each resuming where it stopped (default: %(default)s)"),
+    # InternVL2 conversion
+    "convert_src": _opt("src", type=existing_dir, metavar="SRC",
+                        help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
+    "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
+    "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
 }
 
 

@@ -23,6 +23,7 @@ COMMANDS = {
     "tiny-model": "tiny_model",
     "make-annotations": "make_annotations",
     "download": "download",
+    "convert-internvl2": "convert_internvl2",
 }
 
 
@@ -50,4 +51,5 @@ _SCRIPTS = {
     "tiny-model": "-m vera.tiny_model",
     "make-annotations": "Data/make_annotations.py",
     "download": "Data/download.py",
+    "convert-internvl2": "-m vera.convert_internvl2",
 }

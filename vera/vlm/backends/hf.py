@@ -9,9 +9,15 @@ How the ``<image>`` placeholders of a prompt become image tokens:
 
 - InternVL: each image is ``<img>`` + ``<IMG_CONTEXT>`` × 256 (one 448×448 tile)
   + ``</img>``. An ``image_block`` request puts every frame inside a single
-  ``<img>…</img>`` at the first placeholder, which is token for token what
-  InternVL2's ``batch_chat`` built for the released code; later ``<image>``
-  strings stay plain text.
+  ``<img>…</img>`` at the first placeholder, as InternVL2's ``batch_chat`` did
+  for the released code; later ``<image>`` strings stay plain text. The rest of
+  the query (system turn, separators, BOS) is the checkpoint's chat template:
+  only an InternVL2 checkpoint converted by ``vera.convert_internvl2`` renders
+  the original ``internlm2-chat`` query, so that the input ids equal
+  ``batch_chat``'s, left padding included (``tests/test_convert_internvl2.py``);
+  a native ``-hf`` checkpoint (InternVL3) gets its own template. Each frame is
+  one tile, computed as InternVL's ``load_image`` did (PIL bicubic resize to the
+  tile, ``ToTensor``, ``Normalize``), bit for bit.
 - Other models: the prompt is split at the placeholders into the text and image
   items of one user turn and rendered by the model's own chat template. An
   ``image_block`` request puts all images at the first placeholder.
@@ -22,8 +28,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import transformers
+from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
 
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
@@ -92,9 +100,11 @@ class HFBackend:
         return ids
 
     def _eos_token_ids(self) -> set[int]:
+        """The tokens that end generation: the generation config's (a converted InternVL2 stops at
+        ``<|im_end|>`` alone, not at its tokenizer's ``</s>``), else the tokenizer's end token."""
         eos = self.model.generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if self.tokenizer.eos_token_id is not None:
+        if not eos and self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         return set(eos)
 
@@ -124,9 +134,24 @@ class HFBackend:
             images.extend(request.images)
         inputs = dict(self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
         if images:
-            pixels = processor.image_processor(images, crop_to_patches=False, return_tensors="pt")["pixel_values"]
-            inputs["pixel_values"] = pixels
+            inputs["pixel_values"] = self._internvl_tiles(images)
         return _Batch(inputs, inputs["input_ids"].shape[1])
+
+    def _internvl_tiles(self, images: list[np.ndarray]) -> torch.Tensor:
+        """One tile per image, as InternVL's ``load_image`` built it: PIL bicubic resize to the tile size (none
+        for frames already that size), then ``ToTensor`` and ``Normalize`` in float32. The image processor's
+        fused rescale-and-normalise differs from that in the last bit of most values."""
+        image_processor = self.processor.image_processor
+        size = (image_processor.size["width"], image_processor.size["height"])
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None, None]
+        tiles = []
+        for image in images:
+            picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+            if picture.size != size:
+                picture = picture.resize(size, Image.Resampling.BICUBIC)
+            tiles.append(torch.from_numpy(np.array(picture)).permute(2, 0, 1).float().div(255).sub(mean).div(std))
+        return torch.stack(tiles)
 
     def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
         """Other models: text and image items of one user turn, through the model's chat template."""
