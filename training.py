@@ -5,8 +5,8 @@
 
 Writes ``history.jsonl``, ``validation.jsonl``, ``best_questions.txt`` (for
 ``Inference/generate_initial_score.py --questions``), ``last.ckpt``, ``run.json``
-and Lightning CSV/TensorBoard logs into ``--output``; rerun the same command to
-resume. ``--devices N`` runs N processes (DDP), one per GPU.
+and a Lightning CSV log into ``--output``; rerun the same command to resume.
+``--devices N`` runs N processes (DDP through Lightning Fabric), one per GPU.
 """
 
 from vera.commands import run

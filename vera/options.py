@@ -290,6 +290,9 @@ OPTIONS: dict[str, Option] = {
     "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
+    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="N",
+                      help="machines, each running --devices processes (run the command on each, as Lightning "
+                           "expects; default: %(default)s)"),
 }
 
 
