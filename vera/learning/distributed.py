@@ -1,7 +1,8 @@
 """Lightning Fabric plumbing of the training loop: processes, collectives, JSON checkpoints, one CSV log.
 
 Everything distributed goes through Fabric (``launch``, ``broadcast``,
-``all_gather``, ``barrier``, ``save``); nothing here calls ``torch.distributed``.
+``all_gather``, and ``save``, which writes on rank 0 and holds every rank at a
+barrier until it is written); nothing here calls ``torch.distributed``.
 Why Fabric and not the ``Trainer``: see ``vera.learning.loop``.
 """
 
