@@ -341,6 +341,9 @@ OPTIONS: dict[str, Option] = {
                         help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
     "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
     "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
+    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="N",
+                      help="machines, each running --devices processes (run the command on each, as Lightning "
+                           "expects; default: %(default)s)"),
 }
 
 

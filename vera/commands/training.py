@@ -5,8 +5,9 @@
 
 Writes history.jsonl, validation.jsonl, best_questions.txt (for
 Inference/generate_initial_score.py --questions), last.ckpt, run.json and
-Lightning logs into --output; rerun the same command to resume. --devices N
-runs N processes (DDP), one per GPU.
+a Lightning CSV log (logs/version_0/metrics.csv) into --output; rerun the same
+command to resume. --devices N runs N processes (DDP), one per GPU;
+--num-nodes M runs them on M machines.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ COMMAND = Command(__doc__, [
     "dataset", "train", "val", OneOf(("frames", "videos")), "model", "backend", "dtype", "output", "epochs",
     "train_batch_size", "num_frames", "val_every", "max_steps", "limit_val", "val_batch_size", "select_by",
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
-    "skip_bad_videos", "overwrite", "devices", "accelerator",
+    "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes",
 ], prog="training.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
-    from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train_with_lightning
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from vera.errors import VeraError
+    from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
     from vera.vlm.backends import load_backend
     from vera.vlm.prompts import load_questions
 
@@ -37,9 +41,11 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed, skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
         initial_questions=load_questions(args.questions) if args.questions else list(INITIAL_QUESTIONS),
     )
-    options.check()
-    train_with_lightning(
-        options, lambda device: load_backend(args.backend, args.model, device=device, dtype=args.dtype),
-        accelerator=args.accelerator, devices=args.devices,
-    )
+    try:
+        train(options, lambda device: load_backend(args.backend, args.model, device=device, dtype=args.dtype),
+              accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
+    except VeraError:
+        if rank_zero_only.rank != 0:
+            return 2  # every rank meets the same error; rank 0 says it, once
+        raise
     return 0
