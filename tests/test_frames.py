@@ -476,3 +476,21 @@ def test_a_damaged_video_frame_is_an_error_not_a_concealed_frame(tmp_path: Path)
                                             rf"\({path}: "):
             video.read([28, 30])
         assert decode_index(video.read([40])[0]) == 40
+
+
+def test_a_name_with_dots_has_one_key_in_annotations_extraction_and_lookup(tmp_path: Path) -> None:
+    """The released readers cut UCF names at the first dot and extraction did not: 'frame folder not found'."""
+    from vera.data.annotations import load_test_annotations
+
+    video = write_index_video(tmp_path / "videos" / "Abuse" / "Abuse.Night.2_x264.avi", 20)
+    annotations = tmp_path / "test.json"
+    annotations.write_text(json.dumps([{"video": "frames/Abuse/Abuse.Night.2_x264.mp4",
+                                        "temporal_label": [3, 9, -1, -1], "length": 20}]))
+    [annotated] = load_test_annotations(annotations, "ucf")
+    assert annotated.key == "Abuse.Night.2_x264"
+    assert extract_videos([video], tmp_path / "frames", progress=False).of("written")
+    assert find_video(tmp_path / "videos", annotated.key) == video
+    with open_frames(annotated.key, frames_dir=tmp_path / "frames") as jpegs, \
+            open_frames(annotated.key, videos_dir=tmp_path / "videos") as decoded:
+        for frames in (jpegs, decoded):
+            assert [decode_index(frame) for frame in frames.read([4, 19])] == [4, 19]
