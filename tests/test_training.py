@@ -303,6 +303,26 @@ def test_missing_frames_error_or_skip(ucf: dict, tmp_path: Path) -> None:
     assert sorted(answered) == sorted(["Abuse001_x264", "Normal_Videos001_x264", "Fighting002_x264", "Normal_Videos002_x264"])
 
 
+def test_skip_bad_videos_with_nothing_readable_is_an_error(ucf: dict, tmp_path: Path) -> None:
+    frames = ucf["frames"]
+    for folder in frames.iterdir():
+        folder.rename(frames.parent / f"moved_{folder.name}")
+    with pytest.raises(VeraError, match=rf"^none of the 4 training videos has frames in {frames}: nothing to learn"):
+        _run(ucf, tmp_path / "a", Script(ANSWERS), skip_bad_videos=True)
+    assert not (tmp_path / "a").exists()  # said before any output or model call
+    for folder in frames.parent.glob("moved_*"):
+        folder.rename(frames / folder.name.removeprefix("moved_"))
+    val_keys = [Path(entry["video"]).stem for entry in json.loads(ucf["val"].read_text())]
+    for key in val_keys:  # present but every frame truncated: found when validation reads them
+        for jpeg in (frames / key).iterdir():
+            jpeg.write_bytes(jpeg.read_bytes()[:60])
+    script = Script(ANSWERS)
+    with pytest.raises(VeraError, match=r"^none of the 4 validation videos could be read at step 0 \(first: video "
+                                        r"\S+: cannot read frame \d+ \(.*\)\)$"):
+        _run(ucf, tmp_path / "b", script, skip_bad_videos=True)
+    assert script.optimizer_calls == []
+
+
 def test_xd_training(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     names = {"v=aaa__#1_label_A": 0, "v=bbb__#1_label_B1-0-0": 1, "Movie.X__#00-01_label_A": 0, "v=ccc__#1_label_G-0-0": 1}

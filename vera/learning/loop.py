@@ -445,6 +445,12 @@ class VerbalizedLearning:
             where = self.options.frames_dir or self.options.videos_dir
             raise VeraError(f"{len(missing)} listed videos have no frames in {where}: {', '.join(missing[:5])}"
                             f"{' …' if len(missing) > 5 else ''} (--skip-bad-videos skips them)")
+        absent = set(missing)
+        for name, videos in (("training", self.train), ("validation", self.val)):
+            if all(video.key in absent for video in videos):
+                raise VeraError(f"none of the {len(videos)} {name} videos has frames in "
+                                f"{self.options.frames_dir or self.options.videos_dir}: nothing to learn from "
+                                "(--skip-bad-videos skips bad videos, it cannot replace them all)")
         if missing and self.ranks.is_main:
             print(f"warning: {len(missing)} listed videos have no frames and will be skipped: "
                   f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}", file=sys.stderr)
@@ -550,6 +556,9 @@ class VerbalizedLearning:
         finally:
             bar.close()
         answered = [record for record in records if "error" not in record]
+        if not answered:  # every validation video unreadable: no score could select questions
+            raise VeraError(f"none of the {len(records)} validation videos could be read at step {self.state.step} "
+                            f"(first: {records[0]['error']})")
         labels = np.asarray([record["label"] for record in answered])
         predictions = np.asarray([record["prediction"] for record in answered])
         soft = [record["label_prob"] for record in answered]
