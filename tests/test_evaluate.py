@@ -134,7 +134,8 @@ def test_bad_gt_frames_are_named_before_any_scoring(tmp_path, value, message):
     (tmp_path / "gt.json").write_text(json.dumps(gt))
     with pytest.raises(VeraError, match=rf"^--gt-frames file {tmp_path / 'gt.json'}: video "
                                         rf"{re.escape(videos[1].key)}:? {re.escape(message)}$"):
-        evaluate(videos, tmp_path / "s", tmp_path / "f", ScoringOptions("xd", "ap"), gt_frames_path=tmp_path / "gt.json")
+        evaluate(videos, tmp_path / "s", tmp_path / "f", ScoringOptions("xd", "ap"),
+                 gt_frames_path=tmp_path / "gt.json")
 
 
 # ------------------------------------------------------------------ small hand-made cases
