@@ -260,3 +260,27 @@ def test_a_cached_hub_id_loads_from_the_cache_when_offline(monkeypatch, tmp_path
     assert locate_model("vera-tests/cached") == ("vera-tests/cached", True)  # the Hub does not answer: the cache
     with pytest.raises(VeraError, match="vera-tests/absent is neither a local folder nor in the Hugging Face cache"):
         locate_model("vera-tests/absent")
+
+
+@pytest.mark.parametrize("command", ["training", "generate_initial_score"])
+def test_the_commands_stop_in_seconds_on_a_hub_id_they_cannot_have(command, tmp_path, capsys, monkeypatch,
+                                                                    no_network):
+    from huggingface_hub import constants
+
+    from vera.commands import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    annotation = tmp_path / "ann.json"
+    annotation.write_text('[{"video": "frames/Abuse/Abuse001_x264.mp4", "temporal_label": [-1, -1], "length": 20}]')
+    (tmp_path / "frames" / "Abuse001_x264").mkdir(parents=True)
+    common = ["--dataset", "ucf", "--frames", str(tmp_path / "frames"), "--model", "vera-tests/no-such-model",
+              "--output", str(tmp_path / "out")]
+    inputs = (["--train", str(annotation), "--val", str(annotation)] if command == "training"
+              else ["--annotations", str(annotation), "--preset", "ucf"])
+    started = time.monotonic()
+    assert run(command, common + inputs) == 2
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().err == ("error: model vera-tests/no-such-model is neither a local folder nor in the "
+                                       f"Hugging Face cache ({constants.HF_HUB_CACHE}), and the network is off "
+                                       "(HF_HUB_OFFLINE=1)\n")
+    assert not (tmp_path / "out").exists()

@@ -23,6 +23,10 @@ COMMAND = Command(__doc__, [
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    from vera.vlm.backends.hub import locate_model
+
+    # Before Lightning is imported and processes start: a Hub id that cannot be had fails in seconds.
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.model, False)
     from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train_with_lightning
     from vera.vlm.backends import load_backend
     from vera.vlm.prompts import load_questions
@@ -39,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     options.check()
     train_with_lightning(
-        options, lambda device: load_backend(args.backend, args.model, device=device, dtype=args.dtype),
+        options, lambda device: load_backend(args.backend, model, device=device, dtype=args.dtype,
+                                             local_files_only=local_files_only),
         accelerator=args.accelerator, devices=args.devices,
     )
     return 0
