@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -25,7 +26,15 @@ from vera.data.extraction import (
     length_mismatches,
     read_manifest,
 )
-from vera.data.frames import JpegFolderFrames, VideoFileFrames, find_video, frame_name, list_videos, open_frames
+from vera.data.frames import (
+    JpegFolderFrames,
+    VideoFileFrames,
+    decode_jpeg,
+    find_video,
+    frame_name,
+    list_videos,
+    open_frames,
+)
 from vera.data.segments import segment_centres, segment_window, window_frame_indices
 from vera.runs import PARTIAL_DIR, RUN_FILE
 
@@ -85,7 +94,7 @@ def test_extracted_clips_match_a_direct_decode(clips: Path, clip_frames: Path) -
     manifest = read_manifest(clip_frames)
     assert set(manifest) == set(CLIPS)
     for key, (frames, width, height) in CLIPS.items():
-        assert manifest[key] == ExtractedVideo(key, frames, 30.0, width, height, str(clips / f"{key}.mp4"))
+        assert manifest[key] == ExtractedVideo(key, frames, 30.0, width, height, str(clips / f"{key}.mp4"), frames)
         assert_folder_matches_video(clip_frames / key, clips / f"{key}.mp4")
     assert not [name for name in os.listdir(clip_frames) if name.startswith(".")]
 
@@ -304,7 +313,7 @@ def test_video_reader_turns_rotated_videos_upright_like_opencv(tmp_path: Path) -
             np.testing.assert_array_equal(video.read(indices), reference[indices])
 
 
-def test_a_truncated_video_is_read_up_to_its_break_and_reported(tmp_path: Path) -> None:
+def test_a_truncated_video_is_read_up_to_its_break(tmp_path: Path) -> None:
     whole = write_h264_index_video(tmp_path / "whole.mp4", 200, faststart=True)
     cut = tmp_path / "videos" / "cut.mp4"
     cut.parent.mkdir()
@@ -317,9 +326,45 @@ def test_a_truncated_video_is_read_up_to_its_break_and_reported(tmp_path: Path) 
                                             rf"the stream ends at frame {decodable} \("):
             video.read([10, video.num_frames - 1])
         assert decode_index(video.read([20])[0]) == 20  # the reader recovers after the error
+
+
+def test_a_video_that_decodes_short_fails_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    whole = write_h264_index_video(tmp_path / "whole.mp4", 200, faststart=True)
+    cut = tmp_path / "videos" / "cut.mp4"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    decodable = len(sequential_decode(cut))
+    assert 50 < decodable < 200
     report = extract_videos([cut], tmp_path / "frames", progress=False)
-    assert report.of("written")[0].message == f"the file declares 200 frames but {decodable} were decoded"
-    assert read_manifest(tmp_path / "frames")["cut"].frames == decodable
+    assert report.of("failed")[0].message == (
+        f"video cut: decoded {decodable} of the 200 frames {cut} declares (cut short or corrupt?); "
+        "--allow-short keeps the frames that decode")
+    assert read_manifest(tmp_path / "frames") == {} and os.listdir(tmp_path / "frames") == [MANIFEST_NAME]
+
+    from vera.commands.extract_frames import main
+    argv = ["--videos", str(cut.parent), "--frames", str(tmp_path / "frames"), "--workers", "1", "--no-progress"]
+    assert main(argv) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "frames: 0 videos written (0 frames), 0 skipped as already complete, 1 failed")
+    assert main([*argv, "--allow-short"]) == 0
+    entry = read_manifest(tmp_path / "frames")["cut"]
+    assert (entry.frames, entry.declared_frames) == (decodable, 200)  # the manifest says it is short
+    assert f"decoded {decodable} of the 200 frames the file declares (--allow-short)" in capsys.readouterr().out
+    assert_folder_matches_video(tmp_path / "frames" / "cut", cut)
+
+
+@pytest.mark.parametrize("name", ["vfr.mkv", "h264.ts", "mjpeg.avi"])
+def test_whole_videos_are_not_taken_for_short(tmp_path: Path, name: str) -> None:
+    """Containers without a frame count: OpenCV's duration × fps says 299 for this 200-frame VFR video."""
+    path = tmp_path / name
+    if name == "mjpeg.avi":
+        write_index_video(path, 120)
+    else:
+        write_h264_index_video(path, 200, variable_rate=name == "vfr.mkv")
+    report = extract_videos([path], tmp_path / "frames", progress=False)
+    assert [o.status for o in report.outcomes] == ["written"] and report.outcomes[0].message == ""
+    entry = read_manifest(tmp_path / "frames")[path.stem]
+    assert entry.frames == entry.declared_frames == (120 if name == "mjpeg.avi" else 200)
 
 
 def test_frame_access_errors_name_the_video_and_frame(tmp_path: Path) -> None:
@@ -359,3 +404,95 @@ def test_frame_access_errors_name_the_video_and_frame(tmp_path: Path) -> None:
         assert decode_index(frames.read([2])[0]) == 3
         with pytest.raises(VeraError, match=r"video gappy: cannot read frame 1 \("):
             frames.read([0, 1])
+
+
+# --- strict decoding --------------------------------------------------------------------------
+
+
+def _damaged_jpegs(good: bytes) -> dict[str, bytes]:
+    """Three ways a JPEG breaks; libjpeg only warns about each and OpenCV returns an image anyway."""
+    middle = len(good) // 2
+    return {
+        "truncated": good[:middle],
+        "junk before the end marker": good[:-2] + b"\x13\x37" * 20 + good[-2:],
+        "marker inside the scan": good[:middle] + b"\xff\xd0\x00\x11" + good[middle:],
+    }
+
+
+def test_a_damaged_jpeg_is_an_error_naming_the_video_and_frame(tmp_path: Path) -> None:
+    folder = tmp_path / "frames" / "clip"
+    folder.mkdir(parents=True)
+    for index in range(4):
+        cv2.imwrite(str(folder / frame_name(index)), cv2.GaussianBlur(index_frame(index + 5), (9, 9), 3))
+    good = (folder / frame_name(0)).read_bytes()
+    for index, (kind, data) in enumerate(_damaged_jpegs(good).items(), start=1):
+        (folder / frame_name(index)).write_bytes(data)
+        assert cv2.imread(str(folder / frame_name(index))) is not None, kind  # what the old reader accepted
+    with open_frames("clip", frames_dir=tmp_path / "frames") as frames:
+        expected = cv2.cvtColor(cv2.imread(str(folder / frame_name(0))), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(frames.read([0])[0], expected)
+        messages = {}
+        for index in (1, 2, 3):
+            with pytest.raises(VeraError) as caught:
+                frames.read([0, index])
+            messages[index] = str(caught.value)
+    for index, message in messages.items():
+        assert message.startswith(f"video clip: cannot read frame {index} ({folder / frame_name(index)}: ")
+        assert "\n" not in message
+    assert "Premature end of JPEG file" in messages[1]
+    assert "Corrupt JPEG data" in messages[2] and "Corrupt JPEG data" in messages[3]
+
+
+def test_strict_jpeg_decoding_gives_opencvs_pixels(tmp_path: Path) -> None:
+    """Colour, grey and every EXIF orientation: the pixels ``cv2.imread`` gave before."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (7, 7), 2)
+    cases = {"colour.jpg": bgr, "grey.jpg": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)}
+    for name, image in cases.items():
+        cv2.imwrite(str(tmp_path / name), image)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(bgr[:, :, ::-1]).save(tmp_path / f"exif{orientation}.jpg", exif=exif, quality=90)
+    for path in sorted(tmp_path.glob("*.jpg")):
+        reference = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(decode_jpeg(path), reference, err_msg=path.name)
+    assert decode_jpeg(tmp_path / "exif6.jpg").shape == (64, 48, 3)
+
+
+def test_a_damaged_video_frame_is_an_error_not_a_concealed_frame(tmp_path: Path) -> None:
+    path = write_index_video(tmp_path / "videos" / "idx.avi", 60)
+    with av.open(str(path)) as container:
+        packets = [(packet.pos, packet.size) for packet in container.demux(container.streams.video[0]) if packet.size]
+    position, size = packets[30]
+    data = bytearray(path.read_bytes())
+    data[position + size - 24] ^= 0x10  # one bit inside frame 30's compressed data
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as container:  # FFmpeg's default: the damage is concealed, no error
+        assert sum(1 for _ in container.decode(video=0)) == 60
+    with VideoFileFrames(path) as video:
+        assert [decode_index(frame) for frame in video.read([29, 31, 5])] == [29, 31, 5]
+        with pytest.raises(VeraError, match=rf"^video idx: cannot decode frame 30: decoding fails at frame 30 "
+                                            rf"\({path}: "):
+            video.read([28, 30])
+        assert decode_index(video.read([40])[0]) == 40
+
+
+def test_a_name_with_dots_has_one_key_in_annotations_extraction_and_lookup(tmp_path: Path) -> None:
+    """The released readers cut UCF names at the first dot and extraction did not: 'frame folder not found'."""
+    from vera.data.annotations import load_test_annotations
+
+    video = write_index_video(tmp_path / "videos" / "Abuse" / "Abuse.Night.2_x264.avi", 20)
+    annotations = tmp_path / "test.json"
+    annotations.write_text(json.dumps([{"video": "frames/Abuse/Abuse.Night.2_x264.mp4",
+                                        "temporal_label": [3, 9, -1, -1], "length": 20}]))
+    [annotated] = load_test_annotations(annotations, "ucf")
+    assert annotated.key == "Abuse.Night.2_x264"
+    assert extract_videos([video], tmp_path / "frames", progress=False).of("written")
+    assert find_video(tmp_path / "videos", annotated.key) == video
+    with open_frames(annotated.key, frames_dir=tmp_path / "frames") as jpegs, \
+            open_frames(annotated.key, videos_dir=tmp_path / "videos") as decoded:
+        for frames in (jpegs, decoded):
+            assert [decode_index(frame) for frame in frames.read([4, 19])] == [4, 19]

@@ -340,7 +340,8 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys, ti
     annotation = tmp_path / "ann.json"
     # Made-up labels, only so that the evaluation sees both classes.
     annotation.write_text(json.dumps([
-        {"video": f"frames/Fighting/{keys_name}.mp4", "temporal_label": [100, 200, -1, -1], "length": length}
+        {"video": f"frames/Fighting/{keys_name}.mp4", "temporal_label": [100, min(200, length), -1, -1],
+         "length": length}
         for keys_name, length in keys.items()]))
     frames = tmp_path / "frames"
     for key in list(keys)[:1]:  # the frames run does the first video only (--limit 1)

@@ -24,6 +24,10 @@ COMMAND = Command(__doc__, [
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    from vera.vlm.backends.hub import locate_model
+
+    # Before Lightning is imported and processes start: a Hub id that cannot be had fails in seconds.
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.model, False)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vera.errors import VeraError
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         initial_questions=load_questions(args.questions) if args.questions else list(INITIAL_QUESTIONS),
     )
     try:
-        train(options, lambda device: load_backend(args.backend, args.model, device=device, dtype=args.dtype),
+        train(options, lambda device: load_backend(args.backend, model, device=device, dtype=args.dtype,
+                                                   local_files_only=local_files_only),
               accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
     except VeraError:
         if rank_zero_only.rank != 0:

@@ -8,6 +8,10 @@ build the JPEGs match theirs byte for byte. The frames folder is a
 video is written to ``.partial/<key>/`` and renamed to ``<key>`` only when
 complete, so a folder named after a key always holds a whole video; a manifest
 (``manifest.json``) records each finished video.
+
+A video that decodes fewer frames than its file declares (cut short, or the
+decoder gives up on corrupt data) fails unless ``allow_short``; the manifest
+records the declared count beside the frames written.
 """
 
 from __future__ import annotations
@@ -20,15 +24,17 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
+import av
 import cv2
 
-from vera.data.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations
+from vera.data.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations, video_key
 from vera.errors import VeraError
-from vera.data.frames import JpegFolderFrames, frame_name, video_key
+from vera.data.frames import JpegFolderFrames, decode_jpeg, frame_name
 from vera.io import read_json, write_json_atomic
 from vera.progress import progress as progress_display
 from vera.runs import PARTIAL_DIR, RunFolder
@@ -52,6 +58,7 @@ class ExtractedVideo:
     width: int
     height: int
     video: str = ""  # the source file, as given
+    declared_frames: int | None = None  # what the file declares; more than ``frames`` only with --allow-short
 
 
 @dataclass(frozen=True)
@@ -120,9 +127,43 @@ def _open_capture(video: Path) -> cv2.VideoCapture:
     return capture
 
 
-def _declared(capture: cv2.VideoCapture) -> tuple[int, float | None]:
+def _fps(capture: cv2.VideoCapture) -> float | None:
     fps = capture.get(cv2.CAP_PROP_FPS)
-    return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), (float(fps) if fps > 0 else None)
+    return float(fps) if fps > 0 else None
+
+
+def declared_frames(video: Path, decoded: int | None = None) -> int | None:
+    """The frames ``video`` declares, or ``None`` where FFmpeg cannot open it.
+
+    MP4, MOV and AVI store a frame count; frames that an edit list cuts are
+    shown by no decoder, so they are subtracted, counted (one pass over the
+    packets, no decoding) only when ``decoded`` falls short of the count. MKV,
+    WebM and MPEG-TS store no count: there it is the packets the file holds, so
+    a decoder that stops early is caught, but not a file cut short. OpenCV's
+    own figure for those containers, duration × frame rate, is no count at all
+    for a variable frame rate (299 "frames" for a 200-frame test video).
+    """
+    try:
+        container = av.open(str(video))
+    except (av.FFmpegError, OSError):
+        return None
+    with container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        stored = stream.frames
+        if stored > 0 and (decoded is None or decoded >= stored):
+            return stored
+        kept = discarded = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # flush packets
+                    continue
+                discarded += packet.is_discard
+                kept += not packet.is_discard
+        except av.FFmpegError:
+            pass  # a damaged file declares what its header says, or the packets before the damage
+        return stored - discarded if stored > 0 else kept
 
 
 def _adopt(video: Path, folder: Path) -> ExtractedVideo | None:
@@ -134,20 +175,23 @@ def _adopt(video: Path, folder: Path) -> ExtractedVideo | None:
     frames = count_frames(folder)
     capture = _open_capture(video)
     try:
-        declared, fps = _declared(capture)
+        fps = _fps(capture)
     finally:
         capture.release()
-    first = cv2.imread(str(folder / frame_name(0)), cv2.IMREAD_COLOR) if frames > 0 else None
-    if first is None or frames != declared:
+    if frames <= 0 or declared_frames(video, frames) != frames:
         return None
-    height, width = first.shape[:2]
-    return ExtractedVideo(video_key(video), frames, fps, width, height, str(video))
+    try:
+        height, width = decode_jpeg(folder / frame_name(0)).shape[:2]
+    except (ValueError, OSError):
+        return None
+    return ExtractedVideo(video_key(video), frames, fps, width, height, str(video), frames)
 
 
-def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome:
+def extract_video(video: Path, frames_dir: Path, known: bool = False, allow_short: bool = False) -> Outcome:
     """Write every frame of ``video`` to ``<frames_dir>/<key>/``, or adopt a whole folder the manifest lacks.
 
-    Never raises for a bad video: the outcome says ``failed`` and why.
+    Never raises for a bad video: the outcome says ``failed`` and why. A video
+    that decodes fewer frames than it declares fails unless ``allow_short``.
     """
     video, frames_dir = Path(video), Path(frames_dir)
     key = video_key(video)
@@ -162,7 +206,7 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
         partial.mkdir(parents=True)
         capture = _open_capture(video)
         try:
-            declared, fps = _declared(capture)
+            fps = _fps(capture)
             count, shape = 0, None
             while True:
                 ok, frame = capture.read()
@@ -176,12 +220,19 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
             capture.release()
         if count == 0:
             raise VeraError(f"video {key}: no frame could be decoded from {video}")
+        declared = declared_frames(video, count)
+        short = declared is not None and count < declared
+        if short and not allow_short:
+            raise VeraError(f"video {key}: decoded {count} of the {declared} frames {video} declares (cut short or "
+                            "corrupt?); --allow-short keeps the frames that decode")
         _replace_folder(partial, final)
     except (VeraError, OSError, cv2.error) as error:
         shutil.rmtree(partial, ignore_errors=True)
         return Outcome(video, "failed", message=str(error))
-    warning = f"the file declares {declared} frames but {count} were decoded" if declared != count else ""
-    return Outcome(video, "written", ExtractedVideo(key, count, fps, shape[1], shape[0], str(video)), warning)
+    warning = "" if declared is None or declared == count else (
+        f"decoded {count} of the {declared} frames the file declares" + (" (--allow-short)" if short else ""))
+    entry = ExtractedVideo(key, count, fps, shape[1], shape[0], str(video), declared)
+    return Outcome(video, "written", entry, warning)
 
 
 def _replace_folder(partial: Path, final: Path) -> None:
@@ -243,16 +294,18 @@ def frames_folder(frames_dir: Path, overwrite: bool = False) -> RunFolder:
 
 
 def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1, progress: bool = True,
-                   task: Callable[[Path, Path, bool], Outcome] = extract_video,
-                   overwrite: bool = False) -> ExtractionReport:
+                   task: Callable[..., Outcome] = extract_video, overwrite: bool = False,
+                   allow_short: bool = False) -> ExtractionReport:
     """Extract the frames of ``videos`` (one per worker process), skipping those already complete.
 
     The manifest is merged and saved every few seconds and at the end, also when
     interrupted. A video whose worker crashes is retried once on its own, then
-    reported as failed. ``task`` replaces the per-video work (tests use it).
+    reported as failed. ``allow_short`` keeps videos that decode fewer frames
+    than they declare. ``task`` replaces the per-video work (tests use it).
     """
     folder = frames_folder(frames_dir, overwrite).open()
     frames_dir = folder.path
+    task = partial(task, allow_short=allow_short)
     by_key: dict[str, Path] = {}
     for video in videos:
         other = by_key.setdefault(video_key(video), Path(video))

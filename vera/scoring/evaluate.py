@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vera.data.annotations import NORMAL_CLASS, TestVideo
+from vera.data.annotations import NORMAL_CLASS, TestVideo, check_intervals
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
 from vera.runs import RunFolder
@@ -90,20 +90,40 @@ def _check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
         )
     if length < 2:
         raise VeraError(f"video {video.key}: {length} frame(s) is too short to score")
+    if video.length is None:  # the official txt gives no length: check its intervals against the scores'
+        check_intervals(video, length, f"video length from score file {path}")
     return length
 
 
-def _labels(video: TestVideo, length: int, gt_frames: dict | None, num_scores: int, options: ScoringOptions) -> np.ndarray:
+def _read_gt_frames(path: Path, videos: list[TestVideo]) -> dict[str, np.ndarray]:
+    """The ``--gt-frames`` labels of ``videos``, checked before any scoring: a list of 0/1 numbers each."""
+    content = read_json(path, "--gt-frames file")
+    if not isinstance(content, dict):
+        raise VeraError(f"--gt-frames file {path} must map video keys to frame label lists")
+    labels = {}
+    for video in videos:
+        if video.key not in content:
+            raise VeraError(f"--gt-frames file {path}: video {video.key} is missing")
+        values = content[video.key]
+        if not isinstance(values, list) or not values:
+            raise VeraError(f"--gt-frames file {path}: video {video.key} must have a non-empty list of 0/1 labels")
+        for frame, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
+                raise VeraError(f"--gt-frames file {path}: video {video.key}: frame {frame} has label {value!r}; "
+                                "labels must be 0 or 1")
+        labels[video.key] = np.asarray(values, dtype=np.float64)
+    return labels
+
+
+def _labels(video: TestVideo, length: int, gt_frames: dict[str, np.ndarray] | None, gt_path: Path | None,
+            num_scores: int, options: ScoringOptions) -> np.ndarray:
     if gt_frames is None:
         labels = ground_truth(length, video.intervals)
         return labels[: released_ap_trim(length)] if options.released_xd_ap else labels
-    if video.key not in gt_frames:
-        raise VeraError(f"video {video.key} is missing from the --gt-frames file")
-    labels = np.asarray(gt_frames[video.key], dtype=np.float64)
-    if labels.ndim != 1 or labels.size > num_scores or (options.released_xd_ap and labels.size != num_scores):
-        raise VeraError(
-            f"video {video.key}: --gt-frames gives {labels.size} frame labels, but scoring gives {num_scores} frames"
-        )
+    labels = gt_frames[video.key]
+    if labels.size > num_scores or (options.released_xd_ap and labels.size != num_scores):
+        raise VeraError(f"--gt-frames file {gt_path}: video {video.key} has {labels.size} frame labels, but "
+                        f"scoring gives {num_scores} frames")
     return labels
 
 
@@ -127,10 +147,6 @@ def evaluate(
                         "answers (use --protocol paper)")
     if features_dir is not None and not features_dir.is_dir():
         raise VeraError(f"feature folder not found: {features_dir}")
-    gt_frames = read_json(gt_frames_path, "--gt-frames file") if gt_frames_path else None
-    if gt_frames is not None and not isinstance(gt_frames, dict):
-        raise VeraError(f"--gt-frames file {gt_frames_path} must map video keys to frame label lists")
-
     missing = _missing_files(videos, scores_dir, features_dir)
     if missing and not allow_missing:
         lines = [f"  {key}: {', '.join(str(path) for path in paths)}" for key, paths in list(missing.items())[:_MISSING_SHOWN]]
@@ -140,6 +156,8 @@ def evaluate(
             + "\n".join(lines)
             + (f"\n  … and {more} more" if more > 0 else "")
         )
+    scored = [video for video in videos if video.key not in missing]
+    gt_frames = _read_gt_frames(gt_frames_path, scored) if gt_frames_path else None
 
     results, fallbacks = [], 0
     for video in videos:
@@ -155,7 +173,7 @@ def evaluate(
             else _load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
         )
         scores = frame_scores(segments.scores, features, segments.last_segment_frames, options)
-        labels = _labels(video, length, gt_frames, scores.size, options)
+        labels = _labels(video, length, gt_frames, gt_frames_path, scores.size, options)
         results.append(VideoResult(video.key, video.video_class, scores[: labels.size], labels))
     if not results:
         raise VeraError("no video could be scored")

@@ -10,11 +10,18 @@ from vera.errors import VeraError
 from vera.options import BACKENDS
 
 
-
 def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
                  max_batch_size: int | None = None, local_files_only: bool = False) -> VLMBackend:
-    """A backend by name: ``hf`` (transformers image-text-to-text models)."""
+    """A backend by name: ``hf`` (transformers image-text-to-text models).
+
+    Where ``model`` is a Hub id that cannot be had (network off or the Hub out
+    of reach, and not in the local cache), this fails within seconds, before
+    transformers is imported.
+    """
     if name == "hf":
+        from vera.vlm.backends.hub import locate_model
+
+        model, local_files_only = locate_model(model, local_files_only)
         from vera.vlm.backends.hf import HFBackend  # imports transformers: only when asked for
 
         return HFBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size,
