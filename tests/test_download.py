@@ -293,7 +293,7 @@ def test_layout_differences_are_mapped_and_every_odd_file_reported(tiny_release,
     assert (dest / "scores" / "ucf" / "Abuse001_x264.json").read_bytes() == _score_file(40)
     report = json.loads((dest / "download_report.json").read_text())["ucf scores"]
     assert report["renamed"] == {"out/Abuse001_x264.mp4.json": "without '.mp4'",
-                                 "out/Arson002_x264.old.json": "UCF key rule (name up to the first dot)"}
+                                 "out/Arson002_x264.old.json": "the released UCF readers' rule (name up to the first dot)"}
     assert report["problems"] == 2  # two videos: one absent, one claimed twice
 
     # A malformed file in place is named with compute_auc's reason.

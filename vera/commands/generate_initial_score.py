@@ -21,6 +21,10 @@ COMMAND = Command(__doc__, [
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    from vera.vlm.backends.hub import locate_model
+
+    # A Hub id that cannot be had (offline, not cached) fails in seconds, before any folder is made.
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.model, False)
     from vera.data.annotations import load_test_annotations
     from vera.vlm.backends import load_backend
     from vera.vlm.prompts import build_learner_prompt, load_questions, load_template, preset_questions
@@ -39,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames)
     step1_folder(settings, step1_identity(args.backend, args.model, questions, prompt, settings), videos).check()
-    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
-                           max_batch_size=args.batch_size)
+    backend = load_backend(args.backend, model, device=args.device, dtype=args.dtype,
+                           max_batch_size=args.batch_size, local_files_only=local_files_only)
     summary = Step1Runner(backend, template, questions, settings).run(videos)
     print(summary.text())
     return 1 if summary.failed else 0

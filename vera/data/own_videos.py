@@ -22,7 +22,8 @@ from pathlib import Path
 from vera.data.annotations import NORMAL_CLASS, Dataset, TestVideo, load_test_annotations
 # The key rule: the file name without its last extension. The one place this
 # module decides keys; switch it here when the project's shared rule changes.
-from vera.data.frames import VideoFileFrames, list_videos, video_key
+from vera.data.annotations import video_key
+from vera.data.frames import VideoFileFrames, list_videos
 from vera.errors import VeraError
 from vera.io import read_text, write_text_atomic
 

@@ -19,7 +19,7 @@ from pathlib import PurePosixPath, Path
 
 import numpy as np
 
-from vera.data.annotations import TestVideo, ucf_key
+from vera.data.annotations import TestVideo
 from vera.data.segments import num_segments
 from vera.errors import VeraError
 from vera.io import read_json, write_bytes_atomic
@@ -105,7 +105,7 @@ def _candidates(stem: str, dataset: str) -> list[tuple[str, str]]:
         if stem.lower().endswith(suffix):
             found.append((stem[: -len(suffix)], f"without '{suffix}'"))
     if dataset == "ucf":
-        found.append((ucf_key(stem), "UCF key rule (name up to the first dot)"))
+        found.append((stem.split(".")[0], "the released UCF readers' rule (name up to the first dot)"))
     return found
 
 
