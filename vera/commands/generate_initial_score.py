@@ -10,19 +10,21 @@ Rerunning the same command resumes where it stopped.
 
 from __future__ import annotations
 
-from vera.options import Command, OneOf
+from vera.options import Command, OneOf, check_backend_options
 
 COMMAND = Command(__doc__, [
-    "dataset", "annotations", OneOf(("frames", "videos")), "model", "backend",
+    "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress",
+    "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    check_backend_options(args)
     from vera.data.annotations import load_test_annotations
-    from vera.vlm.backends import load_backend
+    from vera.vlm.backends import load_backend, server_settings
     from vera.vlm.prompts import load_questions, load_template, preset_questions
     from vera.vlm.step1 import Step1Runner, Step1Settings
 
@@ -36,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         allow_length_mismatch=args.allow_length_mismatch,
         template_source=str(args.prompt_file) if args.prompt_file else "default", progress=not args.no_progress,
     )
-    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
-                           max_batch_size=args.batch_size)
+    backend = load_backend(args.backend, args.model or args.served_model, device=args.device, dtype=args.dtype,
+                           max_batch_size=args.batch_size, server=server_settings(args))
     summary = Step1Runner(backend, template, questions, settings).run(videos)
     print(summary.text())
     return 1 if summary.failed else 0

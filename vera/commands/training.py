@@ -11,25 +11,28 @@ runs N processes (DDP), one per GPU.
 
 from __future__ import annotations
 
-from vera.options import Command, OneOf
+from vera.options import Command, OneOf, check_backend_options
 
 COMMAND = Command(__doc__, [
-    "dataset", "train", "val", OneOf(("frames", "videos")), "model", "backend", "dtype", "output", "epochs",
+    "dataset", "train", "val", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend", "dtype",
+    "output", "epochs",
     "train_batch_size", "num_frames", "val_every", "max_steps", "limit_val", "val_batch_size", "select_by",
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
     "skip_bad_videos", "overwrite", "devices", "accelerator",
+    "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="training.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    check_backend_options(args)
     from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train_with_lightning
-    from vera.vlm.backends import load_backend
+    from vera.vlm.backends import load_backend, server_settings
     from vera.vlm.prompts import load_questions
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
-        frames_dir=args.frames, videos_dir=args.videos, model=args.model,
+        frames_dir=args.frames, videos_dir=args.videos, model=args.model or args.served_model,
         epochs=args.epochs, batch_size=args.batch_size, num_frames=args.num_frames, val_every=args.val_every,
         max_steps=args.max_steps, limit_val=args.limit_val, val_batch_size=args.val_batch_size,
         select_by=args.select_by, prompt_file=args.prompt_file, optimizer_prompt_file=args.optimizer_prompt_file,
@@ -39,7 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     options.check()
     train_with_lightning(
-        options, lambda device: load_backend(args.backend, args.model, device=device, dtype=args.dtype),
+        options, lambda device: load_backend(args.backend, options.model, device=device, dtype=args.dtype,
+                                             server=server_settings(args)),
         accelerator=args.accelerator, devices=args.devices,
     )
     return 0
