@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vera.errors import VeraError
 
@@ -28,7 +29,8 @@ from vera.errors import VeraError
 DATASETS = ("ucf", "xd")
 FRAME_LAYOUTS = ("released", "per-frame")
 DEFAULT_FRAME_LAYOUT = "released"
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "openai")
+IMAGE_FORMATS = ("png", "jpeg")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 PROTOCOLS = ("released", "paper")
 METRICS = ("auc", "ap")
@@ -153,6 +155,41 @@ def mirror_url(text: str) -> str:
     return text.rstrip("/")
 
 
+def base_urls(text: str) -> tuple[str, ...]:
+    """Comma-separated ``http(s)://host:port[/path]`` API roots; a URL without a path gets ``/v1``."""
+    urls = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            parsed = urlsplit(part)
+            parsed.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{part!r}: {error}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise argparse.ArgumentTypeError(f"{part!r} is not an http(s)://host:port URL")
+        url = part.rstrip("/") if parsed.path.strip("/") else f"{parsed.scheme}://{parsed.netloc}/v1"
+        if url in urls:
+            raise argparse.ArgumentTypeError(f"{url} is given twice")
+        urls.append(url)
+    return tuple(urls)
+
+
+def served_model_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name the model as the server lists it (GET /v1/models)")
+    return text
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 # -- the options ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -226,7 +263,28 @@ OPTIONS: dict[str, Option] = {
     # the VLM
     "model": _opt("--model", type=model_ref, required=True, metavar="PATH_OR_ID",
                   help="local folder or Hugging Face id of the VLM (an id needs the network or the local cache)"),
-    "backend": _opt("--backend", choices=BACKENDS, default="hf", help="how the VLM runs (default: %(default)s)"),
+    "backend": _opt("--backend", choices=BACKENDS, default="hf",
+                    help="how the VLM runs: hf (in this process) or openai (OpenAI-compatible servers, "
+                         "--base-url; default: %(default)s)"),
+    # the openai backend
+    "served_model": _opt("--served-model", type=served_model_name, metavar="NAME",
+                         help="with --backend openai, instead of --model: the model's name on the servers "
+                              "(as GET /v1/models lists it)"),
+    "base_url": _opt("--base-url", type=base_urls, metavar="URL[,URL...]",
+                     help="with --backend openai: the servers, e.g. http://gpu1:8000/v1,http://gpu2:8000/v1 "
+                          "(a URL without a path gets /v1)"),
+    "concurrency": _opt("--concurrency", type=positive_int, default=8, metavar="N",
+                        help="with --backend openai: requests in flight per server (default: %(default)s)"),
+    "request_timeout": _opt("--request-timeout", type=positive_seconds, default=600.0, metavar="SECONDS",
+                            help="with --backend openai: wait at most this long for an answer before retrying "
+                                 "(default: %(default)s)"),
+    "retries": _opt("--retries", type=non_negative_int, default=8, metavar="N",
+                    help="with --backend openai: retries of a request that failed or timed out, the server "
+                         "resting 1, 2, 4, ... 60 s after each failure (default: %(default)s, about 3 minutes)"),
+    "image_format": _opt("--image-format", choices=IMAGE_FORMATS, default="png",
+                         help="with --backend openai: how frames travel: png (lossless, the pixels the hf backend "
+                              "sees) or jpeg (quality 95, about 4x smaller, 20x cheaper to encode; "
+                              "default: %(default)s)"),
     "device": _opt("--device", default="auto", help="cpu, cuda or cuda:N (default auto: a GPU if there is one)"),
     "dtype": _opt("--dtype", choices=DTYPE_CHOICES, default="auto",
                   help="model precision (auto: bfloat16 on GPU for the VLM, float16 for ImageBind; float32 on CPU)"),
@@ -345,6 +403,26 @@ OPTIONS: dict[str, Option] = {
                       help="machines, each running --devices processes (run the command on each, as Lightning "
                            "expects; default: %(default)s)"),
 }
+
+
+def check_backend_options(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone: the options that go with --backend (one-line ``VeraError``)."""
+    if args.backend == "openai":
+        if getattr(args, "model", None) is not None:
+            raise VeraError("argument --model: with --backend openai the model runs on the servers; "
+                            "name it with --served-model NAME")
+        if args.served_model is None:
+            raise VeraError("argument --served-model: required with --backend openai")
+        if args.base_url is None:
+            raise VeraError("argument --base-url: required with --backend openai")
+        if args.frame_layout == "released":
+            raise VeraError("argument --frame-layout: the openai backend sends each frame as its own image and "
+                            "cannot express the 'released' layout (all frames in one block); "
+                            "use --frame-layout per-frame")
+    else:
+        for name, flag in (("served_model", "--served-model"), ("base_url", "--base-url")):
+            if getattr(args, name, None) is not None:
+                raise VeraError(f"argument {flag}: only with --backend openai")
 
 
 class _Parser(argparse.ArgumentParser):

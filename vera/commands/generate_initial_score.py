@@ -10,23 +10,25 @@ Rerunning the same command resumes where it stopped.
 
 from __future__ import annotations
 
-from vera.options import Command, OneOf
+from vera.options import Command, OneOf, check_backend_options
 
 COMMAND = Command(__doc__, [
-    "dataset", "annotations", OneOf(("frames", "videos")), "model", "backend",
+    "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress",
+    "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    check_backend_options(args)
     from vera.vlm.backends.hub import locate_model
 
     # A Hub id that cannot be had (offline, not cached) fails in seconds, before any folder is made.
-    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.model, False)
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
     from vera.data.annotations import load_test_annotations
-    from vera.vlm.backends import load_backend
+    from vera.vlm.backends import load_backend, server_settings
     from vera.vlm.prompts import build_learner_prompt, load_questions, load_template, preset_questions
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
@@ -42,9 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames)
-    step1_folder(settings, step1_identity(args.backend, args.model, questions, prompt, settings), videos).check()
+    step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings), videos).check()
     backend = load_backend(args.backend, model, device=args.device, dtype=args.dtype,
-                           max_batch_size=args.batch_size, local_files_only=local_files_only)
+                           max_batch_size=args.batch_size, local_files_only=local_files_only,
+                           server=server_settings(args))
     summary = Step1Runner(backend, template, questions, settings).run(videos)
     print(summary.text())
     return 1 if summary.failed else 0

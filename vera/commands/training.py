@@ -12,32 +12,35 @@ command to resume. --devices N runs N processes (DDP), one per GPU;
 
 from __future__ import annotations
 
-from vera.options import Command, OneOf
+from vera.options import Command, OneOf, check_backend_options
 
 COMMAND = Command(__doc__, [
-    "dataset", "train", "val", OneOf(("frames", "videos")), "model", "backend", "dtype", "output", "epochs",
+    "dataset", "train", "val", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend", "dtype",
+    "output", "epochs",
     "train_batch_size", "num_frames", "val_every", "max_steps", "limit_val", "val_batch_size", "select_by",
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
     "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes",
+    "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="training.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    check_backend_options(args)
     from vera.vlm.backends.hub import locate_model
 
     # Before Lightning is imported and processes start: a Hub id that cannot be had fails in seconds.
-    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.model, False)
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vera.errors import VeraError
     from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
-    from vera.vlm.backends import load_backend
+    from vera.vlm.backends import load_backend, server_settings
     from vera.vlm.prompts import load_questions
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
-        frames_dir=args.frames, videos_dir=args.videos, model=args.model,
+        frames_dir=args.frames, videos_dir=args.videos, model=args.model or args.served_model,
         epochs=args.epochs, batch_size=args.batch_size, num_frames=args.num_frames, val_every=args.val_every,
         max_steps=args.max_steps, limit_val=args.limit_val, val_batch_size=args.val_batch_size,
         select_by=args.select_by, prompt_file=args.prompt_file, optimizer_prompt_file=args.optimizer_prompt_file,
@@ -47,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         train(options, lambda device: load_backend(args.backend, model, device=device, dtype=args.dtype,
-                                                   local_files_only=local_files_only),
+                                                   local_files_only=local_files_only, server=server_settings(args)),
               accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
     except VeraError:
         if rank_zero_only.rank != 0:

@@ -5,19 +5,36 @@
 
 from __future__ import annotations
 
+import argparse
+
 from vera.vlm.backends.base import VLMBackend
 from vera.errors import VeraError
 from vera.options import BACKENDS
+from vera.vlm.backends.openai import OpenAIBackend, ServerSettings
+
+
+def server_settings(args: argparse.Namespace) -> ServerSettings | None:
+    """The openai backend's settings from a command's parsed options (None for the other backends)."""
+    if args.backend != "openai":
+        return None
+    return ServerSettings(base_urls=args.base_url, concurrency=args.concurrency, timeout=args.request_timeout,
+                          retries=args.retries, image_format=args.image_format)
 
 
 def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
-                 max_batch_size: int | None = None, local_files_only: bool = False) -> VLMBackend:
-    """A backend by name: ``hf`` (transformers image-text-to-text models).
+                 max_batch_size: int | None = None, local_files_only: bool = False,
+                 server: ServerSettings | None = None) -> VLMBackend:
+    """A backend by name: ``hf`` (transformers image-text-to-text models, ``model`` a folder or Hub id) or
+    ``openai`` (OpenAI-compatible servers given by ``server``, ``model`` the served name).
 
     Where ``model`` is a Hub id that cannot be had (network off or the Hub out
-    of reach, and not in the local cache), this fails within seconds, before
+    of reach, and not in the local cache), ``hf`` fails within seconds, before
     transformers is imported.
     """
+    if name == "openai":
+        if server is None:
+            raise VeraError("the openai backend needs --base-url")
+        return OpenAIBackend(model, server)
     if name == "hf":
         from vera.vlm.backends.hub import locate_model
 
