@@ -200,7 +200,8 @@ OPTIONS: dict[str, Option] = {
     "backend": _opt("--backend", choices=BACKENDS, default="hf", help="how the VLM runs (default: %(default)s)"),
     "device": _opt("--device", default="auto", help="cpu, cuda or cuda:N (default auto: a GPU if there is one)"),
     "dtype": _opt("--dtype", choices=DTYPE_CHOICES, default="auto",
-                  help="model precision (auto: bfloat16 on GPU for the VLM, float16 for ImageBind; float32 on CPU)"),
+                  help="model precision (auto: bfloat16 on GPU for the VLM, float32 for ImageBind as LAVAD ran it; "
+                       "float32 on CPU)"),
     "questions": _opt("--questions", type=existing_file, metavar="FILE",
                       help="guiding questions, one per line (e.g. training's best_questions.txt)"),
     "preset": _opt("--preset", choices=PRESETS, help="the published questions"),
