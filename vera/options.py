@@ -27,7 +27,7 @@ from vera.errors import VeraError
 
 # Choices that several modules share; the modules that use them import them from here.
 DATASETS = ("ucf", "xd")
-FRAME_LAYOUTS = ("released", "per-frame")
+FRAME_LAYOUTS = ("released", "per-frame", "qwen-video")
 DEFAULT_FRAME_LAYOUT = "released"
 BACKENDS = ("hf", "openai")
 IMAGE_FORMATS = ("png", "jpeg")
@@ -287,18 +287,25 @@ OPTIONS: dict[str, Option] = {
                               "default: %(default)s)"),
     "device": _opt("--device", default="auto", help="cpu, cuda or cuda:N (default auto: a GPU if there is one)"),
     "dtype": _opt("--dtype", choices=DTYPE_CHOICES, default="auto",
-                  help="model precision (auto: bfloat16 on GPU for the VLM, float16 for ImageBind; float32 on CPU)"),
+                  help="model precision (auto: bfloat16 on GPU for the VLM, float32 for ImageBind as LAVAD ran it; "
+                       "float32 on CPU)"),
     "questions": _opt("--questions", type=existing_file, metavar="FILE",
                       help="guiding questions, one per line (e.g. training's best_questions.txt)"),
     "preset": _opt("--preset", choices=PRESETS, help="the published questions"),
     "prompt_file": _opt("--prompt-file", type=existing_file, metavar="FILE",
                         help="learner template with $Data and 'Based on the analysis above' (e.g. the authors' "
                              "VERA_learner_instruct.txt); default: the project's own"),
-    "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS, default=DEFAULT_FRAME_LAYOUT,
+    "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS,
                          help="released: all frames at the first <image> (as the authors fed InternVL2); "
-                              "per-frame: one frame per Frame line (default: %(default)s)"),
+                              "per-frame: one frame per Frame line; qwen-video: the frames as one video at "
+                              "[$Data], as the authors fed Qwen2-VL (default: qwen-video for a Qwen2-VL model "
+                              "and a template with [$Data], else released)"),
     "max_new_tokens": _opt("--max-new-tokens", type=positive_int, default=1024, metavar="N",
                            help="answer length limit (default: %(default)s, as released)"),
+    "dump_inputs": _opt("--dump-inputs", type=output_dir, metavar="DIR",
+                        help="write what the model is fed, per request: DIR/<name>.npz (input_ids without padding "
+                             "and the pixel tensors under the model's argument names) and DIR/<name>.txt (the "
+                             "decoded text); large (InternVL: 19 MB per segment), so use with --limit"),
     # Step 1
     "step1_batch_size": _opt("--batch-size", type=positive_int, default=8, metavar="N",
                              help="segments per generate call (default: %(default)s)"),

@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
 
     window = half_window(args.fps)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, gpu_default="float16")
+    # float32 on GPU too: LAVAD's recipe, which the released features followed, ran ImageBind in float32, and
+    # float16's effect on Step 2's neighbour sets is unmeasured (benchmarks/bench_feature_precision.py).
+    dtype = resolve_dtype(args.dtype, device, gpu_default="float32")
     dtype_name = str(dtype).removeprefix("torch.")
     dataset = args.dataset or infer_dataset(args.annotations)
     videos = load_test_annotations(args.annotations, dataset)[: args.limit]

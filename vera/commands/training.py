@@ -19,7 +19,7 @@ COMMAND = Command(__doc__, [
     "output", "epochs",
     "train_batch_size", "num_frames", "val_every", "max_steps", "limit_val", "val_batch_size", "select_by",
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
-    "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes",
+    "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "dump_inputs",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="training.py")
 
@@ -35,8 +35,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from vera.errors import VeraError
     from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
-    from vera.vlm.backends import load_backend, server_settings
-    from vera.vlm.prompts import load_questions
+    from vera.vlm.backends import load_backend, model_type_of, server_settings
+    from vera.vlm.input_dump import enable_input_dumps
+    from vera.vlm.prompts import load_questions, load_template, resolve_frame_layout
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
@@ -44,14 +45,23 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, batch_size=args.batch_size, num_frames=args.num_frames, val_every=args.val_every,
         max_steps=args.max_steps, limit_val=args.limit_val, val_batch_size=args.val_batch_size,
         select_by=args.select_by, prompt_file=args.prompt_file, optimizer_prompt_file=args.optimizer_prompt_file,
-        frame_layout=args.frame_layout, max_new_tokens=args.max_new_tokens,
+        frame_layout=resolve_frame_layout(
+            args.frame_layout, model_type_of(model, local_files_only=local_files_only) if args.backend == "hf"
+            else None, load_template(args.prompt_file)),
+        max_new_tokens=args.max_new_tokens,
         seed=args.seed, skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
         initial_questions=load_questions(args.questions) if args.questions else list(INITIAL_QUESTIONS),
     )
+
+    def backend_on(device):
+        backend = load_backend(args.backend, model, device=device, dtype=args.dtype,
+                               local_files_only=local_files_only, server=server_settings(args))
+        if args.dump_inputs is not None:
+            enable_input_dumps(backend, args.dump_inputs)
+        return backend
+
     try:
-        train(options, lambda device: load_backend(args.backend, model, device=device, dtype=args.dtype,
-                                                   local_files_only=local_files_only, server=server_settings(args)),
-              accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
+        train(options, backend_on, accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
     except VeraError:
         if rank_zero_only.rank != 0:
             return 2  # every rank meets the same error; rank 0 says it, once

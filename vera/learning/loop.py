@@ -57,7 +57,7 @@ from lightning.fabric import Fabric
 from tqdm import tqdm
 
 from vera.data.annotations import TrainVideo, load_train_annotations
-from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames, resize_frames
+from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames
 from vera.data.segments import video_frame_indices
 from vera.errors import VeraError
 from vera.io import read_json, sha256_text, write_text_atomic
@@ -68,7 +68,14 @@ from vera.runs import RunFolder
 from vera.scoring.metrics import roc_auc
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.vlm.parsing import parse_answer
-from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, build_learner_prompt, learner_request, load_template
+from vera.vlm.prompts import (
+    DEFAULT_FRAME_LAYOUT,
+    FRAME_LAYOUTS,
+    build_learner_prompt,
+    learner_frames,
+    learner_request,
+    load_template,
+)
 
 INITIAL_QUESTIONS = [
     "1. Is there any suspicious person or object that looks unusual in this scene?",
@@ -169,7 +176,8 @@ class FrameSource:
         try:
             with open_frames(video.key, frames_dir=self.options.frames_dir,
                              videos_dir=self.options.videos_dir) as source:
-                frames = resize_frames(source.read(indices), self.options.image_size)
+                # 448×448 as Step 1, or the frames as qwen-vl-utils resizes them in the qwen-video layout
+                frames = learner_frames(source, indices, self.options.frame_layout, self.options.image_size)
         except VeraError as error:
             message = str(error) if video.key in str(error) else f"video {video.key}: {error}"
             if not self.options.skip_bad_videos:
@@ -472,7 +480,8 @@ class VerbalizedLearning:
     def _answer(self, loaded: list[Loaded], questions: list[str]) -> list[dict]:
         """The learner's answers for the readable videos of ``loaded`` (errors recorded, not answered)."""
         usable = [item for item in loaded if item.frames is not None]
-        prompt = build_learner_prompt(self.learner_template, questions, self.options.num_frames)
+        prompt = build_learner_prompt(self.learner_template, questions, self.options.num_frames,
+                                      self.options.frame_layout)
         requests = [learner_request(prompt, list(item.frames), item.video.key, self.options.frame_layout)
                     for item in usable]
         answers = iter(self.backend.generate(requests, self.options.max_new_tokens) if requests else [])

@@ -30,12 +30,14 @@ from pathlib import Path
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
-from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames, resize_frames
+from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames
 from vera.io import read_json, sha256_text
 from vera.progress import progress
 from vera.runs import RunFolder
 from vera.vlm.parsing import PARSE_STATUSES, parse_answer
-from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_request
+from vera.vlm.input_dump import enable_input_dumps
+from vera.vlm.prompts import (DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_frames,
+                              learner_request)
 from vera.data.segments import half_window, segment_centres, segment_window, window_frame_indices
 
 KIND = "step1"
@@ -88,6 +90,7 @@ class Step1Settings:
     checkpoint_every: int = 64
     template_source: str = "default"
     progress: bool = True
+    dump_inputs: Path | None = None  # a folder for every request's model inputs (vera.vlm.input_dump)
 
 
 @dataclass
@@ -190,7 +193,9 @@ class Step1Runner:
         self.settings = settings
         self.questions = list(questions)
         self.template = template
-        self.prompt = build_learner_prompt(template, self.questions, settings.num_frames)
+        self.prompt = build_learner_prompt(template, self.questions, settings.num_frames, settings.frame_layout)
+        if settings.dump_inputs is not None:
+            enable_input_dumps(backend, settings.dump_inputs)
         self.half = half_window(settings.fps)
         self.output = Path(settings.output)
         description = backend.describe()
@@ -244,9 +249,11 @@ class Step1Runner:
             try:
                 with self._open(state.video) as frames:
                     for segment in todo:
-                        pixels = resize_frames(frames.read(segment.indices), self.settings.image_size)
+                        pixels = learner_frames(frames, segment.indices, self.settings.frame_layout,
+                                                self.settings.image_size)
                         request = learner_request(self.prompt, pixels, f"{state.video.key} segment {segment.centre}",
-                                                  self.settings.frame_layout)
+                                                  self.settings.frame_layout,
+                                                  dump_name=f"{state.video.key}_{segment.centre}")
                         yield state, segment, request
             except VeraError as error:
                 state.failed = True

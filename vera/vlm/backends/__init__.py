@@ -44,3 +44,15 @@ def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "a
         return HFBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size,
                          local_files_only=local_files_only)
     raise VeraError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def model_type_of(model: str, *, local_files_only: bool = False) -> str:
+    """The checkpoint's ``model_type`` from its config alone (no weights loaded), e.g. ``qwen2_vl``."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(model), local_files_only=local_files_only).model_type
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VeraError(f"cannot read the config of model {model}: {first_line}") from None
+

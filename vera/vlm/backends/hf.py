@@ -21,6 +21,9 @@ How the ``<image>`` placeholders of a prompt become image tokens:
 - Other models: the prompt is split at the placeholders into the text and image
   items of one user turn and rendered by the model's own chat template. An
   ``image_block`` request puts all images at the first placeholder.
+- ``video`` requests (the ``qwen-video`` layout, Qwen2-VL): built as the
+  authors' Qwen2-VL scripts built them (``vera.vlm.qwen_video``) and generated
+  with the checkpoint's own generation config, as they were.
 """
 
 from __future__ import annotations
@@ -34,7 +37,9 @@ import transformers
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
 
+from vera.vlm import qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
+from vera.vlm.input_dump import write_input_dumps
 from vera.devices import resolve_device, resolve_dtype
 from vera.errors import VeraError
 
@@ -59,6 +64,7 @@ class _LabelProbabilities(LogitsProcessor):
 class _Batch:
     inputs: dict
     prompt_length: int
+    checkpoint_decoding: bool = False  # generate with the checkpoint's generation config, no overrides
 
 
 class HFBackend:
@@ -72,6 +78,7 @@ class HFBackend:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch_size = max_batch_size
+        self.dump_inputs = None  # a folder: write every request's model inputs there (vera.vlm.input_dump)
         load_options: dict = {"local_files_only": local_files_only}
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_id, **load_options)
@@ -179,8 +186,21 @@ class HFBackend:
         inputs = dict(self.processor(text=texts, images=images or None, padding=True, return_tensors="pt"))
         return _Batch(inputs, inputs["input_ids"].shape[1])
 
+    def _video_batch(self, requests: list[VLMRequest]) -> _Batch:
+        """The ``qwen-video`` layout: Qwen2-VL's inputs as the authors' scripts built them."""
+        if self.model_type not in qwen_video.MODEL_TYPES:
+            raise VeraError(f"{requests[0].key}: the qwen-video frame layout is for Qwen2-VL; model "
+                            f"{self.model_id} is {self.model_type!r}")
+        inputs = qwen_video.processor_inputs(self.processor, requests)
+        return _Batch(inputs, inputs["input_ids"].shape[1], checkpoint_decoding=True)
+
     def _batch(self, requests: list[VLMRequest]) -> _Batch:
-        batch = self._internvl_batch(requests) if self.model_type == "internvl" else self._processor_batch(requests)
+        if any(request.video for request in requests):
+            batch = self._video_batch(requests)
+        elif self.model_type == "internvl":
+            batch = self._internvl_batch(requests)
+        else:
+            batch = self._processor_batch(requests)
         for name, value in batch.inputs.items():
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device)
@@ -191,13 +211,16 @@ class HFBackend:
 
     def _generate_batch(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:
         batch = self._batch(requests)
+        if self.dump_inputs is not None:
+            write_input_dumps(self.dump_inputs, requests, batch.inputs, self.tokenizer)
         label_ids = self.label_token_ids["0"] + self.label_token_ids["1"]
         recorder = _LabelProbabilities(label_ids)
+        decoding = {} if batch.checkpoint_decoding else {
+            "do_sample": False, "num_beams": 1, "pad_token_id": self.tokenizer.pad_token_id}
         with torch.inference_mode():
             output = self.model.generate(
-                **batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                logits_processor=LogitsProcessorList([recorder]) if label_ids else None,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **batch.inputs, max_new_tokens=max_new_tokens,
+                logits_processor=LogitsProcessorList([recorder]) if label_ids else None, **decoding,
             )
         new_tokens = output[:, batch.prompt_length:].cpu()
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
@@ -257,6 +280,8 @@ class HFBackend:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "decoding": {"do_sample": False, "num_beams": 1},
+            # What the qwen-video layout decodes with (the authors' Qwen2-VL scripts did not override it).
+            "checkpoint_generation_config": self.model.generation_config.to_diff_dict(),
             "label_token_ids": self.label_token_ids,
             "transformers": transformers.__version__,
             "torch": torch.__version__,
