@@ -193,8 +193,9 @@ def test_cli_refuses_mismatched_backend_options_in_one_line(tmp_path, capsys):
             "--output", str(tmp_path / "out")]
     openai = ["--backend", "openai", "--served-model", "m", "--base-url", "http://127.0.0.1:9/v1"]
     cases = [
-        (openai, "error: argument --frame-layout: the openai backend sends each frame as its own image and cannot "
-                 "express the 'released' layout (all frames in one block); use --frame-layout per-frame\n"),
+        (openai + ["--frame-layout", "released"],
+         "error: argument --frame-layout: the openai backend sends each frame as its own image and cannot "
+         "express the 'released' layout; use --frame-layout per-frame\n"),
         (["--backend", "openai", "--served-model", "m", "--frame-layout", "per-frame"],
          "error: argument --base-url: required with --backend openai\n"),
         (["--backend", "openai", "--model", str(tmp_path), "--base-url", "http://127.0.0.1:9"],

@@ -399,7 +399,7 @@ OPTIONS: dict[str, Option] = {
     "mirror": _opt("--mirror", type=mirror_url, metavar="URL",
                    help="fetch everything from URL instead: URL/github/<owner>/<repo>/<commit>/<path> and "
                         "URL/drive/<file id> (see Data/README.md)"),
-    "retries": _opt("--retries", type=non_negative_int, default=3, metavar="N",
+    "download_retries": _opt("--retries", type=non_negative_int, default=3, metavar="N",
                     help="retries of an interrupted transfer, each resuming where it stopped (default: %(default)s)"),
     # InternVL2 conversion
     "convert_src": _opt("src", type=existing_dir, metavar="SRC",
@@ -422,10 +422,11 @@ def check_backend_options(args: argparse.Namespace) -> None:
             raise VeraError("argument --served-model: required with --backend openai")
         if args.base_url is None:
             raise VeraError("argument --base-url: required with --backend openai")
-        if args.frame_layout == "released":
-            raise VeraError("argument --frame-layout: the openai backend sends each frame as its own image and "
-                            "cannot express the 'released' layout (all frames in one block); "
-                            "use --frame-layout per-frame")
+        if args.frame_layout is None:
+            args.frame_layout = "per-frame"  # the only layout a chat message can express
+        elif args.frame_layout != "per-frame":
+            raise VeraError(f"argument --frame-layout: the openai backend sends each frame as its own image and "
+                            f"cannot express the {args.frame_layout!r} layout; use --frame-layout per-frame")
     else:
         for name, flag in (("served_model", "--served-model"), ("base_url", "--base-url")):
             if getattr(args, name, None) is not None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from vera.options import DATASETS, Command
 
 COMMAND = Command(__doc__, [
-    "download_dataset", "download_what", "dest", "mirror", "retries", "no_progress",
+    "download_dataset", "download_what", "dest", "mirror", "download_retries", "no_progress",
 ], prog="download.py")
 
 
