@@ -127,21 +127,6 @@ def test_per_frame_needs_one_image_per_placeholder(tiny_models):
         backend.generate([request], max_new_tokens=2)
 
 
-def test_label_probability_is_read_at_the_last_label_token(tiny_models):
-    backend = tiny_models.backend("internvl")
-    zeros, ones = backend.label_token_ids["0"], backend.label_token_ids["1"]
-    other = backend.tokenizer.encode("a", add_special_tokens=False)[0]
-
-    def step(p0: float, p1: float) -> list[float]:
-        # Columns: the "0" tokens, then the "1" tokens; the mass sits on the plain digits.
-        return [p0] + [0.0] * (len(zeros) - 1) + [p1] + [0.0] * (len(ones) - 1)
-
-    steps = torch.tensor([step(0.5, 0.5), step(0.1, 0.3), step(0.2, 0.6)])
-    assert backend._label_prob([other, zeros[0], ones[0]], steps) == pytest.approx(0.6 / 0.8)
-    assert backend._label_prob([zeros[0], other, other], steps) == pytest.approx(0.5)
-    assert backend._label_prob([other, other, other], steps) is None
-
-
 def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog, tiny_models):
     backend = tiny_models.backend("internvl")
     requests = _requests()

@@ -38,6 +38,7 @@ PRESETS = ("ucf", "xd", "ucf-qwen")
 SELECT_BY = ("accuracy", "auc")
 ACCELERATORS = ("auto", "cuda", "cpu")
 ARTIFACTS = ("annotations", "prompts", "scores", "features")  # what Data/download.py fetches
+SCORE_MODES = ("generate", "label")  # Step 1: the generated answer's label, or the label read from one forward pass
 HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
 
 
@@ -309,6 +310,17 @@ OPTIONS: dict[str, Option] = {
     # Step 1
     "step1_batch_size": _opt("--batch-size", type=positive_int, default=8, metavar="N",
                              help="segments per generate call (default: %(default)s)"),
+    "score_mode": _opt("--score-mode", choices=SCORE_MODES, default="generate",
+                       help="generate: the model answers the questions and its answer's label is the score (the "
+                            "paper's protocol); label: no answer, the label is read from the logits after a forced "
+                            "'Output:' (one forward pass, a faster approximation; README, 'Step 1 speed') "
+                            "(default: %(default)s)"),
+    "static_cache": _opt("--static-cache", action="store_true",
+                         help="pre-allocate the key-value cache for generation (transformers' static cache); "
+                              "same answers, less allocation per token"),
+    "compile": _opt("--compile", action="store_true",
+                    help="compile the decoding step (torch.compile, CUDA graphs on a GPU; implies --static-cache); "
+                         "the first batch takes minutes to compile"),
     # features
     "checkpoint": _opt("--checkpoint", type=existing_file, metavar="FILE",
                        help="the official imagebind_huge.pth"),

@@ -16,6 +16,7 @@ COMMAND = Command(__doc__, [
     "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
+    "score_mode", "static_cache", "compile",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
@@ -50,14 +51,14 @@ def main(argv: list[str] | None = None) -> int:
         shard=args.shard, limit=args.limit, overwrite=args.overwrite,
         allow_length_mismatch=args.allow_length_mismatch,
         template_source=str(args.prompt_file) if args.prompt_file else "default", progress=not args.no_progress,
-        dump_inputs=args.dump_inputs,
+        dump_inputs=args.dump_inputs, score_mode=args.score_mode,
     )
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)
     step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings), videos).check()
     backend = load_backend(args.backend, model, device=args.device, dtype=args.dtype,
                            max_batch_size=args.batch_size, local_files_only=local_files_only,
-                           server=server_settings(args))
+                           server=server_settings(args), static_cache=args.static_cache, compile=args.compile)
     summary = Step1Runner(backend, template, questions, settings).run(videos)
     print(summary.text())
     return 1 if summary.failed else 0

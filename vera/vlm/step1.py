@@ -34,8 +34,8 @@ from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames
 from vera.io import read_json, sha256_text
 from vera.progress import progress
 from vera.runs import RunFolder
-from vera.vlm.parsing import PARSE_STATUSES, parse_answer
 from vera.vlm.input_dump import enable_input_dumps
+from vera.vlm.parsing import LABEL_ONLY, PARSE_STATUSES, ParsedAnswer, answer_prefix, parse_answer
 from vera.vlm.prompts import (DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_frames,
                               learner_request)
 from vera.data.segments import half_window, segment_centres, segment_window, window_frame_indices
@@ -91,6 +91,7 @@ class Step1Settings:
     template_source: str = "default"
     progress: bool = True
     dump_inputs: Path | None = None  # a folder for every request's model inputs (vera.vlm.input_dump)
+    score_mode: str = "generate"  # or "label" (vera.vlm.decoding)
 
 
 @dataclass
@@ -141,7 +142,7 @@ def step1_identity(backend: str, model: str | None, questions: list[str], prompt
     s = settings
     return {"backend": backend, "model": model, "questions": list(questions), "prompt_sha256": sha256_text(prompt),
             "frame_layout": s.frame_layout, "half_window": half_window(s.fps), "num_frames": s.num_frames,
-            "image_size": s.image_size, "max_new_tokens": s.max_new_tokens}
+            "image_size": s.image_size, "max_new_tokens": s.max_new_tokens, "score_mode": s.score_mode}
 
 
 def step1_folder(settings: Step1Settings, identity: dict, videos: list[TestVideo] | None = None,
@@ -189,6 +190,8 @@ class Step1Runner:
             raise VeraError("give exactly one of --frames and --videos")
         if settings.batch_size < 1 or settings.checkpoint_every < 1:
             raise VeraError("--batch-size and the checkpoint interval must be at least 1")
+        if settings.score_mode == "label" and not hasattr(backend, "score_labels"):
+            raise VeraError(f"backend {backend.name} has no label-only mode; use --score-mode generate")
         self.backend = backend
         self.settings = settings
         self.questions = list(questions)
@@ -202,6 +205,8 @@ class Step1Runner:
         self.identity = step1_identity(backend.name, description.get("model"), self.questions, self.prompt, settings)
         self.record = {"prompt": self.prompt, "template_source": settings.template_source, "fps": settings.fps,
                        "backend": description}
+        if settings.score_mode == "label":
+            self.record["answer_prefix"] = answer_prefix(self.prompt)
 
     # -- the output folder ------------------------------------------------------------------
 
@@ -261,7 +266,10 @@ class Step1Runner:
                 self.bar.write(f"error: {error}")
 
     def _record(self, state: _VideoState, segment: Segment, answer: VLMAnswer) -> None:
-        parsed = parse_answer(answer.text)
+        if self.settings.score_mode == "label":  # the label was read from the logits: no text to parse
+            parsed = ParsedAnswer(answer.extra["score"], True, LABEL_ONLY)
+        else:
+            parsed = parse_answer(answer.text)
         status = parsed.status
         if not parsed.well_formed and answer.extra.get("truncated"):
             status = "truncated"
@@ -274,7 +282,9 @@ class Step1Runner:
         state.since_checkpoint += 1
 
     def _answer(self, batch: list[tuple[_VideoState, Segment, VLMRequest]]) -> None:
-        answers = self.backend.generate([request for _, _, request in batch], self.settings.max_new_tokens)
+        requests = [request for _, _, request in batch]
+        answers = (self.backend.score_labels(requests) if self.settings.score_mode == "label"
+                   else self.backend.generate(requests, self.settings.max_new_tokens))
         if len(answers) != len(batch):
             raise VeraError(f"backend {self.backend.name} returned {len(answers)} answers for {len(batch)} requests")
         touched: dict[int, _VideoState] = {}

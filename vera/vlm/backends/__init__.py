@@ -23,7 +23,8 @@ def server_settings(args: argparse.Namespace) -> ServerSettings | None:
 
 def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
                  max_batch_size: int | None = None, local_files_only: bool = False,
-                 server: ServerSettings | None = None) -> VLMBackend:
+                 server: ServerSettings | None = None, static_cache: bool = False,
+                 compile: bool = False) -> VLMBackend:
     """A backend by name: ``hf`` (transformers image-text-to-text models, ``model`` a folder or Hub id) or
     ``openai`` (OpenAI-compatible servers given by ``server``, ``model`` the served name).
 
@@ -42,7 +43,7 @@ def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "a
         from vera.vlm.backends.hf import HFBackend  # imports transformers: only when asked for
 
         return HFBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size,
-                         local_files_only=local_files_only)
+                         local_files_only=local_files_only, static_cache=static_cache, compile=compile)
     raise VeraError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

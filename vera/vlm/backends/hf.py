@@ -3,7 +3,8 @@
 Native InternVL checkpoints (``…-hf``), Qwen2-VL, Qwen2.5-VL and the like are
 loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor`` from a local
 folder or the Hub, on CPU or GPU. A batch of requests is generated at once,
-left-padded, greedily.
+left-padded, greedily; ``vera.vlm.decoding`` holds what decoding adds (label
+logits kept on the device, the label-only score mode, the cache options).
 
 How the ``<image>`` placeholders of a prompt become image tokens:
 
@@ -35,29 +36,18 @@ import numpy as np
 import torch
 import transformers
 from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessorList
 
-from vera.vlm import qwen_video
+from vera.vlm import decoding, qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
 from vera.vlm.input_dump import write_input_dumps
+from vera.vlm.parsing import answer_prefix
 from vera.devices import resolve_device, resolve_dtype
 from vera.errors import VeraError
 
 logger = logging.getLogger(__name__)
 
 LABELS = ("0", "1")
-
-
-class _LabelProbabilities(LogitsProcessor):
-    """Records, at every decoding step, the probabilities of the label tokens (scores left unchanged)."""
-
-    def __init__(self, token_ids: list[int]):
-        self.token_ids = token_ids
-        self.steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.steps.append(scores.float().softmax(dim=-1)[:, self.token_ids].cpu())
-        return scores
 
 
 @dataclass
@@ -73,12 +63,15 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", max_batch_size: int | None = None,
-                 local_files_only: bool = False, attn_implementation: str | None = None):
+                 local_files_only: bool = False, attn_implementation: str | None = None,
+                 static_cache: bool = False, compile: bool = False):
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch_size = max_batch_size
         self.dump_inputs = None  # a folder: write every request's model inputs there (vera.vlm.input_dump)
+        self.static_cache = static_cache or compile  # compiling the decoding step needs the static cache
+        self.compile = compile
         load_options: dict = {"local_files_only": local_files_only}
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_id, **load_options)
@@ -213,42 +206,57 @@ class HFBackend:
         batch = self._batch(requests)
         if self.dump_inputs is not None:
             write_input_dumps(self.dump_inputs, requests, batch.inputs, self.tokenizer)
-        label_ids = self.label_token_ids["0"] + self.label_token_ids["1"]
-        recorder = _LabelProbabilities(label_ids)
-        decoding = {} if batch.checkpoint_decoding else {
+        zero_ids, one_ids = self.label_token_ids["0"], self.label_token_ids["1"]
+        recorder = decoding.LabelLogits(zero_ids + one_ids)
+        # qwen-video decodes with the checkpoint's own generation config, as the authors' Qwen2-VL script did
+        greedy = {} if batch.checkpoint_decoding else {
             "do_sample": False, "num_beams": 1, "pad_token_id": self.tokenizer.pad_token_id}
         with torch.inference_mode():
             output = self.model.generate(
                 **batch.inputs, max_new_tokens=max_new_tokens,
-                logits_processor=LogitsProcessorList([recorder]) if label_ids else None, **decoding,
+                logits_processor=LogitsProcessorList([recorder]) if recorder.token_ids else None, **greedy,
+                **decoding.generate_options(self.static_cache, self.compile),
             )
         new_tokens = output[:, batch.prompt_length:].cpu()
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        probabilities = torch.stack(recorder.steps, dim=1) if recorder.steps else None  # (batch, steps, labels)
+        label_logits = recorder.collect()  # (batch, steps, labels)
         answers = []
         for row, text in enumerate(texts):
             tokens = new_tokens[row].tolist()
             finished = any(token in self.eos_token_ids for token in tokens)
-            label_prob = self._label_prob(tokens, probabilities[row]) if probabilities is not None else None
+            label_prob = (decoding.label_probability(tokens, label_logits[row], zero_ids, one_ids)
+                          if label_logits is not None else None)
             answers.append(VLMAnswer(text=text, label_prob=label_prob,
                                      extra={"truncated": not finished, "new_tokens": len(tokens)}))
         return answers
 
-    def _label_prob(self, tokens: list[int], step_probs: torch.Tensor) -> float | None:
-        """P(1) / (P(0) + P(1)) at the last generated label token, the one the parser reads."""
-        zeros, ones = len(self.label_token_ids["0"]), len(self.label_token_ids["1"])
-        label_ids = set(self.label_token_ids["0"] + self.label_token_ids["1"])
-        positions = [step for step, token in enumerate(tokens) if token in label_ids]
-        if not positions or zeros == 0 or ones == 0:
-            return None
-        probs = step_probs[positions[-1]]
-        total = float(probs.sum())
-        return float(probs[zeros:].sum()) / total if total > 0 else None
+    def _label_batch(self, requests: list[VLMRequest]) -> list[VLMAnswer]:
+        """Label-only mode (``vera.vlm.decoding``): one forward pass over prompt plus forced answer prefix."""
+        zero_ids, one_ids = self.label_token_ids["0"], self.label_token_ids["1"]
+        if not zero_ids or not one_ids:
+            raise VeraError(f"model {self.model_id}: no single token stands for the label 0 or 1, so the label "
+                            "cannot be read from the logits; use --score-mode generate")
+        groups: dict[str, list[int]] = {}  # requests by forced prefix, each group one forward pass
+        for index, request in enumerate(requests):
+            groups.setdefault(answer_prefix(request.prompt), []).append(index)
+        answers: list[VLMAnswer | None] = [None] * len(requests)
+        context = self._chat_text([{"type": "text", "text": "x"}])  # ends where every answer starts
+        for prefix, indices in groups.items():
+            inputs = self._batch([requests[index] for index in indices]).inputs
+            inputs = decoding.append_tokens(inputs, decoding.continuation_ids(self.tokenizer, context, prefix))
+            with torch.inference_mode():
+                logits = self.model(**decoding.without_full_mask(inputs), use_cache=False, logits_to_keep=1).logits
+            label_logits = logits[:, -1, zero_ids + one_ids].float().cpu()
+            for row, index in enumerate(indices):
+                label_prob = decoding.label_ratio(label_logits[row], len(zero_ids))
+                score = 1 if label_prob is None or label_prob >= 0.5 else 0
+                answers[index] = VLMAnswer(text="", label_prob=label_prob, extra={"score": score})
+        return answers
 
-    def _generate_adaptive(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:
-        """Generate; on out-of-memory, halve the batch, say so, and keep the smaller size."""
+    def _adaptive(self, run, requests: list[VLMRequest], *args) -> list[VLMAnswer]:
+        """``run(requests, *args)``; on out-of-memory, halve the batch, say so, and keep the smaller size."""
         try:
-            return self._generate_batch(requests, max_new_tokens)
+            return run(requests, *args)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -259,18 +267,24 @@ class HFBackend:
             logger.warning("out of memory on a batch of %d (%s …); retrying in batches of %d",
                            len(requests), requests[0].key, half)
             self.max_batch_size = half
-            return (self._generate_adaptive(requests[:half], max_new_tokens)
-                    + self._generate_adaptive(requests[half:], max_new_tokens))
+            return self._adaptive(run, requests[:half], *args) + self._adaptive(run, requests[half:], *args)
 
-    def generate(self, requests: list[VLMRequest], max_new_tokens: int = 1024) -> list[VLMAnswer]:
-        """Greedy answers in request order, in batches of at most ``max_batch_size``."""
+    def _in_batches(self, run, requests: list[VLMRequest], *args) -> list[VLMAnswer]:
         answers: list[VLMAnswer] = []
         start = 0
         while start < len(requests):
             size = self.max_batch_size or len(requests)
-            answers.extend(self._generate_adaptive(requests[start:start + size], max_new_tokens))
+            answers.extend(self._adaptive(run, requests[start:start + size], *args))
             start += size
         return answers
+
+    def generate(self, requests: list[VLMRequest], max_new_tokens: int = 1024) -> list[VLMAnswer]:
+        """Greedy answers in request order, in batches of at most ``max_batch_size``."""
+        return self._in_batches(self._generate_batch, requests, max_new_tokens)
+
+    def score_labels(self, requests: list[VLMRequest]) -> list[VLMAnswer]:
+        """Label-only answers in request order: empty text, ``label_prob``, and ``extra["score"]`` (0 or 1)."""
+        return self._in_batches(self._label_batch, requests)
 
     def describe(self) -> dict:
         return {
@@ -279,7 +293,8 @@ class HFBackend:
             "model_type": self.model_type,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
-            "decoding": {"do_sample": False, "num_beams": 1},
+            "decoding": {"do_sample": False, "num_beams": 1, "cache": "static" if self.static_cache else "dynamic",
+                         "compile": self.compile},
             # What the qwen-video layout decodes with (the authors' Qwen2-VL scripts did not override it).
             "checkpoint_generation_config": self.model.generation_config.to_diff_dict(),
             "label_token_ids": self.label_token_ids,
