@@ -1,12 +1,6 @@
 """Learn VERA's guiding questions by verbalized learning (a frozen VLM as learner and optimizer).
 
-    python training.py --dataset ucf --train ../shared/data/annotations/UCF_Instruct_train.json \\
-        --val ../shared/data/annotations/UCF_Instruct_val.json --frames DIR --model PATH_OR_ID --output runs/ucf
-
-Writes ``history.jsonl``, ``validation.jsonl``, ``best_questions.txt`` (for
-``Inference/generate_initial_score.py --questions``), ``last.ckpt``, ``run.json``
-and Lightning CSV/TensorBoard logs into ``--output``; rerun the same command to
-resume. ``--devices N`` runs N processes (DDP), one per GPU.
+The options and what the command writes: ``python training.py --help``; the code: ``vera/commands/training.py``.
 """
 
 from vera.commands import run

@@ -1,10 +1,6 @@
-"""Steps 2 and 3 of VERA, then the frame-level evaluation.
+"""Steps 2 and 3 of VERA, then the frame-level evaluation (AUC/AP).
 
-    python Inference/compute_auc.py --dataset ucf --annotations Data/UCF_Eval.json \
-        --scores Data/scores/ucf --features Data/features/ucf --output runs/ucf_auc
-
-Writes OUTPUT/metrics.json, OUTPUT/frame_scores/<key>.npy and ROC/PR curves.
-The default ``released`` protocol reproduces the authors' scripts bit for bit.
+The options and what the command writes: ``python Inference/compute_auc.py --help``; the code: ``vera/commands/compute_auc.py``.
 """
 
 from vera.commands import run

@@ -1,11 +1,6 @@
 """Step 1 of VERA: the VLM answers the guiding questions for every segment of every test video.
 
-    python Inference/generate_initial_score.py --dataset ucf --annotations ../shared/data/annotations/UCF_Eval.json \
-        --frames Data/frames/ucf --model OpenGVLab/InternVL3-8B-hf --preset ucf --output Data/scores/ucf
-
-Writes OUTPUT/<key>.json (centre → start, end, score, response, parse_status,
-well_formed, label_prob), OUTPUT/run.json and a summary of malformed answers.
-Rerunning the same command resumes where it stopped.
+The options and what the command writes: ``python Inference/generate_initial_score.py --help``; the code: ``vera/commands/generate_initial_score.py``.
 """
 
 from vera.commands import run

@@ -84,7 +84,7 @@ def main() -> None:
     if not CLIPS_DIR.is_dir():
         sys.exit(f"the real clips are absent: {CLIPS_DIR}")
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    dtype = torch.float32  # extract_features.py's default on every device
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
         f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
     print(f"device: {machine}; torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +72,8 @@ def test_batched_answers_equal_one_by_one(arch, tiny_models):
         assert a.extra["new_tokens"] <= 6
     # The answers depend on the input: the same frames in another layout, other frames, other prompts.
     assert len({a.text for a in batched}) >= 3
+    if arch == "qwen2_vl":  # its random answers hold a label digit, so the probabilities above were compared
+        assert any(a.label_prob is not None for a in batched)
 
 
 def test_internvl_released_layout_is_one_image_block(tiny_models):
@@ -123,21 +127,6 @@ def test_per_frame_needs_one_image_per_placeholder(tiny_models):
         backend.generate([request], max_new_tokens=2)
 
 
-def test_label_probability_is_read_at_the_last_label_token(tiny_models):
-    backend = tiny_models.backend("internvl")
-    zeros, ones = backend.label_token_ids["0"], backend.label_token_ids["1"]
-    other = backend.tokenizer.encode("a", add_special_tokens=False)[0]
-
-    def step(p0: float, p1: float) -> list[float]:
-        # Columns: the "0" tokens, then the "1" tokens; the mass sits on the plain digits.
-        return [p0] + [0.0] * (len(zeros) - 1) + [p1] + [0.0] * (len(ones) - 1)
-
-    steps = torch.tensor([step(0.5, 0.5), step(0.1, 0.3), step(0.2, 0.6)])
-    assert backend._label_prob([other, zeros[0], ones[0]], steps) == pytest.approx(0.6 / 0.8)
-    assert backend._label_prob([zeros[0], other, other], steps) == pytest.approx(0.5)
-    assert backend._label_prob([other, other, other], steps) is None
-
-
 def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog, tiny_models):
     backend = tiny_models.backend("internvl")
     requests = _requests()
@@ -168,8 +157,11 @@ def test_out_of_memory_halves_the_batch_and_says_so(monkeypatch, caplog, tiny_mo
 
 
 def test_load_errors(tmp_path, tiny_models):
-    with pytest.raises(VeraError, match="cannot load model"):
+    with pytest.raises(VeraError, match=f"^model folder not found: {tmp_path / 'absent'}$"):
         load_backend("hf", str(tmp_path / "absent"), device="cpu", local_files_only=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(VeraError, match="cannot load model"):
+        load_backend("hf", str(tmp_path / "empty"), device="cpu")
     with pytest.raises(VeraError, match="unknown backend 'vllm'"):
         load_backend("vllm", "x")
     with pytest.raises(VeraError, match="unknown dtype"):
@@ -194,3 +186,88 @@ def test_authors_prompt_reaches_internvl_token_for_token(shared_data, layout, ti
         expected = prompt.replace("<image>", "<img>" + tile + "</img>")
     chat = "<|im_start|>user\n" + expected + "<|im_end|>\n<|im_start|>assistant\n"
     assert backend.tokenizer.decode(row, skip_special_tokens=False) == chat
+
+
+# --------------------------------------------------------------------------- Hub ids without a network
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails at once, as on a machine without a network (and no test reaches out)."""
+    attempts = []
+
+    def refuse(address, *args, **kwargs):
+        attempts.append(address)
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+def test_a_hub_id_offline_fails_in_seconds_naming_the_model(monkeypatch, no_network):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(VeraError) as error:
+        load_backend("hf", "vera-tests/no-such-model", device="cpu")
+    assert time.monotonic() - started < 5
+    assert str(error.value) == ("model vera-tests/no-such-model is neither a local folder nor in the Hugging Face "
+                                f"cache ({constants.HF_HUB_CACHE}), and the network is off (HF_HUB_OFFLINE=1)")
+    assert no_network == []  # offline: not even a reachability check
+
+
+def test_a_hub_id_with_the_hub_out_of_reach_fails_in_seconds(monkeypatch, no_network):
+    for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(name, raising=False)
+    started = time.monotonic()
+    with pytest.raises(VeraError, match=r"^model vera-tests/no-such-model is neither a local folder nor in the "
+                                        r"Hugging Face cache \(.*\), and the network is off \(the Hub at "
+                                        r"https://\S+ does not answer within 3 s\)$"):
+        load_backend("hf", "vera-tests/no-such-model", device="cpu")
+    assert time.monotonic() - started < 5 and len(no_network) == 1
+
+
+def test_a_cached_hub_id_loads_from_the_cache_when_offline(monkeypatch, tmp_path, no_network):
+    """The cache layout huggingface_hub writes: refs/main names the snapshot that holds the files."""
+    from huggingface_hub import constants
+
+    from vera.vlm.backends.hub import locate_model
+
+    snapshot = tmp_path / "models--vera-tests--cached" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    (snapshot / "config.json").write_text("{}")
+    (tmp_path / "models--vera-tests--cached" / "refs").mkdir()
+    (tmp_path / "models--vera-tests--cached" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert locate_model("vera-tests/cached") == ("vera-tests/cached", True)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert locate_model("vera-tests/cached") == ("vera-tests/cached", True)  # the Hub does not answer: the cache
+    with pytest.raises(VeraError, match="vera-tests/absent is neither a local folder nor in the Hugging Face cache"):
+        locate_model("vera-tests/absent")
+
+
+@pytest.mark.parametrize("command", ["training", "generate_initial_score"])
+def test_the_commands_stop_in_seconds_on_a_hub_id_they_cannot_have(command, tmp_path, capsys, monkeypatch,
+                                                                    no_network):
+    from huggingface_hub import constants
+
+    from vera.commands import run
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    annotation = tmp_path / "ann.json"
+    annotation.write_text('[{"video": "frames/Abuse/Abuse001_x264.mp4", "temporal_label": [-1, -1], "length": 20}]')
+    (tmp_path / "frames" / "Abuse001_x264").mkdir(parents=True)
+    common = ["--dataset", "ucf", "--frames", str(tmp_path / "frames"), "--model", "vera-tests/no-such-model",
+              "--output", str(tmp_path / "out")]
+    inputs = (["--train", str(annotation), "--val", str(annotation)] if command == "training"
+              else ["--annotations", str(annotation), "--preset", "ucf"])
+    started = time.monotonic()
+    assert run(command, common + inputs) == 2
+    assert time.monotonic() - started < 5
+    assert capsys.readouterr().err == ("error: model vera-tests/no-such-model is neither a local folder nor in the "
+                                       f"Hugging Face cache ({constants.HF_HUB_CACHE}), and the network is off "
+                                       "(HF_HUB_OFFLINE=1)\n")
+    assert not (tmp_path / "out").exists()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -105,8 +107,36 @@ def test_xd_ap_with_wu_ground_truth_file(shared_data, tmp_path):
     assert with_file.metrics["value"] == plain.metrics["value"]
     gt[videos[0].key] = gt[videos[0].key][:-16]
     (tmp_path / "gt.json").write_text(json.dumps(gt))
-    with pytest.raises(VeraError, match=f"video {videos[0].key}: --gt-frames gives"):
+    with pytest.raises(VeraError, match=rf"^--gt-frames file {tmp_path / 'gt.json'}: video {re.escape(videos[0].key)} "
+                                        rf"has {len(gt[videos[0].key])} frame labels, but scoring gives "
+                                        rf"{len(gt[videos[0].key]) + 16} frames$"):
         evaluate(videos, tmp_path / "s", tmp_path / "f", options, gt_frames_path=tmp_path / "gt.json")
+
+
+@pytest.mark.parametrize("value, message", [
+    (["0", 1], "frame 0 has label '0'; labels must be 0 or 1"),
+    ([0, 1, 2], "frame 2 has label 2; labels must be 0 or 1"),
+    ([0, True], "frame 1 has label True; labels must be 0 or 1"),
+    ([0, 0.5], "frame 1 has label 0.5; labels must be 0 or 1"),
+    ([0, None], "frame 1 has label None; labels must be 0 or 1"),
+    ("0101", "must have a non-empty list of 0/1 labels"),
+    (None, "is missing"),
+])
+def test_bad_gt_frames_are_named_before_any_scoring(tmp_path, value, message):
+    entries = [{"video": f"v=clip{i}__#1_label_{code}", "temporal_label": labels, "length": 64, "label": label}
+               for i, (code, labels, label) in enumerate([("G-0-0", [0, 30], "1"), ("A", [-1, -1], "0")])]
+    (tmp_path / "xd.json").write_text(json.dumps(entries))
+    videos = load_test_annotations(tmp_path / "xd.json", "xd")
+    write_synthetic_inputs(videos, tmp_path / "s", tmp_path / "f", width=8)
+    (tmp_path / "s" / f"{videos[0].key}.json").write_text("{")  # never read: the labels are checked first
+    gt = {videos[0].key: [1] * 48, videos[1].key: value}
+    if value is None:
+        del gt[videos[1].key]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    with pytest.raises(VeraError, match=rf"^--gt-frames file {tmp_path / 'gt.json'}: video "
+                                        rf"{re.escape(videos[1].key)}:? {re.escape(message)}$"):
+        evaluate(videos, tmp_path / "s", tmp_path / "f", ScoringOptions("xd", "ap"),
+                 gt_frames_path=tmp_path / "gt.json")
 
 
 # ------------------------------------------------------------------ small hand-made cases
@@ -115,7 +145,7 @@ def test_xd_ap_with_wu_ground_truth_file(shared_data, tmp_path):
 def _small_set(tmp_path: Path) -> tuple[Path, list[TestVideo]]:
     entries = [
         {"video": "frames/Fighting/Fighting001_x264.mp4", "temporal_label": [40, 120, -1, -1], "length": 200},
-        {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 500], "length": 150},
+        {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 150], "length": 150},
         {"video": "frames/Normal/Normal_Videos_003_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 170},
         {"video": "frames/Normal/Normal_Videos_004_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 33},
     ]
@@ -187,6 +217,11 @@ def test_missing_files_are_listed_then_skipped_on_request(tmp_path, capsys):
         (lambda d: d["0"].update(score=0.4), "segment 0 has score 0.4"),
         (lambda d: d.pop(max(d, key=int)), "annotation length is 200"),
         (lambda d: d.update({"abc": d.pop("0")}), "segment key 'abc' is not a frame number"),
+        (lambda d: d["32"].update(score="1"), r"segment 32: 'score' must be a number, got '1'$"),
+        (lambda d: d["16"].update(score=True), r"segment 16: 'score' must be a number, got True$"),
+        (lambda d: d["48"].update(end="60"), r"segment 48: 'end' must be a number, got '60'$"),
+        (lambda d: d["0"].pop("score"), r"segment 0 has no 'score'$"),
+        (lambda d: d.update({"64": [1]}), r"segment 64 must be an object with 'end' and 'score'$"),
     ],
 )
 def test_bad_score_files_name_the_file(tmp_path, corrupt, expected):
@@ -232,7 +267,7 @@ def test_official_ucf_txt_takes_lengths_from_the_scores(tmp_path):
     txt = tmp_path / "Temporal_Anomaly_Annotation_for_Testing_Videos.txt"
     txt.write_text(
         "Fighting001_x264.mp4  Fighting  40  120  -1  -1\n"
-        "Arson002_x264.mp4  Arson  0  60  100  500\n"
+        "Arson002_x264.mp4  Arson  0  60  100  150\n"
         "Normal_Videos_003_x264.mp4  Normal  -1  -1  -1  -1\n"
         "Normal_Videos_004_x264.mp4  Normal  -1  -1  -1  -1\n"
     )
@@ -240,6 +275,12 @@ def test_official_ucf_txt_takes_lengths_from_the_scores(tmp_path):
     from_json = evaluate(videos, tmp_path / "scores", tmp_path / "features", ScoringOptions())
     assert from_txt.metrics["value"] == from_json.metrics["value"]
     assert [v.video_class for v in from_txt.videos] == [v.video_class for v in from_json.videos]
+    # Without lengths in the txt, its intervals are checked against the length the score file gives.
+    txt.write_text(txt.read_text().replace("100  150", "100  500"))
+    with pytest.raises(VeraError, match=rf"^video length from score file {tmp_path / 'scores' / 'Arson002_x264.json'}: "
+                                        r"video Arson002_x264: interval \[100, 500\] lies past the video's end "
+                                        r"\(150 frames\)$"):
+        evaluate(load_test_annotations(txt, "ucf"), tmp_path / "scores", tmp_path / "features", ScoringOptions())
 
 
 def test_segment_file_layout():
@@ -271,3 +312,29 @@ def test_soft_scores_by_label_prob_with_fallback(tmp_path):
         expected = [s["label_prob"] if s["label_prob"] is not None else s["score"] for s in content.values()]
         saved = np.load(tmp_path / "out" / "frame_scores" / f"{video.key}.npy")
         np.testing.assert_array_equal(saved[::16], expected)
+
+
+def test_a_rerun_replaces_every_output_and_other_settings_need_overwrite(tmp_path):
+    annotation, videos = _small_set(tmp_path)
+    out = tmp_path / "out"
+    assert _cli(tmp_path, annotation) == 0
+    assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{video.key}.npy" for video in videos)
+    assert (out / "roc.png").is_file() and (out / "pr.png").is_file()
+    # The same settings with one video fewer and no curves: nothing of the first run may remain.
+    (tmp_path / "scores" / "Arson002_x264.json").unlink()
+    assert _cli(tmp_path, annotation, "--allow-missing", "--no-curves") == 0
+    assert sorted(os.listdir(out)) == ["frame_scores", "metrics.json", "run.json"]
+    remaining = [video.key for video in videos if video.key != "Arson002_x264"]
+    assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{key}.npy" for key in remaining)
+    metrics = (out / "metrics.json").read_bytes()
+    assert json.loads(metrics)["num_videos"] == 3
+    # Other settings: refused before scoring, the folder untouched; --overwrite replaces it.
+    with pytest.raises(VeraError) as error:
+        _cli(tmp_path, annotation, "--allow-missing", "--skip-smoothing")
+    assert str(error.value) == (f"output folder {out} was made with other settings (skip_smoothing differ; see "
+                                f"{out / 'run.json'}); use another folder or --overwrite to replace its contents")
+    assert (out / "metrics.json").read_bytes() == metrics
+    assert _cli(tmp_path, annotation, "--allow-missing", "--skip-smoothing", "--overwrite") == 0
+    assert json.loads((out / "metrics.json").read_text())["options"]["skip_smoothing"] is True
+    assert json.loads((out / "run.json").read_text())["identity"]["skip_smoothing"] is True
+    assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{key}.npy" for key in remaining)

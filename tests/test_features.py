@@ -16,10 +16,11 @@ from sklearn.metrics import auc, roc_curve
 
 from vera.data.annotations import infer_dataset, load_test_annotations
 from vera.errors import VeraError, run_cli
-from vera.features.extraction import PARTIAL_DIR, FeatureSettings, extract_features, video_features
+from vera.features.extraction import FeatureSettings, extract_features, video_features
 from vera.data.frames import open_frames
 from vera.features.imagebind import TINY, randomly_initialised
 from vera.data.segments import num_segments, segment_centres, segment_window
+from vera.runs import PARTIAL_DIR
 from video_fixtures import decode_to_jpegs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,12 +157,15 @@ def test_cli_writes_then_skips_finished_videos(data, from_frames, tmp_path: Path
     assert run_cli(cli.main, argv) == 0
     assert "0 written, 2 already complete" in capsys.readouterr().out
     assert stamps == {key: (tmp_path / f"{key}.npy").stat().st_mtime_ns for key in CLIPS}
-    assert json.loads((tmp_path / "features_settings.json").read_text())["half_window"] == 150
+    assert json.loads((tmp_path / "run.json").read_text())["identity"]["half_window"] == 150
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert (summary["written"], sorted(summary["skipped"]), summary["segments"]) == ([], sorted(CLIPS), 0)
     # Other settings cannot write into the same folder: --fps 24 means 120 frames each side.
     assert run_cli(cli.main, [*argv, "--fps", "24"]) == 2
-    assert "other settings (half_window differ" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert f"error: output folder {tmp_path} was made with other settings (half_window differ" in error
     assert run_cli(cli.main, [*argv, "--output", str(tmp_path / "fps24"), "--fps", "24", "--limit", "1"]) == 0
-    assert json.loads((tmp_path / "fps24" / "features_settings.json").read_text())["half_window"] == 120
+    assert json.loads((tmp_path / "fps24" / "run.json").read_text())["identity"]["half_window"] == 120
     for bad in ("0", "0.05", "-30", "nan", "inf"):
         assert run_cli(cli.main, [*argv, "--fps", bad]) == 2
         error = capsys.readouterr().err

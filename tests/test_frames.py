@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import cv2
 import numpy as np
 import pytest
@@ -25,8 +26,17 @@ from vera.data.extraction import (
     length_mismatches,
     read_manifest,
 )
-from vera.data.frames import JpegFolderFrames, VideoFileFrames, find_video, frame_name, list_videos, open_frames
+from vera.data.frames import (
+    JpegFolderFrames,
+    VideoFileFrames,
+    decode_jpeg,
+    find_video,
+    frame_name,
+    list_videos,
+    open_frames,
+)
 from vera.data.segments import segment_centres, segment_window, window_frame_indices
+from vera.runs import PARTIAL_DIR, RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frame counts, sizes and rates of the real clips, from ../shared/data/README.md.
@@ -84,7 +94,7 @@ def test_extracted_clips_match_a_direct_decode(clips: Path, clip_frames: Path) -
     manifest = read_manifest(clip_frames)
     assert set(manifest) == set(CLIPS)
     for key, (frames, width, height) in CLIPS.items():
-        assert manifest[key] == ExtractedVideo(key, frames, 30.0, width, height, str(clips / f"{key}.mp4"))
+        assert manifest[key] == ExtractedVideo(key, frames, 30.0, width, height, str(clips / f"{key}.mp4"), frames)
         assert_folder_matches_video(clip_frames / key, clips / f"{key}.mp4")
     assert not [name for name in os.listdir(clip_frames) if name.startswith(".")]
 
@@ -111,7 +121,8 @@ def test_a_killed_run_resumes_to_the_complete_set(clips: Path, tmp_path: Path) -
     partial = []
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and run.poll() is None:
-        partial = [p for p in frames_dir.glob(".*.partial") if len(os.listdir(p)) >= 20] if frames_dir.exists() else []
+        partial = [p for p in (frames_dir / PARTIAL_DIR).glob("*") if len(os.listdir(p)) >= 20] \
+            if (frames_dir / PARTIAL_DIR).exists() else []
         if partial:
             break
         time.sleep(0.005)
@@ -141,15 +152,15 @@ def test_stale_and_unrecorded_folders_are_repaired_or_adopted(clips: Path, tmp_p
     (tmp_path / MANIFEST_NAME).unlink()
     for index in range(100, CLIPS[road][0]):
         (tmp_path / road / frame_name(index)).unlink()
-    (tmp_path / f".{fighting}.partial").mkdir()
-    (tmp_path / f".{fighting}.partial" / frame_name(0)).write_bytes(b"junk")
+    (tmp_path / PARTIAL_DIR / fighting).mkdir(parents=True)
+    (tmp_path / PARTIAL_DIR / fighting / frame_name(0)).write_bytes(b"junk")
 
     report = extract_videos(videos, tmp_path, progress=False)
     assert {o.video.stem: o.status for o in report.outcomes} == {fighting: "skipped", road: "written"}
     assert {key: entry.frames for key, entry in read_manifest(tmp_path).items()} == {fighting: 271, road: 181}
     assert_folder_matches_video(tmp_path / road, clips / f"{road}.mp4")
-    # The stale temporary folder is not a video; it is cleaned when that video is next extracted.
-    assert not (tmp_path / road).with_name(f".{road}.stale").exists()
+    # The incomplete folder was replaced whole, and the temporary folder of the adopted video removed.
+    assert not (tmp_path / PARTIAL_DIR).exists()
 
 
 def test_corrupt_videos_are_reported_and_the_others_complete(clips: Path, tmp_path: Path) -> None:
@@ -170,7 +181,7 @@ def test_corrupt_videos_are_reported_and_the_others_complete(clips: Path, tmp_pa
     assert result.stdout.strip().splitlines()[-1] == (
         "frames: 1 videos written (181 frames), 0 skipped as already complete, 2 failed")
     assert set(read_manifest(frames_dir)) == {good.stem}
-    assert sorted(os.listdir(frames_dir)) == sorted([good.stem, MANIFEST_NAME])
+    assert sorted(os.listdir(frames_dir)) == sorted([good.stem, MANIFEST_NAME, RUN_FILE])
 
 
 def test_a_crashing_worker_fails_only_its_video(tmp_path: Path) -> None:
@@ -184,7 +195,7 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path: Path) -> None:
     assert failures["crash"].startswith("video crash: the worker crashed twice")
     assert failures["oops"] == "video oops: RuntimeError('unexpected')"
     assert {key: entry.frames for key, entry in read_manifest(tmp_path / "frames").items()} == {"a": 12, "b": 12}
-    assert sorted(os.listdir(tmp_path / "frames")) == ["a", "b", MANIFEST_NAME]
+    assert sorted(os.listdir(tmp_path / "frames")) == ["a", "b", MANIFEST_NAME, RUN_FILE]
 
 
 def test_annotated_lengths_are_checked(clips: Path, clip_frames: Path, tmp_path: Path) -> None:
@@ -302,7 +313,7 @@ def test_video_reader_turns_rotated_videos_upright_like_opencv(tmp_path: Path) -
             np.testing.assert_array_equal(video.read(indices), reference[indices])
 
 
-def test_a_truncated_video_is_read_up_to_its_break_and_reported(tmp_path: Path) -> None:
+def test_a_truncated_video_is_read_up_to_its_break(tmp_path: Path) -> None:
     whole = write_h264_index_video(tmp_path / "whole.mp4", 200, faststart=True)
     cut = tmp_path / "videos" / "cut.mp4"
     cut.parent.mkdir()
@@ -315,9 +326,45 @@ def test_a_truncated_video_is_read_up_to_its_break_and_reported(tmp_path: Path) 
                                             rf"the stream ends at frame {decodable} \("):
             video.read([10, video.num_frames - 1])
         assert decode_index(video.read([20])[0]) == 20  # the reader recovers after the error
+
+
+def test_a_video_that_decodes_short_fails_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    whole = write_h264_index_video(tmp_path / "whole.mp4", 200, faststart=True)
+    cut = tmp_path / "videos" / "cut.mp4"
+    cut.parent.mkdir()
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    decodable = len(sequential_decode(cut))
+    assert 50 < decodable < 200
     report = extract_videos([cut], tmp_path / "frames", progress=False)
-    assert report.of("written")[0].message == f"the file declares 200 frames but {decodable} were decoded"
-    assert read_manifest(tmp_path / "frames")["cut"].frames == decodable
+    assert report.of("failed")[0].message == (
+        f"video cut: decoded {decodable} of the 200 frames {cut} declares (cut short or corrupt?); "
+        "--allow-short keeps the frames that decode")
+    assert read_manifest(tmp_path / "frames") == {} and sorted(os.listdir(tmp_path / "frames")) == [MANIFEST_NAME, "run.json"]
+
+    from vera.commands.extract_frames import main
+    argv = ["--videos", str(cut.parent), "--frames", str(tmp_path / "frames"), "--workers", "1", "--no-progress"]
+    assert main(argv) == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        "frames: 0 videos written (0 frames), 0 skipped as already complete, 1 failed")
+    assert main([*argv, "--allow-short"]) == 0
+    entry = read_manifest(tmp_path / "frames")["cut"]
+    assert (entry.frames, entry.declared_frames) == (decodable, 200)  # the manifest says it is short
+    assert f"decoded {decodable} of the 200 frames the file declares (--allow-short)" in capsys.readouterr().out
+    assert_folder_matches_video(tmp_path / "frames" / "cut", cut)
+
+
+@pytest.mark.parametrize("name", ["vfr.mkv", "h264.ts", "mjpeg.avi"])
+def test_whole_videos_are_not_taken_for_short(tmp_path: Path, name: str) -> None:
+    """Containers without a frame count: OpenCV's duration × fps says 299 for this 200-frame VFR video."""
+    path = tmp_path / name
+    if name == "mjpeg.avi":
+        write_index_video(path, 120)
+    else:
+        write_h264_index_video(path, 200, variable_rate=name == "vfr.mkv")
+    report = extract_videos([path], tmp_path / "frames", progress=False)
+    assert [o.status for o in report.outcomes] == ["written"] and report.outcomes[0].message == ""
+    entry = read_manifest(tmp_path / "frames")[path.stem]
+    assert entry.frames == entry.declared_frames == (120 if name == "mjpeg.avi" else 200)
 
 
 def test_frame_access_errors_name_the_video_and_frame(tmp_path: Path) -> None:
@@ -357,3 +404,95 @@ def test_frame_access_errors_name_the_video_and_frame(tmp_path: Path) -> None:
         assert decode_index(frames.read([2])[0]) == 3
         with pytest.raises(VeraError, match=r"video gappy: cannot read frame 1 \("):
             frames.read([0, 1])
+
+
+# --- strict decoding --------------------------------------------------------------------------
+
+
+def _damaged_jpegs(good: bytes) -> dict[str, bytes]:
+    """Three ways a JPEG breaks; libjpeg only warns about each and OpenCV returns an image anyway."""
+    middle = len(good) // 2
+    return {
+        "truncated": good[:middle],
+        "junk before the end marker": good[:-2] + b"\x13\x37" * 20 + good[-2:],
+        "marker inside the scan": good[:middle] + b"\xff\xd0\x00\x11" + good[middle:],
+    }
+
+
+def test_a_damaged_jpeg_is_an_error_naming_the_video_and_frame(tmp_path: Path) -> None:
+    folder = tmp_path / "frames" / "clip"
+    folder.mkdir(parents=True)
+    for index in range(4):
+        cv2.imwrite(str(folder / frame_name(index)), cv2.GaussianBlur(index_frame(index + 5), (9, 9), 3))
+    good = (folder / frame_name(0)).read_bytes()
+    for index, (kind, data) in enumerate(_damaged_jpegs(good).items(), start=1):
+        (folder / frame_name(index)).write_bytes(data)
+        assert cv2.imread(str(folder / frame_name(index))) is not None, kind  # what the old reader accepted
+    with open_frames("clip", frames_dir=tmp_path / "frames") as frames:
+        expected = cv2.cvtColor(cv2.imread(str(folder / frame_name(0))), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(frames.read([0])[0], expected)
+        messages = {}
+        for index in (1, 2, 3):
+            with pytest.raises(VeraError) as caught:
+                frames.read([0, index])
+            messages[index] = str(caught.value)
+    for index, message in messages.items():
+        assert message.startswith(f"video clip: cannot read frame {index} ({folder / frame_name(index)}: ")
+        assert "\n" not in message
+    assert "Premature end of JPEG file" in messages[1]
+    assert "Corrupt JPEG data" in messages[2] and "Corrupt JPEG data" in messages[3]
+
+
+def test_strict_jpeg_decoding_gives_opencvs_pixels(tmp_path: Path) -> None:
+    """Colour, grey and every EXIF orientation: the pixels ``cv2.imread`` gave before."""
+    from PIL import Image
+
+    rng = np.random.default_rng(3)
+    bgr = cv2.GaussianBlur(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8), (7, 7), 2)
+    cases = {"colour.jpg": bgr, "grey.jpg": cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)}
+    for name, image in cases.items():
+        cv2.imwrite(str(tmp_path / name), image)
+    for orientation in range(1, 9):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(bgr[:, :, ::-1]).save(tmp_path / f"exif{orientation}.jpg", exif=exif, quality=90)
+    for path in sorted(tmp_path.glob("*.jpg")):
+        reference = cv2.cvtColor(cv2.imread(str(path), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+        np.testing.assert_array_equal(decode_jpeg(path), reference, err_msg=path.name)
+    assert decode_jpeg(tmp_path / "exif6.jpg").shape == (64, 48, 3)
+
+
+def test_a_damaged_video_frame_is_an_error_not_a_concealed_frame(tmp_path: Path) -> None:
+    path = write_index_video(tmp_path / "videos" / "idx.avi", 60)
+    with av.open(str(path)) as container:
+        packets = [(packet.pos, packet.size) for packet in container.demux(container.streams.video[0]) if packet.size]
+    position, size = packets[30]
+    data = bytearray(path.read_bytes())
+    data[position + size - 24] ^= 0x10  # one bit inside frame 30's compressed data
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as container:  # FFmpeg's default: the damage is concealed, no error
+        assert sum(1 for _ in container.decode(video=0)) == 60
+    with VideoFileFrames(path) as video:
+        assert [decode_index(frame) for frame in video.read([29, 31, 5])] == [29, 31, 5]
+        with pytest.raises(VeraError, match=rf"^video idx: cannot decode frame 30: decoding fails at frame 30 "
+                                            rf"\({path}: "):
+            video.read([28, 30])
+        assert decode_index(video.read([40])[0]) == 40
+
+
+def test_a_name_with_dots_has_one_key_in_annotations_extraction_and_lookup(tmp_path: Path) -> None:
+    """The released readers cut UCF names at the first dot and extraction did not: 'frame folder not found'."""
+    from vera.data.annotations import load_test_annotations
+
+    video = write_index_video(tmp_path / "videos" / "Abuse" / "Abuse.Night.2_x264.avi", 20)
+    annotations = tmp_path / "test.json"
+    annotations.write_text(json.dumps([{"video": "frames/Abuse/Abuse.Night.2_x264.mp4",
+                                        "temporal_label": [3, 9, -1, -1], "length": 20}]))
+    [annotated] = load_test_annotations(annotations, "ucf")
+    assert annotated.key == "Abuse.Night.2_x264"
+    assert extract_videos([video], tmp_path / "frames", progress=False).of("written")
+    assert find_video(tmp_path / "videos", annotated.key) == video
+    with open_frames(annotated.key, frames_dir=tmp_path / "frames") as jpegs, \
+            open_frames(annotated.key, videos_dir=tmp_path / "videos") as decoded:
+        for frames in (jpegs, decoded):
+            assert [decode_index(frame) for frame in frames.read([4, 19])] == [4, 19]

@@ -207,7 +207,7 @@ def test_option_conflicts_are_one_line_errors():
 
 @pytest.mark.parametrize("flag,value,message", [
     ("--k-ratio", "1.5", "must be a fraction between 0 and 1"), ("--k-ratio", "nan", "must be a fraction"),
-    ("--k-ratio", "10%", "must be a fraction"), ("--random-k", "-1", "must be 0 or more"),
+    ("--k-ratio", "10%", "must be a fraction"), ("--random-k", "-1", "must be at least 0"),
     ("--tau", "0", "must be at least 1e-30"), ("--tau", "-1", "must be at least"), ("--tau", "x", "positive number"),
     ("--window", "0", "must be at least 1"), ("--window", "2.5", "whole number"),
     ("--sigma1", "0", "positive finite"), ("--sigma1", "inf", "positive finite"),

@@ -29,14 +29,41 @@ from vera.vlm.parsing import ParsedAnswer, parse_answer, released_score
     ("Output: 1\nThere are 11 cars.", 1, "ambiguous"),
 ])
 def test_parse_answer(text, score, status):
-    parsed = parse_answer(text)
-    assert parsed == ParsedAnswer(score=score, well_formed=status == "ok", status=status)
-    assert parsed.score == released_score(text)
+    assert parse_answer(text) == ParsedAnswer(score=score, well_formed=status == "ok", status=status)
 
 
-def test_released_rule_matches_its_definition():
-    # Independent statement of the rule: find the last 'Output', look for '0' after it.
-    for text in ["a Output b 0", "Output 0 Output 1", "0 Output 1", "no marker 0", "no marker", "Output"]:
-        index = text.rfind("Output")
-        after = text if index == -1 else text[index + len("Output"):]
-        assert released_score(text) == (0 if "0" in after else 1)
+# Answers in the shape the learner prompt asks for, each labelled by hand with the released rule:
+# 0 if a "0" follows the last "Output", else 1; no "Output" at all: 0 if the text holds a "0".
+REAL_LOOKING_ANSWERS = [
+    ("Answers to Prompt Questions:\n1. Is there any suspicious person or object? No, the people walk normally.\n"
+     "2. Is there any unusual behavior? No.\nOutput: 0", 0),
+    ("Answers to Prompt Questions:\n1. Yes, a man breaks the shop window.\n2. Yes, he runs off with a bag.\n"
+     "Output: 1", 1),
+    ("Answers to Prompt Questions:\n1. No.\nOutput:\n1\n", 1),
+    ("Answers to Prompt Questions:\n1. No.\n\nOutput: [0]", 0),
+    # Quirks: any "0" after the marker counts, whatever it belongs to.
+    ("Answers to Prompt Questions:\n1. Yes, a fight starts.\nOutput: 1 (the fight starts at 0:10)", 0),
+    ("Answers to Prompt Questions:\n1. Yes.\nOutput: 1 (frames 3 to 7 show the fight)", 1),
+    ("Answers to Prompt Questions:\n1. Yes, smoke rises.\nOutput: 1.0", 0),
+    ("Output: 1\n\nExplanation: Frame1 to Frame8 show 2 cars colliding.", 1),
+    ("Output: 1\n\nExplanation: Frame1 to Frame10 show 2 cars colliding.", 0),
+    # "0" before the last marker does not count; the text after it does.
+    ("Answers to Prompt Questions:\n1. At 10:30 a man enters.\nOutput: 1", 1),
+    ("Answers to Prompt Questions:\n1. Nothing.\nOutput: 0\nOn reflection, Output: 1", 1),
+    ("Answers to Prompt Questions:\n1. A man falls.\nOutput: 1\nFinal Output: 0", 0),
+    ("Outputs: 0", 0),  # "Outputs" contains the marker
+    # A garbled or cut answer counts as anomalous unless a "0" happens to be in it.
+    ("Answers to Prompt Questions:\n1. The video shows a street with", 1),
+    ("Answers to Prompt Questions:\n1. The video shows 20 people in a street with", 0),
+    ("Answers to Prompt Questions:\n1. At 0:15 a man draws a gun.\nOutput:", 1),
+    ("Output: No anomaly.", 1),
+    ("OUTPUT: 0", 0),  # no marker (it is case-sensitive), but the whole text holds a "0"
+    ("OUTPUT: 1", 1),
+    ("", 1),
+]
+
+
+@pytest.mark.parametrize("text, label", REAL_LOOKING_ANSWERS)
+def test_released_rule_on_real_looking_answers(text, label):
+    assert released_score(text) == label
+    assert parse_answer(text).score == label

@@ -100,7 +100,8 @@ def training_run(tmp_path_factory) -> Path:
     options = TrainingOptions(dataset="ucf", train=root / "train.json", val=root / "val.json",
                               frames_dir=root / "frames", output=root / "run", model="scripted", epochs=5,
                               batch_size=2, val_every=2, val_batch_size=12, num_frames=4)
-    train(options, ScriptedBackend(_learner), progress=False)
+    backend = ScriptedBackend(_learner)
+    train(options, lambda device: backend, accelerator="cpu", progress=False)
     return root / "run"
 
 

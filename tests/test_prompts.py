@@ -125,7 +125,7 @@ def test_load_template_errors(tmp_path):
 def test_learner_request_layouts():
     prompt = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, ["1. Q?"])
     frames = [np.full((4, 4, 3), i, np.uint8) for i in range(8)]
-    assert FRAME_LAYOUTS == ("released", "per-frame")
+    assert FRAME_LAYOUTS == ("released", "per-frame", "qwen-video")
     released = learner_request(prompt, frames, "vid", "released")
     per_frame = learner_request(prompt, frames, "vid", "per-frame")
     assert released.image_block and not per_frame.image_block
@@ -133,5 +133,10 @@ def test_learner_request_layouts():
     assert [int(f[0, 0, 0]) for f in per_frame.images] == list(range(8))
     with pytest.raises(VeraError, match="vid: the prompt has 8"):
         learner_request(prompt, frames[:3], "vid", "per-frame")
+    video = learner_request(build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, ["1. Q?"], 8, "qwen-video"), frames,
+                            "vid", "qwen-video")
+    assert video.video and not video.image_block and video.images == frames
+    with pytest.raises(VeraError, match="vid: the qwen-video layout needs the prompt built for it"):
+        learner_request(prompt, frames, "vid", "qwen-video")
     with pytest.raises(VeraError, match="unknown frame layout"):
         learner_request(prompt, frames, "vid", "tiles")

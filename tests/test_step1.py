@@ -219,7 +219,7 @@ def test_resume_after_a_hard_kill_loses_at_most_one_checkpoint_interval(tmp_path
     assert killed.returncode == 137, killed.stderr
     out = tmp_path / "out"
     assert set(read_outputs(out)) == {"done"}
-    partial = json.loads((out / ".partial" / "long.json").read_text())
+    partial = json.loads((out / ".partial" / "long.json").read_text())["value"]
     assert len(partial["segments"]) == 37  # its answers 38–45 came after the last checkpoint: lost
 
     backend = ScriptedBackend(index_answer)
@@ -247,7 +247,7 @@ def test_a_failing_backend_keeps_every_answer_and_a_rerun_finishes(tmp_path):
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="backend crashed"):
         runner(ScriptedBackend(flaky), out, frames_dir=tmp_path / "frames", batch_size=4).run([video("v", 400)])
-    partial = json.loads((out / ".partial" / "v.json").read_text())
+    partial = json.loads((out / ".partial" / "v.json").read_text())["value"]
     assert len(partial["segments"]) == 12  # three whole batches, though no checkpoint interval was reached
     backend = ScriptedBackend(index_answer)
     runner(backend, out, frames_dir=tmp_path / "frames", batch_size=4).run([video("v", 400)])
@@ -260,9 +260,10 @@ def test_refuses_another_configuration_unless_overwrite(index_videos, tmp_path):
     frames = index_videos["frames_dir"]
     runner(ScriptedBackend(lambda r: "Output: 0"), out, frames_dir=frames).run(videos)
     assert runner(ScriptedBackend(lambda r: "Output: 1"), out, frames_dir=frames).run(videos).segments_generated == 0
-    for change in [{"questions": ["1. Other?"]}, {"frame_layout": "per-frame"}, {"fps": 25.0},
-                   {"max_new_tokens": 16}]:
-        with pytest.raises(VeraError, match="was made by another run"):
+    for change, differ in [({"questions": ["1. Other?"]}, "prompt_sha256, questions"),
+                           ({"frame_layout": "per-frame"}, "frame_layout"), ({"fps": 25.0}, "half_window"),
+                           ({"max_new_tokens": 16}, "max_new_tokens")]:
+        with pytest.raises(VeraError, match=rf"output folder {out} was made with other settings \({differ} differ;"):
             runner(ScriptedBackend(lambda r: "Output: 1"), out, frames_dir=frames, **change).run(videos)
     runner(ScriptedBackend(lambda r: "Output: 1"), out, frames_dir=frames, questions=["1. Other?"],
            overwrite=True, limit=1).run(videos)
@@ -272,8 +273,12 @@ def test_refuses_another_configuration_unless_overwrite(index_videos, tmp_path):
     unknown = tmp_path / "unknown"
     unknown.mkdir()
     (unknown / "mid.json").write_text("{}")
-    with pytest.raises(VeraError, match="holds score files of an unknown run"):
+    with pytest.raises(VeraError, match=r"holds files of an unknown run \(no run.json\)"):
         runner(ScriptedBackend(lambda r: "Output: 1"), unknown, frames_dir=frames).run(videos)
+    # A JSON file that is no annotated video's score file is no conflict, and --overwrite would keep it.
+    (unknown / "mid.json").rename(unknown / "notes.json")
+    runner(ScriptedBackend(lambda r: "Output: 1"), unknown, frames_dir=frames).run(videos)
+    assert set(read_outputs(unknown)) == {"mid", "short", "notes"}
 
 
 def test_shards_split_videos_deterministically(index_videos, tmp_path):
@@ -308,7 +313,7 @@ def test_a_bad_video_is_reported_and_the_others_finish(index_videos, tmp_path):
     assert "video long: cannot read frame 272" in summary.failed["long"]
     assert "video absent: frame folder not found" in summary.failed["absent"]
     # The answers "long" got before its bad frame are kept for the rerun.
-    kept = json.loads((tmp_path / "out" / ".partial" / "long.json").read_text())["segments"]
+    kept = json.loads((tmp_path / "out" / ".partial" / "long.json").read_text())["value"]["segments"]
     assert list(kept) == [str(c) for c in range(0, 160, 16)]
 
 
@@ -335,7 +340,8 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys, ti
     annotation = tmp_path / "ann.json"
     # Made-up labels, only so that the evaluation sees both classes.
     annotation.write_text(json.dumps([
-        {"video": f"frames/Fighting/{keys_name}.mp4", "temporal_label": [100, 200, -1, -1], "length": length}
+        {"video": f"frames/Fighting/{keys_name}.mp4", "temporal_label": [100, min(200, length), -1, -1],
+         "length": length}
         for keys_name, length in keys.items()]))
     frames = tmp_path / "frames"
     for key in list(keys)[:1]:  # the frames run does the first video only (--limit 1)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import importlib
 import json
-import multiprocessing
 import os
-import socket
-import traceback
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -31,6 +31,7 @@ from vera.learning.loop import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+METRICS = "logs/version_0/metrics.csv"
 
 # Question sets the scripted learner recognises by a word in them.
 GOOD = ["1. Is anyone fighting or stealing? (good)", "2. Is something burning?"]
@@ -104,14 +105,19 @@ def _options(data: dict, output: Path, **overrides) -> TrainingOptions:
     return TrainingOptions(**values)
 
 
-def _run(data: dict, output: Path, script: Script, **overrides):
+def _run(data: dict, output: Path, script: Script, progress: bool = False, **overrides):
     backend = ScriptedBackend(script)
-    state = train(_options(data, output, **overrides), backend, progress=False)
+    state = train(_options(data, output, **overrides), lambda device: backend, accelerator="cpu", progress=progress)
     return state, backend
 
 
 def _jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
 
 
 ANSWERS = {1: _proposal(BAD), 2: _proposal(GOOD), 3: "Reasoning: I would rather not.", 4: _proposal(GOOD)}
@@ -169,6 +175,34 @@ def test_update_selection_and_outputs(ucf: dict, tmp_path: Path) -> None:
     assert load_checkpoint(out / CHECKPOINT_FILE).step == 4
 
 
+def test_checkpoint_is_json_text_and_counters(ucf: dict, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    _run(ucf, out, Script(ANSWERS))
+    run = json.loads((out / "run.json").read_text())
+    assert run["identity"]["kind"] == "training" and run["identity"]["batch_size"] == 2
+    assert run["world_size"] == 1 and run["total_steps"] == 4 and run["backend"] == {"backend": "scripted"}
+    assert json.loads((out / CHECKPOINT_FILE).read_text()) == {
+        "format": "vera-training/2", "fingerprint": run["fingerprint"], "questions": GOOD, "step": 4,
+        "last_validated_step": 4,
+        "best": {"questions": GOOD, "metric": 1.0, "step": 2, "accuracy": 1.0, "auc": 1.0},
+        "rejected_updates": 1, "skipped_videos": 0, "trained_videos": 8,
+    }
+    (out / CHECKPOINT_FILE).write_text("{\"format\": \"vera-training/2\", \"step\": ")
+    with pytest.raises(VeraError, match="checkpoint .*last.ckpt is not valid JSON"):
+        _run(ucf, out, Script(ANSWERS))
+
+
+def test_progress_is_plain_lines_when_not_a_terminal(ucf: dict, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture) -> None:
+    _run(ucf, tmp_path / "run", Script(ANSWERS), progress=True, max_steps=2, val_every=2)
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    lines = [line for line in err.splitlines() if line.startswith(("step ", "validation "))]
+    assert [line.split(":")[0] for line in lines] == [
+        "validation @ step 0", "step 1/2 (epoch 0)", "step 2/2 (epoch 0)", "validation @ step 2"]
+    assert lines[0] == "validation @ step 0: accuracy 0.5, auc 0.5, selected"
+
+
 def test_frames_are_the_released_indices(ucf: dict, tmp_path: Path) -> None:
     """8 frames at np.arange(0, 16, 2): each JPEG holds its index * 10."""
     _, backend = _run(ucf, tmp_path / "run", Script({}), max_steps=1)
@@ -224,7 +258,8 @@ def test_select_by_auc_uses_soft_scores(ucf: dict, tmp_path: Path) -> None:
         return VLMAnswer(_learner_text(request), label_prob=0.9 if _label(request.key) else 0.6)
 
     backend = ScriptedBackend(respond)
-    state = train(_options(ucf, tmp_path / "run", select_by="auc", max_steps=1), backend, progress=False)
+    state = train(_options(ucf, tmp_path / "run", select_by="auc", max_steps=1), lambda device: backend,
+                  accelerator="cpu", progress=False)
     validation = _jsonl(tmp_path / "run" / VALIDATION_FILE)
     assert [(r["accuracy"], r["auc"], r["auc_from"]) for r in validation] == [(0.5, 1.0, "label_prob"), (1.0, 1.0, "label_prob")]
     assert [r["selected"] for r in validation] == [True, False]
@@ -249,12 +284,25 @@ def test_resume_after_kills_matches_an_uninterrupted_run(ucf: dict, tmp_path: Pa
     # A kill between the history line and the checkpoint leaves a line the checkpoint does not cover.
     with (out / HISTORY_FILE).open("a") as handle:
         handle.write(json.dumps({"step": 4, "stale": True}) + "\n{\"step\": 5, \"cut")
+    # Likewise log rows past the checkpoint: a training row of step 4, a validation row of step 3, a cut row.
+    fields = list(_csv(out / METRICS)[0])
+    with (out / METRICS).open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writerows([{"step": 4, "epoch": 1.0, "train_accuracy": 0.25},
+                          {"step": 3, "val_accuracy": 0.75, "val_skipped": 0.0}])
+        handle.write("0.5,1.0,0")
     script = Script(ANSWERS)
     state, _ = _run(ucf, out, script)
     assert script.optimizer_calls == [4]  # only the unfinished step is redone
-    for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE):
-        assert (out / name).read_text() == (reference / name).read_text()
+    for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, METRICS):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     assert state.step == 4
+    # One log version, continued: each step's training row and each validation's row exactly once.
+    assert [p.name for p in (out / "logs").iterdir()] == ["version_0"]
+    rows = _csv(out / METRICS)
+    assert [r["step"] for r in rows if r["epoch"]] == ["1", "2", "3", "4"]
+    assert [r["step"] for r in rows if r["val_skipped"]] == ["0", "1", "2", "3", "4"]
+    assert [r["val_accuracy"] for r in rows if r["val_skipped"]] == ["0.5", "0.0", "1.0", "1.0", "1.0"]
     # A finished run rerun does nothing more.
     script = Script(ANSWERS)
     _run(ucf, out, script)
@@ -274,7 +322,9 @@ def test_resume_refuses_other_options_unless_overwrite(ucf: dict, tmp_path: Path
     assert state.step == 1 and len(_jsonl(out / HISTORY_FILE)) == 1
     (out / CHECKPOINT_FILE).unlink()
     with pytest.raises(VeraError, match="no last.ckpt"):
-        _run(ucf, out, Script(ANSWERS))
+        _run(ucf, out, Script(ANSWERS), batch_size=1, max_steps=1)
+    state, _ = _run(ucf, out, Script(ANSWERS), batch_size=1, max_steps=1, overwrite=True)  # starts again
+    assert state.step == 1 and [r["step"] for r in _jsonl(out / HISTORY_FILE)] == [1]
 
 
 def test_missing_frames_error_or_skip(ucf: dict, tmp_path: Path) -> None:
@@ -303,6 +353,28 @@ def test_missing_frames_error_or_skip(ucf: dict, tmp_path: Path) -> None:
     assert sorted(answered) == sorted(["Abuse001_x264", "Normal_Videos001_x264", "Fighting002_x264", "Normal_Videos002_x264"])
 
 
+def test_skip_bad_videos_with_nothing_readable_is_an_error(ucf: dict, tmp_path: Path) -> None:
+    # No training video has frames at all: said before any model call.
+    entries = [{"video": f"frames/Arrest/Arrest09{i}_x264.mp4", "length": 16} for i in range(3)]
+    (tmp_path / "none.json").write_text(json.dumps(entries))
+    script = Script(ANSWERS)
+    with pytest.raises(VeraError, match="^no readable training videos left: none of the 3 has frames in"):
+        _run({**ucf, "train": tmp_path / "none.json"}, tmp_path / "a", script, skip_bad_videos=True)
+    assert script.optimizer_calls == [] and not (tmp_path / "a" / HISTORY_FILE).exists()
+    # Every training video is shorter than its annotated length: found when read, at the end of the first epoch.
+    entries = [dict(entry, length=40) for entry in json.loads(ucf["train"].read_text())]
+    (tmp_path / "short.json").write_text(json.dumps(entries))
+    with pytest.raises(VeraError, match="^no readable training videos left: every training video of the first 2 "
+                                        "steps was unreadable and skipped"):
+        _run({**ucf, "train": tmp_path / "short.json"}, tmp_path / "b", Script(ANSWERS), skip_bad_videos=True)
+    assert [len(r["skipped"]) for r in _jsonl(tmp_path / "b" / HISTORY_FILE)] == [2, 2]
+    # The same for the validation list.
+    entries = [dict(entry, length=40) for entry in json.loads(ucf["val"].read_text())]
+    (tmp_path / "short_val.json").write_text(json.dumps(entries))
+    with pytest.raises(VeraError, match="^no readable validation videos left: all 4 were unreadable and skipped$"):
+        _run({**ucf, "val": tmp_path / "short_val.json"}, tmp_path / "c", Script(ANSWERS), skip_bad_videos=True)
+
+
 def test_xd_training(tmp_path: Path) -> None:
     frames = tmp_path / "frames"
     names = {"v=aaa__#1_label_A": 0, "v=bbb__#1_label_B1-0-0": 1, "Movie.X__#00-01_label_A": 0, "v=ccc__#1_label_G-0-0": 1}
@@ -322,65 +394,51 @@ def test_xd_training(tmp_path: Path) -> None:
     assert state.best.questions == GOOD
 
 
-# --------------------------------------------------------------------------- DDP on CPU (gloo)
+# --------------------------------------------------------------------------- two processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+class _RankRecorder(ScriptedBackend):
+    """The scripted model of one rank, noting every request's key in ``<folder>/rank<N>.txt``
+    (forked processes share no memory with the test)."""
 
+    def __init__(self, folder: Path):
+        from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-def _ddp_worker(rank: int, port: int, data: dict, output: str, seen: str) -> None:
-    import torch.distributed as dist
-
-    try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+        self.rank = rank_zero_only.rank
         # Rank 1's optimizer would propose BAD: if it were ever asked, the ranks would disagree.
-        script = Script(ANSWERS if rank == 0 else {step: _proposal(BAD) for step in range(1, 5)})
-        backend = ScriptedBackend(script)
-        state = train(_options(data, Path(output)), backend, progress=False)
-        Path(seen, f"rank{rank}.json").write_text(json.dumps({
-            "keys": [r.key for r in backend.requests], "questions": state.questions,
-            "best": state.best.questions, "optimizer_calls": script.optimizer_calls,
-        }))
-        dist.destroy_process_group()
-    except BaseException:
-        Path(seen, f"rank{rank}.error").write_text(traceback.format_exc())
-        os._exit(1)
-    os._exit(0)  # a forked child must not run the parent's pytest teardown
+        super().__init__(Script(ANSWERS if self.rank == 0 else {step: _proposal(BAD) for step in range(1, 5)}))
+        self.log = folder / f"rank{self.rank}.txt"
+
+    def generate(self, requests: list[VLMRequest], max_new_tokens: int = 1024) -> list[VLMAnswer]:
+        with self.log.open("a") as handle:
+            handle.writelines(request.key + "\n" for request in requests)
+        return super().generate(requests, max_new_tokens)
 
 
-def test_ddp_two_ranks_agree_with_one_process(ucf: dict, tmp_path: Path) -> None:
+def test_ranks_share_the_work_and_only_rank_0_optimizes(ucf: dict, tmp_path: Path) -> None:
+    """A one-process run stopped after step 2, resumed by two DDP ranks (Fabric's fork launcher): each rank
+    answers its share, the optimizer runs on rank 0, and the outputs equal an uninterrupted one-process run's."""
     reference = tmp_path / "single"
     _run(ucf, reference, Script(ANSWERS))
+    out = tmp_path / "ddp"
+    _run(ucf, out, Script(ANSWERS), max_steps=2)
     seen = tmp_path / "seen"
     seen.mkdir()
-    # fork, not spawn: the children inherit the imports, which keeps this test quick (CPU only, no CUDA).
-    context = multiprocessing.get_context("fork")
-    port = _free_port()
-    workers = [context.Process(target=_ddp_worker, args=(rank, port, ucf, str(tmp_path / "ddp"), str(seen)))
-               for rank in (0, 1)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join(timeout=120)
-    errors = [path.read_text() for path in seen.glob("*.error")]
-    assert not errors, errors[0]
-    assert [worker.exitcode for worker in workers] == [0, 0]
-    ranks = [json.loads((seen / f"rank{rank}.json").read_text()) for rank in (0, 1)]
-    assert ranks[0]["questions"] == ranks[1]["questions"] == GOOD
-    assert ranks[0]["best"] == ranks[1]["best"] == GOOD
-    assert ranks[0]["optimizer_calls"] == [1, 2, 3, 4] and ranks[1]["optimizer_calls"] == []
-    # Each rank answered its share: every training batch of 2 split one-one, validation split in halves.
-    history = _jsonl(tmp_path / "ddp" / HISTORY_FILE)
+    state = train(_options(ucf, out), lambda device: _RankRecorder(seen), accelerator="cpu",
+                  devices=2, strategy="ddp_fork", progress=False)
+    assert state.questions == GOOD and state.best.questions == GOOD and state.step == 4
+    keys = [(seen / f"rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
+    assert [k for k in keys[0] if k.startswith("optimizer")] == ["optimizer step 3", "optimizer step 4"]
+    assert not [k for k in keys[1] if k.startswith("optimizer")]
+    # Steps 3 and 4: each training batch of 2 split one-one; each validation of 4 videos split two-two.
+    history = _jsonl(out / HISTORY_FILE)
+    train_keys = {key for record in history for key in record["videos"]}
     for rank in (0, 1):
-        keys = [key for key in ranks[rank]["keys"] if not key.startswith("optimizer")]
-        assert len(keys) == 5 * 2 + 4  # five validations of 2 videos, four steps of 1
-        assert [k for k in keys if k in {v for r in history for v in r["videos"]}] == [
-            r["videos"][rank] for r in history]
-    for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE):
-        assert (tmp_path / "ddp" / name).read_text() == (reference / name).read_text()
+        learner = [k for k in keys[rank] if not k.startswith("optimizer")]
+        assert [k for k in learner if k in train_keys] == [record["videos"][rank] for record in history[2:]]
+        assert len(learner) == 2 * 2 + 2
+    for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, METRICS):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
 
 
 # --------------------------------------------------------------------------- the CLI with the tiny random model
@@ -427,7 +485,35 @@ def test_cli_end_to_end_with_tiny_model_and_resume(shared_data: Path, tiny_inter
     from vera.vlm.prompts import load_questions
 
     assert load_questions(out / BEST_FILE) == best  # what generate_initial_score.py --questions reads
-    metrics = (out / "logs" / "version_1" / "metrics.csv").read_text()
-    assert "train_accuracy" in metrics and "val_accuracy" in metrics
+    assert [p.name for p in (out / "logs").iterdir()] == ["version_0"]  # one log version, continued on resume
+    metrics = _csv(out / METRICS)
+    assert [(r["step"], bool(r["val_skipped"])) for r in metrics] == [
+        ("0", True), ("1", False), ("1", True), ("2", False), ("2", True)]
     run = json.loads((out / "run.json").read_text())
     assert run["backend"]["model"] == str(tiny_internvl)
+
+
+def test_two_processes_through_training_py_match_one_process(tiny_internvl: Path, ucf: dict, tmp_path: Path) -> None:
+    """The shipped launch path: ``python training.py --devices 2`` (Lightning starts the second process),
+    stopped by --max-steps and resumed; the outputs equal a one-process run's byte for byte."""
+    argv = ["--dataset", "ucf", "--train", str(ucf["train"]), "--val", str(ucf["val"]), "--frames", str(ucf["frames"]),
+            "--model", str(tiny_internvl), "--val-every", "2", "--limit-val", "3", "--max-new-tokens", "6",
+            "--num-frames", "2", "--accelerator", "cpu"]
+    single = tmp_path / "single"
+    assert _cli().main(argv + ["--output", str(single), "--max-steps", "3"]) == 0
+
+    ddp = tmp_path / "ddp"
+    command = [sys.executable, str(ROOT / "training.py"), *argv, "--output", str(ddp), "--devices", "2"]
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for max_steps in ("2", "3"):
+        done = subprocess.run(command + ["--max-steps", max_steps], env=environment, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert f"{max_steps} steps" in done.stdout
+    assert "resuming" in done.stderr and "\r" not in done.stderr  # not a terminal: plain lines, no bar
+    assert json.loads((ddp / "run.json").read_text())["world_size"] == 2
+    assert [r["step"] for r in _jsonl(ddp / HISTORY_FILE)] == [1, 2, 3]
+    assert [r["step"] for r in _jsonl(ddp / VALIDATION_FILE)] == [0, 2, 3]
+    for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, METRICS):
+        assert (ddp / name).read_bytes() == (single / name).read_bytes(), name
+    assert [p.name for p in (ddp / "logs").iterdir()] == ["version_0"]

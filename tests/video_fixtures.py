@@ -97,7 +97,7 @@ def write_h264_index_video(path: Path, num_frames: int, size: tuple[int, int] = 
     return path
 
 
-def extract_or_crash(video: Path, frames_dir: Path, known: bool):
+def extract_or_crash(video: Path, frames_dir: Path, known: bool, allow_short: bool = False):
     """A stand-in for ``extract_video`` whose worker dies on videos named ``crash*`` and raises on ``oops*``."""
     from vera.data.extraction import extract_video
 
@@ -105,7 +105,7 @@ def extract_or_crash(video: Path, frames_dir: Path, known: bool):
         os._exit(3)
     if Path(video).name.startswith("oops"):
         raise RuntimeError("unexpected")
-    return extract_video(video, frames_dir, known)
+    return extract_video(video, frames_dir, known, allow_short)
 
 
 def decode_to_jpegs(video: Path, folder: Path) -> int:

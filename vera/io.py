@@ -81,3 +81,8 @@ def read_json(path: Path, what: str = "JSON file") -> Any:
         raise VeraError(f"{what} {path} is not valid JSON ({error})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise VeraError(f"cannot read {what} {path}: {error}") from None
+
+
+def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Arrays saved under their names in one uncompressed ``.npz`` (``np.load(path)[name]``)."""
+    _atomic_write(path, lambda handle: np.savez(handle, **arrays))

@@ -21,43 +21,45 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from vera.errors import VeraError
 
 # Choices that several modules share; the modules that use them import them from here.
 DATASETS = ("ucf", "xd")
-FRAME_LAYOUTS = ("released", "per-frame")
+FRAME_LAYOUTS = ("released", "per-frame", "qwen-video")
 DEFAULT_FRAME_LAYOUT = "released"
-BACKENDS = ("hf",)
+BACKENDS = ("hf", "openai")
+IMAGE_FORMATS = ("png", "jpeg")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 PROTOCOLS = ("released", "paper")
 METRICS = ("auc", "ap")
 PRESETS = ("ucf", "xd", "ucf-qwen")
 SELECT_BY = ("accuracy", "auc")
 ACCELERATORS = ("auto", "cuda", "cpu")
+ARTIFACTS = ("annotations", "prompts", "scores", "features")  # what Data/download.py fetches
+SCORE_MODES = ("generate", "label")  # Step 1: the generated answer's label, or the label read from one forward pass
 HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
 
 
 # -- value types: each turns the text into a value or says, in one line, what is wrong --------
 
-def positive_int(text: str) -> int:
+def _whole_number(text: str, minimum: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _whole_number(text, 1)
 
 
 def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
-    return value
+    return _whole_number(text, 0)
 
 
 def frame_rate(text: str) -> float:
@@ -187,6 +189,69 @@ def key_list(text: str) -> tuple[str, ...]:
     return keys
 
 
+# -- types of the newcomer commands (make_annotations, download) --------------------------------
+
+def output_file(text: str) -> Path:
+    """A file the run can write: not a folder, in a folder that exists (or can be created) and is writable."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{path} is a folder; give a file name")
+    output_dir(str(path.parent))  # the same writability check, phrased for the folder
+    return path
+
+
+def artifact_list(text: str) -> tuple[str, ...]:
+    """Comma-separated artifact kinds, each one of ``ARTIFACTS``, in the order given (repeats dropped)."""
+    kinds = tuple(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [kind for kind in kinds if kind not in ARTIFACTS]
+    if not kinds or unknown:
+        raise argparse.ArgumentTypeError(
+            f"choose from {','.join(ARTIFACTS)} (comma-separated), got {text!r}")
+    return kinds
+
+
+def mirror_url(text: str) -> str:
+    """An http(s) base address without a trailing slash."""
+    if not text.startswith(("http://", "https://")) or len(text.rstrip("/")) <= len("https://"):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// address, got {text!r}")
+    return text.rstrip("/")
+
+
+def base_urls(text: str) -> tuple[str, ...]:
+    """Comma-separated ``http(s)://host:port[/path]`` API roots; a URL without a path gets ``/v1``."""
+    urls = []
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            parsed = urlsplit(part)
+            parsed.port  # noqa: B018 - raises on a port that is not a number
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{part!r}: {error}") from None
+        if parsed.scheme not in ("http", "https") or not parsed.hostname or parsed.query or parsed.fragment:
+            raise argparse.ArgumentTypeError(f"{part!r} is not an http(s)://host:port URL")
+        url = part.rstrip("/") if parsed.path.strip("/") else f"{parsed.scheme}://{parsed.netloc}/v1"
+        if url in urls:
+            raise argparse.ArgumentTypeError(f"{url} is given twice")
+        urls.append(url)
+    return tuple(urls)
+
+
+def served_model_name(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must name the model as the server lists it (GET /v1/models)")
+    return text
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
 # -- the options ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -260,24 +325,63 @@ OPTIONS: dict[str, Option] = {
     # the VLM
     "model": _opt("--model", type=model_ref, required=True, metavar="PATH_OR_ID",
                   help="local folder or Hugging Face id of the VLM (an id needs the network or the local cache)"),
-    "backend": _opt("--backend", choices=BACKENDS, default="hf", help="how the VLM runs (default: %(default)s)"),
+    "backend": _opt("--backend", choices=BACKENDS, default="hf",
+                    help="how the VLM runs: hf (in this process) or openai (OpenAI-compatible servers, "
+                         "--base-url; default: %(default)s)"),
+    # the openai backend
+    "served_model": _opt("--served-model", type=served_model_name, metavar="NAME",
+                         help="with --backend openai, instead of --model: the model's name on the servers "
+                              "(as GET /v1/models lists it)"),
+    "base_url": _opt("--base-url", type=base_urls, metavar="URL[,URL...]",
+                     help="with --backend openai: the servers, e.g. http://gpu1:8000/v1,http://gpu2:8000/v1 "
+                          "(a URL without a path gets /v1)"),
+    "concurrency": _opt("--concurrency", type=positive_int, default=8, metavar="N",
+                        help="with --backend openai: requests in flight per server (default: %(default)s)"),
+    "request_timeout": _opt("--request-timeout", type=positive_seconds, default=600.0, metavar="SECONDS",
+                            help="with --backend openai: wait at most this long for an answer before retrying "
+                                 "(default: %(default)s)"),
+    "retries": _opt("--retries", type=non_negative_int, default=8, metavar="N",
+                    help="with --backend openai: retries of a request that failed or timed out, the server "
+                         "resting 1, 2, 4, ... 60 s after each failure (default: %(default)s, about 3 minutes)"),
+    "image_format": _opt("--image-format", choices=IMAGE_FORMATS, default="png",
+                         help="with --backend openai: how frames travel: png (lossless, the pixels the hf backend "
+                              "sees) or jpeg (quality 95, about 4x smaller, 20x cheaper to encode; "
+                              "default: %(default)s)"),
     "device": _opt("--device", default="auto", help="cpu, cuda or cuda:N (default auto: a GPU if there is one)"),
     "dtype": _opt("--dtype", choices=DTYPE_CHOICES, default="auto",
-                  help="model precision (auto: bfloat16 on GPU for the VLM, float16 for ImageBind; float32 on CPU)"),
+                  help="model precision (auto: bfloat16 on GPU for the VLM, float32 for ImageBind as LAVAD ran it; "
+                       "float32 on CPU)"),
     "questions": _opt("--questions", type=existing_file, metavar="FILE",
                       help="guiding questions, one per line (e.g. training's best_questions.txt)"),
     "preset": _opt("--preset", choices=PRESETS, help="the published questions"),
     "prompt_file": _opt("--prompt-file", type=existing_file, metavar="FILE",
                         help="learner template with $Data and 'Based on the analysis above' (e.g. the authors' "
                              "VERA_learner_instruct.txt); default: the project's own"),
-    "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS, default=DEFAULT_FRAME_LAYOUT,
+    "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS,
                          help="released: all frames at the first <image> (as the authors fed InternVL2); "
-                              "per-frame: one frame per Frame line (default: %(default)s)"),
+                              "per-frame: one frame per Frame line; qwen-video: the frames as one video at "
+                              "[$Data], as the authors fed Qwen2-VL (default: qwen-video for a Qwen2-VL model "
+                              "and a template with [$Data], else released)"),
     "max_new_tokens": _opt("--max-new-tokens", type=positive_int, default=1024, metavar="N",
                            help="answer length limit (default: %(default)s, as released)"),
+    "dump_inputs": _opt("--dump-inputs", type=output_dir, metavar="DIR",
+                        help="write what the model is fed, per request: DIR/<name>.npz (input_ids without padding "
+                             "and the pixel tensors under the model's argument names) and DIR/<name>.txt (the "
+                             "decoded text); large (InternVL: 19 MB per segment), so use with --limit"),
     # Step 1
     "step1_batch_size": _opt("--batch-size", type=positive_int, default=8, metavar="N",
                              help="segments per generate call (default: %(default)s)"),
+    "score_mode": _opt("--score-mode", choices=SCORE_MODES, default="generate",
+                       help="generate: the model answers the questions and its answer's label is the score (the "
+                            "paper's protocol); label: no answer, the label is read from the logits after a forced "
+                            "'Output:' (one forward pass, a faster approximation; README, 'Step 1 speed') "
+                            "(default: %(default)s)"),
+    "static_cache": _opt("--static-cache", action="store_true",
+                         help="pre-allocate the key-value cache for generation (transformers' static cache); "
+                              "same answers, less allocation per token"),
+    "compile": _opt("--compile", action="store_true",
+                    help="compile the decoding step (torch.compile, CUDA graphs on a GPU; implies --static-cache); "
+                         "the first batch takes minutes to compile"),
     # features
     "checkpoint": _opt("--checkpoint", type=existing_file, metavar="FILE",
                        help="the official imagebind_huge.pth"),
@@ -391,7 +495,55 @@ OPTIONS: dict[str, Option] = {
                         help="videos to draw (default: every video of the run)"),
     "smooth": _opt("--smooth", type=positive_int, default=5, metavar="N",
                    help="moving average over N validations in the training curve (default: %(default)s, as Fig. 9)"),
+    # make_annotations (an annotation file for your own videos)
+    "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
+                            help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
+    "labels": _opt("--labels", type=existing_file, metavar="CSV",
+                   help="optional labels: columns video,class,intervals (see Data/README.md); without it the "
+                        "file holds keys and lengths only"),
+    "overwrite_file": _opt("--overwrite", action="store_true", help="replace the output file if it exists"),
+    # download (the authors' released artifacts)
+    "download_dataset": _opt("--dataset", choices=DATASETS + ("all",), default="all",
+                             help="ucf, xd or all (default: %(default)s)"),
+    "download_what": _opt("--what", type=artifact_list, default=ARTIFACTS, metavar="LIST",
+                          help=f"comma-separated, from {','.join(ARTIFACTS)} (default: all)"),
+    "dest": _opt("--dest", type=output_dir, default="Data", metavar="DIR",
+                 help="where the documented Data/ layout is filled (default: Data/ in the current folder)"),
+    "mirror": _opt("--mirror", type=mirror_url, metavar="URL",
+                   help="fetch everything from URL instead: URL/github/<owner>/<repo>/<commit>/<path> and "
+                        "URL/drive/<file id> (see Data/README.md)"),
+    "download_retries": _opt("--retries", type=non_negative_int, default=3, metavar="N",
+                    help="retries of an interrupted transfer, each resuming where it stopped (default: %(default)s)"),
+    # InternVL2 conversion
+    "convert_src": _opt("src", type=existing_dir, metavar="SRC",
+                        help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
+    "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
+    "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
+    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="N",
+                      help="machines, each running --devices processes (run the command on each, as Lightning "
+                           "expects; default: %(default)s)"),
 }
+
+
+def check_backend_options(args: argparse.Namespace) -> None:
+    """What argparse cannot check alone: the options that go with --backend (one-line ``VeraError``)."""
+    if args.backend == "openai":
+        if getattr(args, "model", None) is not None:
+            raise VeraError("argument --model: with --backend openai the model runs on the servers; "
+                            "name it with --served-model NAME")
+        if args.served_model is None:
+            raise VeraError("argument --served-model: required with --backend openai")
+        if args.base_url is None:
+            raise VeraError("argument --base-url: required with --backend openai")
+        if args.frame_layout is None:
+            args.frame_layout = "per-frame"  # the only layout a chat message can express
+        elif args.frame_layout != "per-frame":
+            raise VeraError(f"argument --frame-layout: the openai backend sends each frame as its own image and "
+                            f"cannot express the {args.frame_layout!r} layout; use --frame-layout per-frame")
+    else:
+        for name, flag in (("served_model", "--served-model"), ("base_url", "--base-url")):
+            if getattr(args, name, None) is not None:
+                raise VeraError(f"argument {flag}: only with --backend openai")
 
 
 class _Parser(argparse.ArgumentParser):

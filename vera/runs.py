@@ -15,22 +15,27 @@ Work in progress goes to ``<folder>/.partial/<name>`` (stamped with the
 fingerprint, so progress of another configuration is never resumed) and a
 finished item is written atomically to its final name, after which its partial
 file is removed. Every write goes through ``vera.io`` (temp file + rename).
+A run that recomputes everything each time (the evaluation) stages its outputs
+and swaps them in whole (``replace_outputs``), so no file of an earlier run is
+left beside the new ones.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from vera.errors import VeraError
-from vera.io import read_json, sha256_text, write_json_atomic
+from vera.io import read_json, save_npy_atomic, sha256_text, write_json_atomic
 
 RUN_FILE = "run.json"
 PARTIAL_DIR = ".partial"
@@ -56,35 +61,50 @@ def fingerprint(identity: dict[str, Any]) -> str:
 
 
 def check_writable(path: Path) -> None:
-    """Create ``path`` if needed and prove it writable, or raise a one-line ``VeraError``."""
+    """Create ``path`` if needed and prove it writable, or raise a one-line ``VeraError``.
+
+    Writability is proven by creating a file: ``os.access`` answers for the
+    real user id and ignores what the file system would refuse, so it says
+    "writable" to root everywhere and to anyone on some network mounts.
+    """
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise VeraError(f"output {path} exists and is not a folder")
+    blocking = next((parent for parent in path.parents if parent.exists() and not parent.is_dir()), None)
+    if blocking is not None:
+        raise VeraError(f"cannot create output folder {path}: {blocking} is a file, not a folder")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise VeraError(f"cannot create output folder {path}: {error.strerror or error}") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise VeraError(f"output folder {path} is not writable")
+    try:
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".vera-write-test-"):
+            pass
+    except OSError as error:
+        raise VeraError(f"output folder {path} is not writable ({error.strerror or error})") from None
 
 
 class RunFolder:
     """The output folder of one run; see the module docstring.
 
     ``outputs`` lists what the run writes there (a callable on the folder), so
-    that ``overwrite`` removes exactly those, and a folder holding outputs but
-    no ``run.json`` is recognised as another run's.
+    that ``overwrite`` removes exactly those and nothing else the folder holds,
+    and a folder holding outputs but no ``run.json`` is recognised as another
+    run's. ``adopt_unrecorded`` takes such outputs as this run's instead: for
+    frames, which the released script and earlier versions wrote identically
+    without a record.
     """
 
     def __init__(self, path: Path, kind: str, identity: dict[str, Any], *, overwrite: bool = False,
                  outputs: Callable[[Path], Iterable[Path]] | None = None, record: dict[str, Any] | None = None,
-                 run_file: str = RUN_FILE):
+                 adopt_unrecorded: bool = False, run_file: str = RUN_FILE):
         self.path = Path(path)
         self.kind = kind
         self.identity = {"kind": kind, **identity}
         self.fingerprint = fingerprint(self.identity)
         self.overwrite = overwrite
-        self._outputs = outputs or (lambda folder: [p for p in folder.iterdir() if p.name != run_file])
+        self._outputs = outputs or (lambda folder: list(folder.iterdir()))
+        self.adopt_unrecorded = adopt_unrecorded
         self.record = dict(record or {})
         self.run_file = self.path / run_file
         self.partial_dir = self.path / PARTIAL_DIR
@@ -93,51 +113,72 @@ class RunFolder:
     # -- opening ------------------------------------------------------------------------------
 
     def outputs(self) -> list[Path]:
-        return [p for p in self._outputs(self.path) if p.exists()] if self.path.is_dir() else []
+        """This run's kind of outputs present in the folder (never ``run.json`` or ``.partial``)."""
+        if not self.path.is_dir():
+            return []
+        return [p for p in self._outputs(self.path)
+                if p.name not in (self.run_file.name, PARTIAL_DIR) and (p.exists() or p.is_symlink())]
 
     def previous_identity(self) -> dict[str, Any] | None:
         if not self.run_file.is_file():
             return None
-        content = read_json(self.run_file, "run record")
+        try:
+            content = read_json(self.run_file, "run record")
+        except VeraError as error:
+            raise VeraError(f"{error}; delete it or use --overwrite") from None
         if not isinstance(content, dict) or not isinstance(content.get("identity"), dict):
             raise VeraError(f"run record {self.run_file} is malformed (no 'identity'); delete it or use --overwrite")
         return content["identity"]
 
-    def open(self) -> RunFolder:
-        """Check, refuse or clear the folder as the module docstring says; write ``run.json``."""
+    def check(self) -> bool:
+        """Everything ``open`` checks, changing nothing but creating the folder; True if the run would resume.
+
+        Commands call it before loading a model, so that a folder they may not
+        use is refused at once.
+        """
+        return self._state() == "resume"
+
+    def _state(self) -> str:
+        """"resume", "fresh" (nothing of another run here) or "conflict" (allowed only with overwrite)."""
         check_writable(self.path)
         try:
             previous = self.previous_identity()
         except VeraError:
             if not self.overwrite:
                 raise
-            previous = {}
-        same = previous is not None and fingerprint(previous) == self.fingerprint
-        if not same and (previous is not None or self.outputs()):
-            if not self.overwrite:
-                raise VeraError(f"output folder {self.path} {self._difference(previous)}; use another folder or "
-                                "--overwrite to replace its contents")
+            return "conflict"
+        if previous is not None and fingerprint(previous) == self.fingerprint:
+            return "resume"
+        if previous is None and (self.adopt_unrecorded or not self.outputs()):
+            return "fresh"
+        if not self.overwrite:
+            raise VeraError(f"output folder {self.path} {self._difference(previous)}; use another folder or "
+                            "--overwrite to replace its contents")
+        return "conflict"
+
+    def open(self) -> RunFolder:
+        """Check, refuse or clear the folder as the module docstring says; write ``run.json``."""
+        state = self._state()
+        if state == "conflict":
+            # Outputs of another configuration must not pass for results of this one.
             self.clear()
-        self.resumed = same
-        if not same:
+        self.resumed = state == "resume"
+        if not self.resumed:
             self.write_record()
         return self
 
     def _difference(self, previous: dict[str, Any] | None) -> str:
         if previous is None:
             return "holds files of an unknown run (no run.json)"
-        if previous.get("kind") != self.kind:
-            return f"holds a {previous.get('kind', 'different')} run, not {self.kind}"
+        if "kind" in previous and previous["kind"] != self.kind:
+            return f"holds a {previous['kind']} run, not {self.kind}"
         keys = sorted(k for k in set(previous) | set(self.identity) if previous.get(k) != self.identity.get(k))
         return f"was made with other settings ({', '.join(keys)} differ; see {self.run_file})"
 
     def clear(self) -> None:
         """Remove this run's outputs, its partial work and its record."""
         for path in self.outputs():
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink(missing_ok=True)
+            _remove(path)
         shutil.rmtree(self.partial_dir, ignore_errors=True)
         self.run_file.unlink(missing_ok=True)
 
@@ -170,6 +211,15 @@ class RunFolder:
     def drop_partial(self, name: str) -> None:
         self.partial_path(name).unlink(missing_ok=True)
 
+    def tidy(self) -> None:
+        """Remove ``.partial`` once nothing is left in it, so a finished folder holds only results."""
+        try:
+            self.partial_dir.rmdir()
+        except OSError:
+            pass  # absent, or still holding work in progress
+
+    # -- finished work ------------------------------------------------------------------------
+
     def finish_json(self, name: str, value: Any, indent: int | None = 1) -> Path:
         """Write a finished item ``<folder>/<name>`` atomically and forget its partial progress."""
         path = self.path / name
@@ -177,7 +227,45 @@ class RunFolder:
         self.drop_partial(name)
         return path
 
+    def finish_npy(self, name: str, array: np.ndarray) -> Path:
+        """Write a finished array ``<folder>/<name>`` atomically and forget its partial progress."""
+        path = self.path / name
+        save_npy_atomic(path, array)
+        self.drop_partial(name)
+        return path
+
     def write_summary(self, name: str, summary: dict[str, Any]) -> Path:
         path = self.path / name
         write_json_atomic(path, {**summary, "finished": now()})
         return path
+
+    def replace_outputs(self, write: Callable[[Path], None], last: str | None = None) -> None:
+        """Replace all of this run's outputs by what ``write(staging_folder)`` produces.
+
+        The new outputs are written beside the old ones first (in ``.partial``),
+        so a failure leaves the previous results whole. ``last`` (e.g.
+        ``metrics.json``) is removed first and moved in last: where it exists,
+        every other output belongs to the same run.
+        """
+        staging = self.partial_path("outputs")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        write(staging)
+        if last is not None:
+            (self.path / last).unlink(missing_ok=True)
+        for path in self.outputs():
+            _remove(path)
+        for entry in sorted(staging.iterdir(), key=lambda p: p.name == last):
+            target = self.path / entry.name
+            if target.exists() or target.is_symlink():
+                _remove(target)
+            entry.rename(target)
+        staging.rmdir()
+        self.tidy()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)

@@ -23,6 +23,9 @@ COMMANDS = {
     "plot": "plot",
     "train": "training",
     "tiny-model": "tiny_model",
+    "make-annotations": "make_annotations",
+    "download": "download",
+    "convert-internvl2": "convert_internvl2",
 }
 
 
@@ -50,4 +53,7 @@ _SCRIPTS = {
     "plot": "Inference/plot.py",
     "train": "training.py",
     "tiny-model": "-m vera.tiny_model",
+    "make-annotations": "Data/make_annotations.py",
+    "download": "Data/download.py",
+    "convert-internvl2": "-m vera.convert_internvl2",
 }

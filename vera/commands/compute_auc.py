@@ -9,6 +9,8 @@ The default ``released`` protocol reproduces the authors' scripts bit for bit;
 --k-ratio, --random-k, --tau, --window, --sigma1 and --sigma2 change the
 paper's hyper-parameters (default: the protocol's values), --classes A,B
 evaluates a scenario subset.
+A rerun replaces every output of the previous one; OUTPUT/run.json records the
+options and inputs, and a folder made with others is refused unless --overwrite.
 """
 
 from __future__ import annotations
@@ -18,22 +20,24 @@ from vera.options import Command
 COMMAND = Command(__doc__, [
     "dataset", "annotations", "scores", "features", "output", "metric", "protocol", "score_field", "gt_frames",
     "allow_missing", "merge_xd_duplicates", "skip_step2", "skip_smoothing", "skip_position_weighting", "no_curves",
-    "k_ratio", "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal",
+    "k_ratio", "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal", "overwrite",
 ], prog="compute_auc.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.data.annotations import load_test_annotations
-    from vera.scoring.evaluate import evaluate, summary, write_outputs
-    from vera.scoring.stages import write_stages
+    from vera.scoring.evaluate import evaluate, evaluation_folder, summary, write_outputs
     from vera.scoring.steps import ScoringOptions
 
     options = ScoringOptions.from_args(args)
+    folder = evaluation_folder(args.output, options, annotations=args.annotations, scores_dir=args.scores,
+                               features_dir=args.features, gt_frames=args.gt_frames,
+                               merge_xd_duplicates=args.merge_xd_duplicates, overwrite=args.overwrite)
+    folder.check()  # a folder we may not write is refused now, not after the computation
     videos = load_test_annotations(args.annotations, args.dataset, merge_xd_duplicates=args.merge_xd_duplicates)
     evaluation = evaluate(videos, args.scores, args.features, options, args.gt_frames, args.allow_missing)
-    write_outputs(evaluation, args.output, curves=not args.no_curves)
-    write_stages(evaluation.videos, args.output)
+    write_outputs(evaluation, folder.open(), curves=not args.no_curves)
     print(summary(evaluation))
     print(f"wrote {args.output / 'metrics.json'}")
     return 0

@@ -8,7 +8,9 @@ straight from the video files (--videos). The dataset is read from the
 annotation file unless --dataset names it. --fps sets the segment windows as
 in Inference/generate_initial_score.py; give both steps the same value.
 Rerunning the same command resumes: finished videos are skipped and a video
-cut short continues from its last saved rows. --random-init (ImageBind-huge's
+cut short continues from its last saved rows; OUTPUT/run.json records the
+model and settings, and a folder made with others is refused unless
+--overwrite. --random-init (ImageBind-huge's
 shape) and --random-init --tiny (a small model of the same architecture) run
 the whole path without weights.
 """
@@ -19,7 +21,7 @@ from vera.options import Command, OneOf
 
 COMMAND = Command(__doc__, [
     "annotations", "dataset_optional", OneOf(("frames", "videos")), "output", OneOf(("checkpoint", "random_init")),
-    "tiny", "features_batch_size", "device", "dtype", "fps", "clamp_short", "limit",
+    "tiny", "features_batch_size", "device", "dtype", "fps", "clamp_short", "limit", "overwrite", "no_progress",
 ], prog="extract_features.py")
 
 
@@ -29,24 +31,29 @@ def main(argv: list[str] | None = None) -> int:
     from vera.data.segments import half_window
     from vera.devices import resolve_device, resolve_dtype
     from vera.errors import VeraError
-    from vera.features.extraction import FeatureSettings, extract_features
-    from vera.features.imagebind import load_vision_encoder
+    from vera.features.extraction import FeatureSettings, extract_features, feature_folder
+    from vera.features.imagebind import HUGE, TINY, load_vision_encoder
 
     window = half_window(args.fps)
     device = resolve_device(args.device)
-    dtype = resolve_dtype(args.dtype, device, gpu_default="float16")
+    # float32 on GPU too: LAVAD's recipe, which the released features followed, ran ImageBind in float32, and
+    # float16's effect on Step 2's neighbour sets is unmeasured (benchmarks/bench_feature_precision.py).
+    dtype = resolve_dtype(args.dtype, device, gpu_default="float32")
     dtype_name = str(dtype).removeprefix("torch.")
     dataset = args.dataset or infer_dataset(args.annotations)
     videos = load_test_annotations(args.annotations, dataset)[: args.limit]
-    encoder = load_vision_encoder(args.checkpoint, random_init=args.random_init, tiny=args.tiny,
-                                  device=device, dtype=dtype)
     if args.random_init:
-        model = f"random-{encoder.config.name} (seed 0)"
+        model = f"random-{(TINY if args.tiny else HUGE).name} (seed 0)"
     else:
         model = f"{args.checkpoint.name} ({args.checkpoint.stat().st_size} bytes)"
     settings = FeatureSettings(model=model, dtype=dtype_name, half_window=window)
+    # The output folder is checked (writable, same settings or --overwrite) before the weights load.
+    feature_folder(args.output, settings, args.overwrite).check()
+    encoder = load_vision_encoder(args.checkpoint, random_init=args.random_init, tiny=args.tiny,
+                                  device=device, dtype=dtype)
     report = extract_features(videos, encoder, args.output, settings, frames_dir=args.frames, videos_dir=args.videos,
-                              batch_size=args.batch_size, clamp_short=args.clamp_short)
+                              batch_size=args.batch_size, clamp_short=args.clamp_short,
+                              show_progress=not args.no_progress, overwrite=args.overwrite)
     rate = report.segments / report.seconds if report.seconds > 0 else 0.0
     print(f"{len(report.written)} written, {len(report.skipped)} already complete, {len(report.failed)} failed; "
           f"{report.segments} segments in {report.seconds:.1f} s ({rate:.2f} segments/s) on {device} {dtype_name}")

@@ -1,15 +1,18 @@
 """Extract every frame of every video under --videos to <frames>/<key>/%06d.jpg (0-based).
 
     python Preprocessing/extract_frames.py --videos DIR --frames DIR [--workers N]
-        [--annotations FILE [--dataset ucf|xd]]
+        [--annotations FILE [--dataset ucf|xd]] [--allow-short]
 
 Videos are found anywhere below --videos (UCF-Crime keeps them in class
-folders); the key is the file name without its extension. One video per worker
+folders); the key is the file name without its video extension (dots inside
+the name are kept; vera.data.annotations.video_key). One video per worker
 process; each video's folder appears only when complete, videos already
 complete are skipped, so rerunning the same command resumes a killed run.
-<frames>/manifest.json records each video's frame count, fps and size. With
+<frames>/manifest.json records each video's frame count, fps and size, and
+<frames>/run.json the decoder and JPEG quality. With
 --annotations, every video whose frame count differs from its annotated length
-is listed. A video that cannot be decoded is reported and skipped.
+is listed. A video that cannot be decoded, or decodes fewer frames than it
+declares (unless --allow-short), is reported and skipped; the exit status is 1.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from vera.options import Command
 
 COMMAND = Command(__doc__, ["videos_in", "frames_out", "workers", "annotations_check", "dataset_optional",
-                            "no_progress"], prog="extract_frames.py")
+                            "allow_short", "no_progress", "overwrite"], prog="extract_frames.py")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         print(f"no videos found under {args.videos}")
         return 1
-    report = extract_videos(videos, args.frames, workers=args.workers, progress=not args.no_progress)
+    report = extract_videos(videos, args.frames, workers=args.workers, progress=not args.no_progress,
+                            overwrite=args.overwrite, allow_short=args.allow_short)
 
     if lengths is not None:
         manifest = read_manifest(args.frames)

@@ -10,34 +10,55 @@ Rerunning the same command resumes where it stopped.
 
 from __future__ import annotations
 
-from vera.options import Command, OneOf
+from vera.options import Command, OneOf, check_backend_options
 
 COMMAND = Command(__doc__, [
-    "dataset", "annotations", OneOf(("frames", "videos")), "model", "backend",
+    "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
-    "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress",
+    "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
+    "score_mode", "static_cache", "compile",
+    "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    check_backend_options(args)
+    from vera.vlm.backends.hub import locate_model
+
+    # A Hub id that cannot be had (offline, not cached) fails in seconds, before any folder is made.
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
     from vera.data.annotations import load_test_annotations
-    from vera.vlm.backends import load_backend
-    from vera.vlm.prompts import load_questions, load_template, preset_questions
-    from vera.vlm.step1 import Step1Runner, Step1Settings
+    from vera.vlm.backends import load_backend, model_type_of, server_settings
+    from vera.vlm.prompts import (
+        build_learner_prompt,
+        load_questions,
+        load_template,
+        preset_questions,
+        resolve_frame_layout,
+    )
+    from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
     questions = load_questions(args.questions) if args.questions else preset_questions(args.preset)
     template = load_template(args.prompt_file)
     videos = load_test_annotations(args.annotations, args.dataset)
+    # A served model's architecture is not known here: its layout is the one asked for.
+    model_type = model_type_of(model, local_files_only=local_files_only) if args.backend == "hf" else None
     settings = Step1Settings(
-        output=args.output, frames_dir=args.frames, videos_dir=args.videos, frame_layout=args.frame_layout,
+        output=args.output, frames_dir=args.frames, videos_dir=args.videos,
+        frame_layout=resolve_frame_layout(args.frame_layout, model_type, template),
         fps=args.fps, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         shard=args.shard, limit=args.limit, overwrite=args.overwrite,
         allow_length_mismatch=args.allow_length_mismatch,
         template_source=str(args.prompt_file) if args.prompt_file else "default", progress=not args.no_progress,
+        dump_inputs=args.dump_inputs, score_mode=args.score_mode,
     )
-    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
-                           max_batch_size=args.batch_size)
+    # The output folder is checked (writable, same settings or --overwrite) before the model loads.
+    prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)
+    step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings), videos).check()
+    backend = load_backend(args.backend, model, device=args.device, dtype=args.dtype,
+                           max_batch_size=args.batch_size, local_files_only=local_files_only,
+                           server=server_settings(args), static_cache=args.static_cache, compile=args.compile)
     summary = Step1Runner(backend, template, questions, settings).run(videos)
     print(summary.text())
     return 1 if summary.failed else 0

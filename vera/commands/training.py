@@ -5,41 +5,65 @@
 
 Writes history.jsonl, validation.jsonl, best_questions.txt (for
 Inference/generate_initial_score.py --questions), last.ckpt, run.json and
-Lightning logs into --output; rerun the same command to resume. --devices N
-runs N processes (DDP), one per GPU.
+a Lightning CSV log (logs/version_0/metrics.csv) into --output; rerun the same
+command to resume. --devices N runs N processes (DDP), one per GPU;
+--num-nodes M runs them on M machines.
 """
 
 from __future__ import annotations
 
-from vera.options import Command, OneOf
+from vera.options import Command, OneOf, check_backend_options
 
 COMMAND = Command(__doc__, [
-    "dataset", "train", "val", OneOf(("frames", "videos")), "model", "backend", "dtype", "output", "epochs",
+    "dataset", "train", "val", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend", "dtype",
+    "output", "epochs",
     "train_batch_size", "num_frames", "val_every", "max_steps", "limit_val", "val_batch_size", "select_by",
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
-    "skip_bad_videos", "overwrite", "devices", "accelerator",
+    "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "dump_inputs",
+    "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="training.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
-    from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train_with_lightning
-    from vera.vlm.backends import load_backend
-    from vera.vlm.prompts import load_questions
+    check_backend_options(args)
+    from vera.vlm.backends.hub import locate_model
+
+    # Before Lightning is imported and processes start: a Hub id that cannot be had fails in seconds.
+    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    from vera.errors import VeraError
+    from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
+    from vera.vlm.backends import load_backend, model_type_of, server_settings
+    from vera.vlm.input_dump import enable_input_dumps
+    from vera.vlm.prompts import load_questions, load_template, resolve_frame_layout
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
-        frames_dir=args.frames, videos_dir=args.videos, model=args.model,
+        frames_dir=args.frames, videos_dir=args.videos, model=args.model or args.served_model,
         epochs=args.epochs, batch_size=args.batch_size, num_frames=args.num_frames, val_every=args.val_every,
         max_steps=args.max_steps, limit_val=args.limit_val, val_batch_size=args.val_batch_size,
         select_by=args.select_by, prompt_file=args.prompt_file, optimizer_prompt_file=args.optimizer_prompt_file,
-        frame_layout=args.frame_layout, max_new_tokens=args.max_new_tokens,
+        frame_layout=resolve_frame_layout(
+            args.frame_layout, model_type_of(model, local_files_only=local_files_only) if args.backend == "hf"
+            else None, load_template(args.prompt_file)),
+        max_new_tokens=args.max_new_tokens,
         seed=args.seed, skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
         initial_questions=load_questions(args.questions) if args.questions else list(INITIAL_QUESTIONS),
     )
-    options.check()
-    train_with_lightning(
-        options, lambda device: load_backend(args.backend, args.model, device=device, dtype=args.dtype),
-        accelerator=args.accelerator, devices=args.devices,
-    )
+
+    def backend_on(device):
+        backend = load_backend(args.backend, model, device=device, dtype=args.dtype,
+                               local_files_only=local_files_only, server=server_settings(args))
+        if args.dump_inputs is not None:
+            enable_input_dumps(backend, args.dump_inputs)
+        return backend
+
+    try:
+        train(options, backend_on, accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
+    except VeraError:
+        if rank_zero_only.rank != 0:
+            return 2  # every rank meets the same error; rank 0 says it, once
+        raise
     return 0

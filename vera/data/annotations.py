@@ -17,8 +17,15 @@ from vera.io import read_json, read_text
 from vera.options import DATASETS
 
 Dataset = Literal["ucf", "xd"]
+DATASET_NAMES = {"ucf": "UCF-Crime", "xd": "XD-Violence"}
 NORMAL_CLASS = "Normal"
 UCF_NORMAL_FOLDERS = ("Normal", "Testing_Normal_Videos_Anomaly", "Training_Normal_Videos_Anomaly")
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
+# The official UCF-Crime test annotations, and so UCF_Eval.json, end five intervals
+# 1-2 frames past the video (Arson011, Arson016, Explosion033, Fighting003,
+# Shooting015); the released scripts cut them at the last frame, and so do we.
+# Further past, an interval belongs to another video or another frame rate.
+INTERVAL_END_SLACK = 2
 
 
 @dataclass(frozen=True)
@@ -48,24 +55,42 @@ class TrainVideo:
     path: str = field(default="", compare=False)
 
 
-def ucf_key(video_path: str) -> str:
-    """UCF-Crime key: the file name without extension (``frames/Abuse/Abuse028_x264.mp4`` → ``Abuse028_x264``)."""
-    return Path(video_path).name.split(".")[0]
+def video_key(path: str | Path) -> str:
+    """THE key of a video, for both datasets, annotation entries and video files alike.
+
+    The last path component without a trailing video extension (``.mp4``,
+    ``.avi``, … in any case); dots inside a name are kept:
+    ``frames/Abuse/Abuse028_x264.mp4`` → ``Abuse028_x264``, the XD-Violence
+    ``A.Beautiful.Mind.2001__#01-14-30_01-16-59_label_A`` stays as it is, and so
+    does its file's name without ``.mp4``. Frame folders, score and feature
+    files are named by it, and videos are found by it. On the authors'
+    annotation files it gives the keys of the released readers
+    (``name.split(".")[0]`` for UCF-Crime, the ``video`` field for XD-Violence);
+    unlike ``split(".")``, it also agrees with the file name of a video whose
+    name holds a dot, so extraction needs no dataset to name a folder.
+    """
+    name = Path(path).name
+    stem, extension = Path(name).stem, Path(name).suffix
+    return stem if extension.lower() in VIDEO_EXTENSIONS else name
 
 
 def ucf_class(video_path: str) -> str:
     """UCF-Crime class from the parent folder; the normal folders map to ``Normal``."""
     parts = Path(video_path).parts
     folder = parts[-2] if len(parts) > 1 else ""
-    if folder in UCF_NORMAL_FOLDERS or ucf_key(video_path).startswith("Normal"):
+    if folder in UCF_NORMAL_FOLDERS or video_key(video_path).startswith("Normal"):
         return NORMAL_CLASS
-    return folder or re.sub(r"\d+_x264$", "", ucf_key(video_path))
+    return folder or re.sub(r"\d+_x264$", "", video_key(video_path))
+
+
+def _xd_label_code(key: str) -> str:
+    match = re.search(r"label_([A-Za-z0-9]+)", key)
+    return match.group(1) if match else ""
 
 
 def xd_class(key: str) -> str:
     """XD-Violence class from the key's label code (``…label_B4-0-0`` → ``B4``; ``A`` is normal)."""
-    match = re.search(r"label_([A-Za-z0-9]+)", key)
-    code = match.group(1) if match else ""
+    code = _xd_label_code(key)
     return NORMAL_CLASS if code in ("", "A") else code
 
 
@@ -105,45 +130,108 @@ def infer_dataset(path: Path) -> Dataset:
     return found.pop()
 
 
-def _pairs(labels: list, where: str) -> tuple[tuple[int, int], ...]:
-    if len(labels) % 2:
-        raise VeraError(f"{where}: temporal_label has an odd number of values: {labels}")
+def _check_dataset(entries: list, dataset: str, path: Path) -> None:
+    """Refuse a file whose entries all belong to the other dataset: what would follow names the wrong cause."""
+    if dataset not in DATASETS:
+        raise VeraError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+    placed = [(number, found) for number, found in enumerate(map(_entry_dataset, entries)) if found is not None]
+    if placed and all(found != dataset for _, found in placed):
+        number, found = placed[0]
+        name = entries[number].get("video", entries[number].get("video_name"))
+        raise VeraError(f"annotation file {path} looks like {DATASET_NAMES[found]} (entry {number}: {name!r}), "
+                        f"but --dataset {dataset}")
+
+
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _length(value: object, where: str) -> int:
+    """A video's length: a positive whole number of frames, the one rule of every reader."""
+    if not _whole_number(value) or value < 1:
+        raise VeraError(f"{where}: length must be a positive whole number of frames, got {value!r}")
+    return value
+
+
+def _pairs(labels: object, where: str) -> tuple[tuple[int, int], ...]:
+    if not isinstance(labels, list) or len(labels) % 2:
+        raise VeraError(f"{where}: temporal_label must list [start, end] pairs, got {labels!r}")
     pairs = []
     for start, end in zip(labels[0::2], labels[1::2]):
-        if start == -1:
+        if start == -1 and _whole_number(start):
             continue
-        if not (isinstance(start, int) and isinstance(end, int)) or end < start or start < 0:
+        if not (_whole_number(start) and _whole_number(end)) or end < start or start < 0:
             raise VeraError(f"{where}: bad temporal interval [{start}, {end}]")
         pairs.append((start, end))
     return tuple(pairs)
 
 
-def _parse_json_test_entry(entry: dict, dataset: Dataset, where: str) -> TestVideo:
+def check_intervals(video: TestVideo, length: int, where: str) -> None:
+    """Every anomalous interval must lie in the video's ``length`` frames (ends up to ``INTERVAL_END_SLACK`` past)."""
+    for start, end in video.intervals:
+        if start >= length or end > length + INTERVAL_END_SLACK:
+            raise VeraError(f"{where}: video {video.key}: interval [{start}, {end}] lies past the video's end "
+                            f"({length} frames)")
+
+
+def _xd_violent(entry: dict, key: str, intervals: tuple, where: str) -> bool:
+    """The video-level label decides normal vs violent (14 violent videos are labelled normal in the released
+    file, so the key's code cannot); without a label, the intervals do. A normal video has no intervals."""
+    label = entry.get("label")
+    if label is None:
+        if intervals and _xd_label_code(key) == "A":
+            raise VeraError(f"{where}: video {key} is normal by its label code A but has anomalous intervals "
+                            f"{list(intervals)}")
+        return bool(intervals)
+    if isinstance(label, bool) or str(label) not in ("0", "1"):
+        raise VeraError(f"{where}: video {key}: label must be \"0\" (normal) or \"1\" (violent), got {label!r}")
+    if str(label) == "0" and intervals:
+        raise VeraError(f"{where}: video {key} is labelled normal (label \"0\") but has anomalous intervals "
+                        f"{list(intervals)}")
+    return str(label) == "1"
+
+
+def _is_xd_duplicate(entry: dict) -> bool:
+    """The ``<key>.mp4`` entries of ``xd_annotations.json``: length 0, intervals of the video ``<key>``."""
+    return str(entry.get("video", "")).endswith(".mp4") and entry.get("length") == 0
+
+
+def _parse_json_test_entry(entry: object, dataset: Dataset, where: str) -> TestVideo:
     try:
         video, labels, length = entry["video"], entry["temporal_label"], entry["length"]
     except (KeyError, TypeError):
         raise VeraError(f"{where}: expected keys 'video', 'temporal_label', 'length'") from None
-    if not isinstance(length, int) or length < 0:
-        raise VeraError(f"{where}: length must be a non-negative integer, got {length!r}")
+    if not isinstance(video, str) or not video:
+        raise VeraError(f"{where}: 'video' must name the video, got {video!r}")
+    duplicate = dataset == "xd" and _is_xd_duplicate(entry)
+    length = 0 if duplicate else _length(length, where)
     intervals = _pairs(labels, where)
     if dataset == "ucf":
-        return TestVideo(ucf_key(video), length, intervals, ucf_class(video), video)
-    # The video-level label decides normal vs violent (14 violent videos are
-    # labelled normal in the released file); the key's code names the class.
-    violent = str(entry.get("label", "1" if intervals else "0")) == "1"
-    video_class = (xd_class(video) if xd_class(video) != NORMAL_CLASS else "violent") if violent else NORMAL_CLASS
-    return TestVideo(video, length, intervals, video_class, video)
+        result = TestVideo(video_key(video), length, intervals, ucf_class(video), video)
+        if intervals and not result.is_anomalous:
+            raise VeraError(f"{where}: video {result.key} is in the normal class ({video}) but has anomalous "
+                            f"intervals {list(intervals)}")
+    elif duplicate:  # its intervals are checked against its video's length when merged
+        return TestVideo(video, 0, intervals, "violent", video)
+    else:
+        key = video_key(video)
+        violent = _xd_violent(entry, key, intervals, where)
+        video_class = (xd_class(key) if xd_class(key) != NORMAL_CLASS else "violent") if violent else NORMAL_CLASS
+        result = TestVideo(key, length, intervals, video_class, video)
+    check_intervals(result, length, where)
+    return result
 
 
-def _xd_duplicates_merged(videos: list[TestVideo], duplicates: list[TestVideo]) -> list[TestVideo]:
+def _xd_duplicates_merged(videos: list[TestVideo], duplicates: list[TestVideo], path: Path) -> list[TestVideo]:
     """Fold the ``<key>.mp4`` duplicate entries of ``xd_annotations.json`` into their videos."""
-    extra = {dup.key[: -len(".mp4")]: dup.intervals for dup in duplicates}
+    extra = {video_key(dup.key): dup.intervals for dup in duplicates}
     merged = []
     for video in videos:
         if video.key in extra:
             intervals = tuple(sorted(set(video.intervals) | set(extra[video.key])))
             video_class = xd_class(video.key) if xd_class(video.key) != NORMAL_CLASS else "violent"
             video = TestVideo(video.key, video.length, intervals, video_class, video.source)
+            check_intervals(video, video.length, f"{path} entry {video.key}.mp4 (merged)")
         merged.append(video)
     return merged
 
@@ -151,28 +239,28 @@ def _xd_duplicates_merged(videos: list[TestVideo], duplicates: list[TestVideo]) 
 def load_test_annotations(path: Path, dataset: Dataset, merge_xd_duplicates: bool = False) -> list[TestVideo]:
     """Read a test annotation file (VERA JSON list or the official UCF-Crime txt), in file order.
 
+    Each entry is checked: a positive length, intervals inside the video, none on
+    a video labelled normal, and a file that looks like the other dataset is refused.
     ``xd_annotations.json`` holds 14 extra entries named ``<key>.mp4`` (length 0)
     with the intervals of 14 violent videos that the main entries list as
     normal. The released scripts skip them (their video file does not exist),
     and so do we unless ``merge_xd_duplicates`` folds them in.
     """
     path = Path(path)
-    if dataset not in DATASETS:
-        raise VeraError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
     if path.suffix == ".txt":
+        if dataset != "ucf":
+            raise VeraError(f"annotation file {path} looks like the official UCF-Crime txt, but --dataset {dataset}")
         return _load_ucf_txt(path)
     entries = read_json(path, "annotation file")
     if not isinstance(entries, list):
         raise VeraError(f"annotation file {path} must hold a JSON list of videos")
+    _check_dataset(entries, dataset, path)
     videos, duplicates = [], []
     for number, entry in enumerate(entries):
         video = _parse_json_test_entry(entry, dataset, f"{path} entry {number}")
-        if dataset == "xd" and video.key.endswith(".mp4") and video.length == 0:
-            duplicates.append(video)
-        else:
-            videos.append(video)
+        (duplicates if dataset == "xd" and _is_xd_duplicate(entry) else videos).append(video)
     if merge_xd_duplicates and duplicates:
-        videos = _xd_duplicates_merged(videos, duplicates)
+        videos = _xd_duplicates_merged(videos, duplicates, path)
     keys = [video.key for video in videos]
     if len(set(keys)) != len(keys):
         repeated = sorted({key for key in keys if keys.count(key) > 1})
@@ -195,8 +283,11 @@ def _load_ucf_txt(path: Path) -> list[TestVideo]:
             labels = [int(value) for value in fields[2:]]
         except ValueError:
             raise VeraError(f"{where}: frame numbers must be integers: {line!r}") from None
-        video_class = NORMAL_CLASS if fields[1] == NORMAL_CLASS else fields[1]
-        videos.append(TestVideo(ucf_key(fields[0]), None, _pairs(labels, where), video_class, fields[0]))
+        video = TestVideo(video_key(fields[0]), None, _pairs(labels, where), fields[1], fields[0])
+        if video.intervals and not video.is_anomalous:
+            raise VeraError(f"{where}: video {video.key} is of class {NORMAL_CLASS} but has anomalous intervals "
+                            f"{list(video.intervals)}")
+        videos.append(video)
     return videos
 
 
@@ -206,6 +297,7 @@ def load_train_annotations(path: Path, dataset: Dataset) -> list[TrainVideo]:
     entries = read_json(path, "training list")
     if not isinstance(entries, list):
         raise VeraError(f"training list {path} must hold a JSON list of videos")
+    _check_dataset(entries, dataset, path)
     videos = []
     for number, entry in enumerate(entries):
         where = f"{path} entry {number}"
@@ -213,14 +305,13 @@ def load_train_annotations(path: Path, dataset: Dataset) -> list[TrainVideo]:
             if dataset == "ucf":
                 video = entry["video"]
                 label = 0 if ucf_class(video) == NORMAL_CLASS else 1
-                videos.append(TrainVideo(ucf_key(video), int(entry["length"]), label, video))
-            elif dataset == "xd":
+                videos.append(TrainVideo(video_key(video), _length(entry["length"], where), label, video))
+            else:
                 label = int(entry["video_label"])
                 if label not in (0, 1):
                     raise VeraError(f"{where}: video_label must be 0 or 1, got {label}")
-                videos.append(TrainVideo(entry["video_name"], int(entry["length"]), label, entry["video_name"]))
-            else:
-                raise VeraError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
+                name = entry["video_name"]
+                videos.append(TrainVideo(video_key(name), _length(entry["length"], where), label, name))
         except (KeyError, TypeError, ValueError) as error:
             expected = "'video', 'length'" if dataset == "ucf" else "'video_name', 'video_label', 'length'"
             raise VeraError(f"{where}: expected keys {expected} ({error!r})") from None

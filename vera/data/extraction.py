@@ -3,34 +3,49 @@
 Frames are decoded and written with OpenCV exactly as the released
 ``Preprocessing/extract_frames.py`` does (``cv2.VideoCapture.read`` then
 ``cv2.imwrite`` at OpenCV's default JPEG quality, 95), so with the same OpenCV
-build the JPEGs match theirs byte for byte. Each video is written to a hidden temporary folder that is
-renamed to ``<key>`` only when complete, so a folder named after a key always
-holds a whole video; a manifest (``manifest.json``) records each finished video.
+build the JPEGs match theirs byte for byte. The frames folder is a
+``vera.runs.RunFolder`` (``run.json`` names the decoder and JPEG quality). Each
+video is written to ``.partial/<key>/`` and renamed to ``<key>`` only when
+complete, so a folder named after a key always holds a whole video; a manifest
+(``manifest.json``) records each finished video.
+
+A video that decodes fewer frames than its file declares (cut short, or the
+decoder gives up on corrupt data) fails unless ``allow_short``; the manifest
+records the declared count beside the frames written.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Literal
 
+import av
 import cv2
-from tqdm import tqdm
 
-from vera.data.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations
+from vera.data.annotations import Dataset, infer_dataset, load_test_annotations, load_train_annotations, video_key
 from vera.errors import VeraError
-from vera.data.frames import JpegFolderFrames, frame_name, video_key
+from vera.data.frames import JpegFolderFrames, decode_jpeg, frame_name
 from vera.io import read_json, write_json_atomic
+from vera.progress import progress as progress_display
+from vera.runs import PARTIAL_DIR, RunFolder
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_SAVE_SECONDS = 5.0  # a kill loses at most this much of the manifest; see _adopt for the rest
+JPEG_QUALITY = 95  # OpenCV's default, which the released script used
+# What decides the pixels of a frames folder besides the videos themselves.
+IDENTITY = {"decoder": "OpenCV VideoCapture (FFmpeg backend), every frame in decode order",
+            "image_format": "jpg", "jpeg_quality": JPEG_QUALITY}
+_JPEG_PARAMS = [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
 
 
 @dataclass(frozen=True)
@@ -43,6 +58,7 @@ class ExtractedVideo:
     width: int
     height: int
     video: str = ""  # the source file, as given
+    declared_frames: int | None = None  # what the file declares; more than ``frames`` only with --allow-short
 
 
 @dataclass(frozen=True)
@@ -111,9 +127,43 @@ def _open_capture(video: Path) -> cv2.VideoCapture:
     return capture
 
 
-def _declared(capture: cv2.VideoCapture) -> tuple[int, float | None]:
+def _fps(capture: cv2.VideoCapture) -> float | None:
     fps = capture.get(cv2.CAP_PROP_FPS)
-    return int(capture.get(cv2.CAP_PROP_FRAME_COUNT)), (float(fps) if fps > 0 else None)
+    return float(fps) if fps > 0 else None
+
+
+def declared_frames(video: Path, decoded: int | None = None) -> int | None:
+    """The frames ``video`` declares, or ``None`` where FFmpeg cannot open it.
+
+    MP4, MOV and AVI store a frame count; frames that an edit list cuts are
+    shown by no decoder, so they are subtracted, counted (one pass over the
+    packets, no decoding) only when ``decoded`` falls short of the count. MKV,
+    WebM and MPEG-TS store no count: there it is the packets the file holds, so
+    a decoder that stops early is caught, but not a file cut short. OpenCV's
+    own figure for those containers, duration × frame rate, is no count at all
+    for a variable frame rate (299 "frames" for a 200-frame test video).
+    """
+    try:
+        container = av.open(str(video))
+    except (av.FFmpegError, OSError):
+        return None
+    with container:
+        if not container.streams.video:
+            return None
+        stream = container.streams.video[0]
+        stored = stream.frames
+        if stored > 0 and (decoded is None or decoded >= stored):
+            return stored
+        kept = discarded = 0
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:  # flush packets
+                    continue
+                discarded += packet.is_discard
+                kept += not packet.is_discard
+        except av.FFmpegError:
+            pass  # a damaged file declares what its header says, or the packets before the damage
+        return stored - discarded if stored > 0 else kept
 
 
 def _adopt(video: Path, folder: Path) -> ExtractedVideo | None:
@@ -125,25 +175,28 @@ def _adopt(video: Path, folder: Path) -> ExtractedVideo | None:
     frames = count_frames(folder)
     capture = _open_capture(video)
     try:
-        declared, fps = _declared(capture)
+        fps = _fps(capture)
     finally:
         capture.release()
-    first = cv2.imread(str(folder / frame_name(0)), cv2.IMREAD_COLOR) if frames > 0 else None
-    if first is None or frames != declared:
+    if frames <= 0 or declared_frames(video, frames) != frames:
         return None
-    height, width = first.shape[:2]
-    return ExtractedVideo(video_key(video), frames, fps, width, height, str(video))
+    try:
+        height, width = decode_jpeg(folder / frame_name(0)).shape[:2]
+    except (ValueError, OSError):
+        return None
+    return ExtractedVideo(video_key(video), frames, fps, width, height, str(video), frames)
 
 
-def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome:
+def extract_video(video: Path, frames_dir: Path, known: bool = False, allow_short: bool = False) -> Outcome:
     """Write every frame of ``video`` to ``<frames_dir>/<key>/``, or adopt a whole folder the manifest lacks.
 
-    Never raises for a bad video: the outcome says ``failed`` and why.
+    Never raises for a bad video: the outcome says ``failed`` and why. A video
+    that decodes fewer frames than it declares fails unless ``allow_short``.
     """
     video, frames_dir = Path(video), Path(frames_dir)
     key = video_key(video)
     final = frames_dir / key
-    partial = frames_dir / f".{key}.partial"
+    partial = frames_dir / PARTIAL_DIR / key
     try:
         if final.exists() and not known:
             entry = _adopt(video, final)
@@ -153,13 +206,13 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
         partial.mkdir(parents=True)
         capture = _open_capture(video)
         try:
-            declared, fps = _declared(capture)
+            fps = _fps(capture)
             count, shape = 0, None
             while True:
                 ok, frame = capture.read()
                 if not ok:
                     break
-                if not cv2.imwrite(str(partial / frame_name(count)), frame):
+                if not cv2.imwrite(str(partial / frame_name(count)), frame, _JPEG_PARAMS):
                     raise VeraError(f"video {key}: cannot write frame {count} to {partial}")
                 shape = frame.shape
                 count += 1
@@ -167,18 +220,25 @@ def extract_video(video: Path, frames_dir: Path, known: bool = False) -> Outcome
             capture.release()
         if count == 0:
             raise VeraError(f"video {key}: no frame could be decoded from {video}")
+        declared = declared_frames(video, count)
+        short = declared is not None and count < declared
+        if short and not allow_short:
+            raise VeraError(f"video {key}: decoded {count} of the {declared} frames {video} declares (cut short or "
+                            "corrupt?); --allow-short keeps the frames that decode")
         _replace_folder(partial, final)
     except (VeraError, OSError, cv2.error) as error:
         shutil.rmtree(partial, ignore_errors=True)
         return Outcome(video, "failed", message=str(error))
-    warning = f"the file declares {declared} frames but {count} were decoded" if declared != count else ""
-    return Outcome(video, "written", ExtractedVideo(key, count, fps, shape[1], shape[0], str(video)), warning)
+    warning = "" if declared is None or declared == count else (
+        f"decoded {count} of the {declared} frames the file declares" + (" (--allow-short)" if short else ""))
+    entry = ExtractedVideo(key, count, fps, shape[1], shape[0], str(video), declared)
+    return Outcome(video, "written", entry, warning)
 
 
 def _replace_folder(partial: Path, final: Path) -> None:
     """Rename the finished temporary folder into place, replacing an incomplete one."""
     if final.exists():
-        stale = final.with_name(f".{final.name}.stale")
+        stale = partial.with_name(f"{final.name}.stale")
         shutil.rmtree(stale, ignore_errors=True)
         final.rename(stale)
         partial.rename(final)
@@ -218,16 +278,34 @@ def _run_pool(tasks: Sequence[tuple[Path, bool]], frames_dir: Path, workers: int
     return crashed
 
 
+def frames_folder(frames_dir: Path, overwrite: bool = False) -> RunFolder:
+    """The frames folder as a run folder: frame folders and the manifest are its outputs.
+
+    Frame folders without ``run.json`` (the released script's, or this
+    project's before it kept one) are the same JPEGs, so they are adopted
+    rather than refused.
+    """
+    def outputs(folder: Path) -> list[Path]:
+        return [path for path in folder.iterdir() if not path.name.startswith(".")
+                and (path.is_dir() or path.name == MANIFEST_NAME)]
+
+    return RunFolder(frames_dir, "frames", IDENTITY, overwrite=overwrite, outputs=outputs,
+                     record={"opencv": cv2.__version__}, adopt_unrecorded=True)
+
+
 def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1, progress: bool = True,
-                   task: Callable[[Path, Path, bool], Outcome] = extract_video) -> ExtractionReport:
+                   task: Callable[..., Outcome] = extract_video, overwrite: bool = False,
+                   allow_short: bool = False) -> ExtractionReport:
     """Extract the frames of ``videos`` (one per worker process), skipping those already complete.
 
     The manifest is merged and saved every few seconds and at the end, also when
     interrupted. A video whose worker crashes is retried once on its own, then
-    reported as failed. ``task`` replaces the per-video work (tests use it).
+    reported as failed. ``allow_short`` keeps videos that decode fewer frames
+    than they declare. ``task`` replaces the per-video work (tests use it).
     """
-    frames_dir = Path(frames_dir)
-    frames_dir.mkdir(parents=True, exist_ok=True)
+    folder = frames_folder(frames_dir, overwrite).open()
+    frames_dir = folder.path
+    task = partial(task, allow_short=allow_short)
     by_key: dict[str, Path] = {}
     for video in videos:
         other = by_key.setdefault(video_key(video), Path(video))
@@ -241,8 +319,8 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
             report.outcomes.append(Outcome(video, "skipped", manifest[key]))
         else:
             tasks.append((video, key in manifest))
-    bar = tqdm(total=len(by_key), initial=len(report.outcomes), unit="video", desc="extracting frames",
-               disable=not progress, dynamic_ncols=True)
+    bar = progress_display(total=len(by_key), initial=len(report.outcomes), unit="video", desc="extracting frames",
+                           enabled=progress)
     last_save = time.monotonic()
 
     def on_outcome(outcome: Outcome) -> None:
@@ -251,9 +329,9 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
         if outcome.entry is not None:
             manifest[outcome.entry.key] = outcome.entry
         if outcome.status == "failed":
-            bar.write(f"FAILED: {outcome.message}")
+            bar.write(f"FAILED: {outcome.message}", file=sys.stdout)
         elif outcome.message:
-            bar.write(f"{outcome.video}: {outcome.message}")
+            bar.write(f"{outcome.video}: {outcome.message}", file=sys.stdout)
         bar.update(1)
         if time.monotonic() - last_save > MANIFEST_SAVE_SECONDS:
             write_manifest(frames_dir, manifest)
@@ -268,6 +346,9 @@ def extract_videos(videos: Sequence[Path], frames_dir: Path, *, workers: int = 1
     finally:
         bar.close()
         write_manifest(frames_dir, manifest)
+    for key in by_key.keys() & manifest.keys():  # temporary folders a killed run left for videos now complete
+        shutil.rmtree(folder.partial_path(key), ignore_errors=True)
+    folder.tidy()
     return report
 
 

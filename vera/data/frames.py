@@ -11,10 +11,15 @@ Video files are decoded with PyAV rather than OpenCV because OpenCV's seeking
 variable-frame-rate MP4 and on MPEG-TS in our measurements, while seeking by
 presentation timestamp, as here, was exact on every file tested. Both decode
 to the same RGB pixels.
+
+Decoding is strict: a truncated or corrupt JPEG, or a video frame the decoder
+reports as damaged, is an error naming the video and frame, never a console
+warning over grey or smeared pixels that would silently change the results.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import threading
 from abc import ABC, abstractmethod
@@ -23,18 +28,22 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import av
-import cv2
 import numpy as np
+import simplejpeg
 from av.video.reformatter import VideoReformatter
 from PIL import Image
 
+from vera.data.annotations import VIDEO_EXTENSIONS, video_key
 from vera.errors import VeraError
 
 VLM_IMAGE_SIZE = 448  # InternVL2's tile: one tile per frame, as released
 
 DEFAULT_CACHE_BYTES = 256 * 2**20  # decoded frames kept per video reader: 776 frames at 640×360
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts")
 FRAME_SUFFIX = ".jpg"
+EXIF_ORIENTATION_TAG = 0x0112
+# FFmpeg's decoders hide damaged data by default (error concealment); "explode"
+# makes them fail on it instead, and a frame they still flag is refused too.
+STRICT_DECODER_OPTIONS = {"err_detect": "explode"}
 
 
 def frame_name(index: int) -> str:
@@ -42,9 +51,36 @@ def frame_name(index: int) -> str:
     return f"{index:06d}{FRAME_SUFFIX}"
 
 
-def video_key(path: Path) -> str:
-    """The key of a video file: its name without the last extension, as the released script."""
-    return Path(path).stem
+def _exif_orientation(data: bytes) -> int:
+    """The EXIF orientation of a JPEG (1 = as stored); Pillow parses it only where an EXIF block exists."""
+    if data.find(b"Exif\x00\x00", 0, 65536) < 0:
+        return 1
+    with Image.open(io.BytesIO(data)) as image:
+        return int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
+
+
+def _upright(rgb: np.ndarray, orientation: int) -> np.ndarray:
+    """Apply EXIF orientation 2-8 as ``cv2.imread`` does (flips, then quarter turns)."""
+    transforms = {
+        2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+        5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].transpose(1, 0, 2), 8: lambda a: np.rot90(a, 1),
+    }
+    return np.ascontiguousarray(transforms[orientation](rgb)) if orientation in transforms else rgb
+
+
+def decode_jpeg(path: Path) -> np.ndarray:
+    """A JPEG file as ``(H, W, 3)`` uint8 RGB, strictly; ``ValueError``/``OSError`` say what is wrong.
+
+    OpenCV and Pillow decode a truncated or corrupt JPEG with at most a console
+    warning and fill the rest grey. libjpeg-turbo through ``simplejpeg`` with
+    ``strict=True`` raises on any such warning instead. It decodes with
+    ``cv2.imread``'s settings (accurate integer DCT, smooth chroma upsampling),
+    so a good file gives the same pixels, EXIF orientation included.
+    """
+    data = Path(path).read_bytes()
+    rgb = simplejpeg.decode_jpeg(data, colorspace="RGB", fastdct=False, fastupsample=False, strict=True)
+    return _upright(rgb, _exif_orientation(data))
 
 
 class VideoFrames(ABC):
@@ -121,10 +157,10 @@ class JpegFolderFrames(VideoFrames):
         frames = []
         for index in unique:
             path = self.source / frame_name(index)
-            image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-            if image is None:
-                raise VeraError(f"video {self.key}: cannot read frame {index} ({path})")
-            frames.append(cv2.cvtColor(image, cv2.COLOR_BGR2RGB))
+            try:
+                frames.append(decode_jpeg(path))
+            except (ValueError, OSError) as error:
+                raise VeraError(f"video {self.key}: cannot read frame {index} ({path}: {error})") from None
         return frames
 
 
@@ -189,6 +225,7 @@ class VideoFileFrames(VideoFrames):
             self._close_container()
             raise self._error("the file has no video stream")
         self._stream = self._container.streams.video[0]
+        self._stream.codec_context.options = dict(STRICT_DECODER_OPTIONS)
         self._stream.thread_type = "AUTO"
         self._stream.codec_context.thread_count = self._threads
         self._restart_decoding(0)
@@ -234,6 +271,8 @@ class VideoFileFrames(VideoFrames):
                 raise self._error(what, error) from None
             if frame is None:
                 raise self._error(f"cannot decode frame {wanted}: the stream ends at frame {self._next}")
+        if frame.is_corrupt:
+            raise self._error(f"cannot decode frame {wanted}: frame {self._next} is damaged (corrupt data)")
         if self._pts is not None and frame.pts != self._pts[self._next]:
             # The decoder disagrees with the packet index (dropped or extra
             # frames): fall back to counting frames from the start.

@@ -5,11 +5,12 @@ annotation) the views of LAVAD's recipe (``vera.features.imagebind``) are embedd
 and averaged; ``<output>/<key>.npy`` holds the ``(num_segments, 1024)``
 float32 rows. Views of many segments go through the model together.
 
-A long run is safe to kill: finished videos are written atomically and
-skipped on the next run; a video in progress saves its finished rows to
-``<output>/.partial/<key>.npy`` now and then, and a rerun continues from
-there. ``<output>/features_settings.json`` records the model and recipe, so a
-rerun with other settings cannot mix features of two models in one folder.
+The output folder is a ``vera.runs.RunFolder``: ``<output>/run.json`` records
+the model and recipe, so a rerun with other settings cannot mix features of two
+models in one folder (it is refused unless ``overwrite``). A long run is safe
+to kill: finished videos are written atomically and skipped on the next run; a
+video in progress saves its finished rows to ``<output>/.partial/<key>.npy``
+now and then, and a rerun continues from there.
 
 Frames come from ``vera.data.frames`` (JPEG folders or video files). A video with
 fewer frames than its annotated length is an error (frames and annotation
@@ -20,7 +21,6 @@ frames beyond the annotated length are never read.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,18 +29,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from vera.data.annotations import TestVideo
 from vera.errors import VeraError
 from vera.data.frames import VideoFrames, open_frames
 from vera.features.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
-from vera.io import read_json, save_npy_atomic, write_json_atomic
+from vera.io import save_npy_atomic
+from vera.progress import progress
+from vera.runs import RunFolder
 from vera.data.segments import HALF_WINDOW, num_segments, segment_centres
 
 RECIPE = "lavad-imagebind: 10 frames/window, FrameVideo 30 fps, 5 clips x 2 s, 2 frames/clip, short side 224, 3 crops"
-SETTINGS_FILE = "features_settings.json"
-PARTIAL_DIR = ".partial"
+KIND = "features"
+SUMMARY_FILE = "summary.json"
 
 
 @dataclass(frozen=True)
@@ -64,24 +65,12 @@ class FeatureReport:
     seconds: float = 0.0
 
 
-def _log(message: str) -> None:
-    tqdm.write(message, file=sys.stderr)
+def feature_folder(output_dir: Path, settings: FeatureSettings, overwrite: bool = False) -> RunFolder:
+    """The run folder of a feature extraction: ``<key>.npy`` files and the summary, under ``settings``."""
+    def outputs(folder: Path) -> list[Path]:
+        return [*folder.glob("*.npy"), folder / SUMMARY_FILE]
 
-
-def check_settings(output_dir: Path, settings: FeatureSettings) -> None:
-    """Record ``settings`` in a new output folder, or refuse a folder written with other settings."""
-    path = Path(output_dir) / SETTINGS_FILE
-    wanted = asdict(settings)
-    if path.exists():
-        found = read_json(path, "feature settings file")
-        if found != wanted:
-            changed = sorted(name for name in set(found) | set(wanted) if found.get(name) != wanted.get(name))
-            raise VeraError(
-                f"{output_dir} holds features made with other settings ({', '.join(changed)} differ; see {path}): "
-                "choose another --output"
-            )
-        return
-    write_json_atomic(path, wanted)
+    return RunFolder(output_dir, KIND, asdict(settings), overwrite=overwrite, outputs=outputs)
 
 
 @dataclass(frozen=True)
@@ -186,7 +175,11 @@ def _is_finished(path: Path, key: str, rows: int, width: int) -> bool:
 
 
 def _partial_rows(path: Path, rows: int, width: int) -> np.ndarray | None:
-    """Rows saved by an interrupted run, if they fit this video."""
+    """Rows saved by an interrupted run, if they fit this video.
+
+    They need no fingerprint: the folder's ``run.json`` admits only runs of the
+    same settings, and ``overwrite`` removes the partial rows with the rest.
+    """
     if not path.exists():
         return None
     try:
@@ -231,46 +224,51 @@ def extract_features(
     clamp_short: bool = False,
     partial_every_s: float = 60.0,
     show_progress: bool = True,
+    overwrite: bool = False,
 ) -> FeatureReport:
     """Write ``<output_dir>/<key>.npy`` for every video not done yet; per-video errors are collected, not raised."""
     if batch_size < 1:
         raise VeraError(f"--batch-size must be at least 1, got {batch_size}")
-    output_dir = Path(output_dir)
-    check_settings(output_dir, settings)
+    folder = feature_folder(output_dir, settings, overwrite).open()
     width = encoder.config.out_dim
     report = FeatureReport()
     started = time.perf_counter()
-    bar = tqdm(videos, desc="features", unit="video", disable=not show_progress, file=sys.stderr)
-    for video in bar:
-        if video.length is None:
-            raise VeraError(f"video {video.key}: the annotation gives no length (use a VERA JSON annotation file)")
-        rows = num_segments(video.length)
-        target = output_dir / f"{video.key}.npy"
-        partial_path = output_dir / PARTIAL_DIR / f"{video.key}.npy"
-        try:
-            if _is_finished(target, video.key, rows, width):
-                report.skipped.append(video.key)
-                continue
-            partial = _partial_rows(partial_path, rows, width)
-            progress = _PartialSaver(partial_path, rows, partial_every_s, 0 if partial is None else len(partial))
-            with open_frames(video.key, frames_dir=frames_dir, videos_dir=videos_dir) as frames:
-                if clamp_short and video.length > frames.num_frames:
-                    _log(f"warning: video {video.key}: annotation gives {video.length} frames, "
-                         f"{frames.source} has {frames.num_frames}; reading its last frame for the rest")
-                try:
-                    features = video_features(
-                        encoder, frames, video.length, half_window=settings.half_window, batch_size=batch_size,
-                        clamp_short=clamp_short, partial=partial, on_rows=progress,
-                    )
-                except KeyboardInterrupt:
-                    progress.save()
-                    raise
-            save_npy_atomic(target, features)
-            partial_path.unlink(missing_ok=True)
-            report.written.append(video.key)
-            report.segments += rows - (0 if partial is None else len(partial))
-        except VeraError as error:
-            report.failed[video.key] = str(error)
-            _log(f"error: {error}")
+    with progress(videos, desc="features", unit="video", enabled=show_progress) as bar:
+        for video in bar:
+            if video.length is None:
+                raise VeraError(f"video {video.key}: the annotation gives no length "
+                                "(use a VERA JSON annotation file)")
+            rows = num_segments(video.length)
+            name = f"{video.key}.npy"
+            target = folder.path / name
+            partial_path = folder.partial_path(name)
+            try:
+                if _is_finished(target, video.key, rows, width):
+                    report.skipped.append(video.key)
+                    continue
+                partial = _partial_rows(partial_path, rows, width)
+                saver = _PartialSaver(partial_path, rows, partial_every_s, 0 if partial is None else len(partial))
+                with open_frames(video.key, frames_dir=frames_dir, videos_dir=videos_dir) as frames:
+                    if clamp_short and video.length > frames.num_frames:
+                        bar.write(f"warning: video {video.key}: annotation gives {video.length} frames, "
+                                  f"{frames.source} has {frames.num_frames}; reading its last frame for the rest")
+                    try:
+                        features = video_features(
+                            encoder, frames, video.length, half_window=settings.half_window, batch_size=batch_size,
+                            clamp_short=clamp_short, partial=partial, on_rows=saver,
+                        )
+                    except KeyboardInterrupt:
+                        saver.save()
+                        raise
+                folder.finish_npy(name, features)
+                report.written.append(video.key)
+                report.segments += rows - (0 if partial is None else len(partial))
+            except VeraError as error:
+                report.failed[video.key] = str(error)
+                bar.write(f"error: {error}")
     report.seconds = time.perf_counter() - started
+    folder.write_summary(SUMMARY_FILE, {"videos": len(videos), "written": report.written, "skipped": report.skipped,
+                                        "failed": report.failed, "segments": report.segments,
+                                        "seconds": round(report.seconds, 3)})
+    folder.tidy()
     return report

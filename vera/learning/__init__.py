@@ -3,5 +3,7 @@
 - ``optimizer_prompt``: the optimizer's prompt and reading new questions
   from its answer.
 - ``loop``: the training loop (learner, optimizer, validation, selection),
-  resumable and distributed with Lightning.
+  resumable, and why it runs on Lightning Fabric rather than the ``Trainer``.
+- ``distributed``: the Fabric plumbing: processes and collectives, JSON
+  checkpoints, one CSV log per run.
 """

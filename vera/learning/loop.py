@@ -14,40 +14,68 @@ questions and the selection state to resume exactly where it stopped.
 
 Multi-process (DDP): every rank answers its share of each batch and of the
 validation list; answers are gathered, the optimizer runs on rank 0 only, and
-its verdict is broadcast, so all ranks hold identical questions. Only rank 0
-writes files.
+its verdict is broadcast, so all ranks hold identical questions and the outputs
+do not depend on the number of processes. Only rank 0 writes files.
+
+Why Lightning Fabric and not the ``Trainer`` (checked against Lightning 2.6):
+the ``Trainer`` cannot give the exact resume this loop has.
+
+- A kill during a validation: the ``Trainer`` checkpoints at the end of a
+  training batch, and when it restarts from there at a step whose validation
+  was due it fast-forwards past that validation (``_TrainingEpochLoop.advance``,
+  ``increment_progress_to_evaluation_end``); here the cut validation is redone,
+  so ``validation.jsonl`` and the selected questions equal an uninterrupted run's.
+- Mid-epoch resume needs a stateful loader; the ``Trainer`` otherwise restarts
+  the shuffled epoch with another order. Here a step's batch is computed from
+  (seed, epoch, position), so only the step count is stored.
+- Algorithm 1 scores the initial questions before step 1 and the last
+  questions of a run stopped early; the ``Trainer`` validates only on its
+  interval.
+- The ``Trainer``'s DDP wraps a module with gradients (a frozen VLM has
+  none), shards validation with a sampler that repeats videos to even out the
+  ranks (which would change the accuracy), and its checkpoint is a pickle of
+  loop internals; ours is JSON text and counters.
+
+Fabric does all the distributed work: it launches the processes (``--devices``,
+``--num-nodes``), moves answers between ranks (``all_gather``, ``broadcast``),
+writes the checkpoint (``save``, as JSON), and logs (one CSV log per run,
+continued on resume); see ``vera.learning.distributed``.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from io import BytesIO
 from pathlib import Path
-from typing import Any
 
 import numpy as np
-import torch
-import torch.distributed as torch_dist
+from lightning.fabric import Fabric
 from tqdm import tqdm
 
 from vera.data.annotations import TrainVideo, load_train_annotations
-from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
-from vera.errors import VeraError
-from vera.options import SELECT_BY
-from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames, resize_frames
-from vera.io import sha256_text, write_bytes_atomic, write_text_atomic
-from vera.scoring.metrics import roc_auc
-from vera.learning.optimizer_prompt import build_optimizer_prompt, extract_new_questions, load_optimizer_template
-from vera.vlm.parsing import parse_answer
-from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, build_learner_prompt, learner_request, load_template
+from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames
 from vera.data.segments import video_frame_indices
+from vera.errors import VeraError
+from vera.io import read_json, sha256_text, write_text_atomic
+from vera.learning.distributed import LOG_NAME, Ranks, make_fabric, trim_metrics
+from vera.learning.optimizer_prompt import build_optimizer_prompt, extract_new_questions, load_optimizer_template
+from vera.options import SELECT_BY
+from vera.runs import RunFolder
+from vera.scoring.metrics import roc_auc
+from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
+from vera.vlm.parsing import parse_answer
+from vera.vlm.prompts import (
+    DEFAULT_FRAME_LAYOUT,
+    FRAME_LAYOUTS,
+    build_learner_prompt,
+    learner_frames,
+    learner_request,
+    load_template,
+)
 
 INITIAL_QUESTIONS = [
     "1. Is there any suspicious person or object that looks unusual in this scene?",
@@ -57,8 +85,7 @@ HISTORY_FILE = "history.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 BEST_FILE = "best_questions.txt"
 CHECKPOINT_FILE = "last.ckpt"
-RUN_FILE = "run.json"
-CHECKPOINT_FORMAT = "vera-training/1"
+CHECKPOINT_FORMAT = "vera-training/2"
 NO_VALIDATION = -1
 
 
@@ -107,81 +134,6 @@ class TrainingOptions:
                 raise VeraError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
 
 
-# --------------------------------------------------------------------------- ranks
-
-
-class Ranks:
-    """This process's place among the DDP processes (a single process when none is set up)."""
-
-    def __init__(self) -> None:
-        self.active = torch_dist.is_available() and torch_dist.is_initialized()
-        self.rank = torch_dist.get_rank() if self.active else 0
-        self.world_size = torch_dist.get_world_size() if self.active else 1
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    def broadcast(self, value: Any, src: int = 0) -> Any:
-        """``value`` from rank ``src`` on every rank."""
-        if not self.active:
-            return value
-        holder = [value if self.rank == src else None]
-        torch_dist.broadcast_object_list(holder, src=src)
-        return holder[0]
-
-    def gather(self, value: Any) -> list[Any]:
-        """Every rank's ``value``, in rank order, on every rank."""
-        if not self.active:
-            return [value]
-        gathered: list[Any] = [None] * self.world_size
-        torch_dist.all_gather_object(gathered, value)
-        return gathered
-
-    def gather_checked(self, work: Callable[[], Any]) -> list[Any]:
-        """Run ``work`` on every rank and gather the results; a ``VeraError`` on any rank is raised on all,
-        so no rank is left waiting for one that failed."""
-        gathered = self.gather(_outcome(work, self))
-        return [_unwrap(outcome) for outcome in gathered]
-
-    def on_main(self, work: Callable[[], Any]) -> Any:
-        """Run ``work`` on rank 0 only and give its result (or its ``VeraError``) to every rank."""
-        return _unwrap(self.broadcast(_outcome(work, self) if self.is_main else None))
-
-    def share(self, items: list) -> list:
-        """This rank's items: positions ``rank, rank + world_size, …``."""
-        return items[self.rank :: self.world_size]
-
-    def merge(self, shares: list[list]) -> list:
-        """Undo ``share``: the gathered per-rank lists back in their original order."""
-        merged: list = [None] * sum(len(part) for part in shares)
-        for rank, part in enumerate(shares):
-            merged[rank :: self.world_size] = part
-        return merged
-
-
-def _outcome(work: Callable[[], Any], ranks: Ranks) -> tuple[bool, Any]:
-    """``work()``'s result, or its failure as a message. Under DDP any exception is
-    passed on (its traceback printed here first), so the other ranks stop too
-    instead of waiting for this one forever."""
-    try:
-        return True, work()
-    except VeraError as error:
-        return False, str(error)
-    except Exception as error:
-        if not ranks.active:
-            raise
-        traceback.print_exc()
-        return False, f"rank {ranks.rank} failed: {type(error).__name__}: {error}"
-
-
-def _unwrap(outcome: tuple[bool, Any]) -> Any:
-    succeeded, value = outcome
-    if not succeeded:
-        raise VeraError(value)
-    return value
-
-
 # --------------------------------------------------------------------------- data
 
 
@@ -224,7 +176,8 @@ class FrameSource:
         try:
             with open_frames(video.key, frames_dir=self.options.frames_dir,
                              videos_dir=self.options.videos_dir) as source:
-                frames = resize_frames(source.read(indices), self.options.image_size)
+                # 448×448 as Step 1, or the frames as qwen-vl-utils resizes them in the qwen-video layout
+                frames = learner_frames(source, indices, self.options.frame_layout, self.options.image_size)
         except VeraError as error:
             message = str(error) if video.key in str(error) else f"video {video.key}: {error}"
             if not self.options.skip_bad_videos:
@@ -268,42 +221,47 @@ class Best:
 class TrainingState:
     """What a checkpoint holds: enough to continue the run exactly."""
 
-    signature: dict
     questions: list[str]
     step: int = 0  # training steps completed
     last_validated_step: int = NO_VALIDATION
     best: Best | None = None
     rejected_updates: int = 0
     skipped_videos: int = 0
+    trained_videos: int = 0  # training videos the learner answered, over all steps
 
-    def to_dict(self) -> dict:
-        return {"format": CHECKPOINT_FORMAT, **asdict(self)}
+    def to_dict(self, fingerprint: str) -> dict:
+        """The checkpoint: JSON text and counters, tied to its run by the run folder's fingerprint."""
+        return {"format": CHECKPOINT_FORMAT, "fingerprint": fingerprint, **asdict(self)}
 
     @classmethod
-    def from_dict(cls, data: dict) -> TrainingState:
-        best = data.get("best")
-        return cls(
-            signature=data["signature"], questions=list(data["questions"]), step=int(data["step"]),
-            last_validated_step=int(data["last_validated_step"]),
-            best=Best(**best) if best else None,
-            rejected_updates=int(data["rejected_updates"]), skipped_videos=int(data["skipped_videos"]),
-        )
+    def from_dict(cls, data: dict, where: Path) -> TrainingState:
+        try:
+            best = data["best"]
+            return cls(
+                questions=[str(q) for q in data["questions"]], step=int(data["step"]),
+                last_validated_step=int(data["last_validated_step"]), best=Best(**best) if best else None,
+                rejected_updates=int(data["rejected_updates"]), skipped_videos=int(data["skipped_videos"]),
+                trained_videos=int(data["trained_videos"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise VeraError(f"checkpoint {where} is damaged ({error!r}); use --overwrite to start again") from None
 
 
 def _list_digest(videos: list[TrainVideo]) -> str:
     return sha256_text(json.dumps([[v.key, v.length, v.label] for v in videos]))
 
 
-def run_signature(options: TrainingOptions, train: list[TrainVideo], val: list[TrainVideo],
-                  learner_template: str, optimizer_template: str) -> dict:
-    """The options that decide the trajectory; a resumed run must match them.
+def run_identity(options: TrainingOptions, train: list[TrainVideo], val: list[TrainVideo],
+                 learner_template: str, optimizer_template: str) -> dict:
+    """The options that decide the trajectory (``run.json``'s identity); a resumed run must match them.
 
-    ``epochs`` and ``max_steps`` are left out: continuing a run for longer is fine.
+    ``epochs`` and ``max_steps`` are left out: continuing a run for longer is
+    fine. So are ``--devices`` and ``--num-nodes``: the outputs do not depend on them.
     """
     return {
         "dataset": options.dataset, "model": options.model,
         "train": _list_digest(train), "val": _list_digest(val),
-        "batch_size": options.batch_size, "num_frames": options.num_frames,
+        "batch_size": options.batch_size, "num_frames": options.num_frames, "image_size": options.image_size,
         "val_every": options.val_every, "select_by": options.select_by, "seed": options.seed,
         "frame_layout": options.frame_layout, "max_new_tokens": options.max_new_tokens,
         "skip_bad_videos": options.skip_bad_videos,
@@ -338,48 +296,99 @@ def _keep_records(path: Path, keep: Callable[[dict], bool]) -> None:
         write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
 
 
-def save_checkpoint(path: Path, state: TrainingState) -> None:
-    buffer = BytesIO()
-    torch.save(state.to_dict(), buffer)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
-def load_checkpoint(path: Path) -> TrainingState:
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises many types for a damaged file
-        raise VeraError(f"cannot read checkpoint {path} ({error}); use --overwrite to start again") from None
+def load_checkpoint(path: Path, fingerprint: str | None = None) -> TrainingState:
+    """The state in ``last.ckpt`` (JSON); with ``fingerprint``, it must belong to that run."""
+    data = read_json(path, "checkpoint")
     if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
-        raise VeraError(f"{path} is not a VERA training checkpoint; use --overwrite to start again")
-    return TrainingState.from_dict(data)
+        raise VeraError(f"{path} is not a VERA training checkpoint ({CHECKPOINT_FORMAT}); "
+                        "use --overwrite to start again")
+    if fingerprint is not None and data.get("fingerprint") != fingerprint:
+        raise VeraError(f"{path} belongs to another run than {Path(path).parent / 'run.json'}; "
+                        "use --overwrite to start again")
+    return TrainingState.from_dict(data, path)
 
 
-def prepare_output(options: TrainingOptions, signature: dict) -> TrainingState:
-    """Resume from the checkpoint in ``options.output``, or start a fresh run there."""
+def _outputs(folder: Path) -> list[Path]:
+    """What a training run writes into its folder (``--overwrite`` removes exactly these)."""
+    return [folder / name for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, CHECKPOINT_FILE, LOG_NAME)]
+
+
+def _is_validation_row(row: dict[str, str]) -> bool:
+    return bool(row.get("val_skipped"))
+
+
+def open_output(options: TrainingOptions, identity: dict) -> tuple[RunFolder, TrainingState, bool]:
+    """Open ``options.output`` (rank 0): the run folder, the state to continue from, and whether it is fresh.
+
+    A resumed run's files are cut back to what its checkpoint covers: lines and
+    log rows of a step that a kill interrupted are dropped and the step redone.
+    """
     output = Path(options.output)
-    output.mkdir(parents=True, exist_ok=True)
-    ours = [output / name for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, CHECKPOINT_FILE, RUN_FILE)]
-    if options.overwrite:
-        for path in ours:
-            path.unlink(missing_ok=True)
+    folder = RunFolder(output, "training", identity, overwrite=options.overwrite, outputs=_outputs,
+                       record={"options": {name: str(value) if isinstance(value, Path) else value
+                                           for name, value in asdict(options).items() if name != "overwrite"}})
+    folder.open()
     checkpoint = output / CHECKPOINT_FILE
     if not checkpoint.exists():
-        leftovers = [path.name for path in ours if path.exists()]
+        leftovers = [path.name for path in folder.outputs()]
+        if leftovers and not options.overwrite:
+            raise VeraError(f"{output} holds {', '.join(leftovers)} but no {CHECKPOINT_FILE}: its progress "
+                            "cannot be resumed; use another --output or --overwrite")
         if leftovers:
-            raise VeraError(f"{output} holds {', '.join(leftovers)} but no {CHECKPOINT_FILE}; "
-                            "use another --output or --overwrite")
-        return TrainingState(signature=signature, questions=list(options.initial_questions))
-    state = load_checkpoint(checkpoint)
-    differing = sorted(key for key in set(signature) | set(state.signature)
-                       if signature.get(key) != state.signature.get(key))
-    if differing:
-        raise VeraError(f"{output} holds a run with different {', '.join(differing)}; "
-                        "use another --output, the same options, or --overwrite")
+            folder.clear()
+            folder.write_record()
+        return folder, TrainingState(questions=list(options.initial_questions)), True
+    state = load_checkpoint(checkpoint, folder.fingerprint)
     _keep_records(output / HISTORY_FILE, lambda record: record["step"] <= state.step)
     _keep_records(output / VALIDATION_FILE, lambda record: record["step"] <= state.last_validated_step)
+
+    def covered(row: dict[str, str]) -> bool:
+        if None in row.values() or not str(row.get("step", "")).isdigit():
+            return False  # a row cut by a kill
+        last = state.last_validated_step if _is_validation_row(row) else state.step
+        return int(row["step"]) <= last
+
+    trim_metrics(output, covered)
     if state.best is not None:
         write_text_atomic(output / BEST_FILE, "".join(q + "\n" for q in state.best.questions))
-    return state
+    return folder, state, False
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class Progress:
+    """A tqdm bar on a terminal; elsewhere (a log file, a batch job) one plain line per step and validation,
+    with no carriage returns. Rank 0 only; ``enabled=False`` says nothing."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self.enabled = enabled
+        self.total = total
+        self.bar = (tqdm(total=total, initial=min(done, total), desc="training", dynamic_ncols=True)
+                    if enabled and sys.stderr.isatty() else None)
+
+    def validation_bar(self, total: int, step: int) -> tqdm | None:
+        if self.bar is None:
+            return None
+        return tqdm(total=total, desc=f"validation @ step {step}", leave=False, dynamic_ncols=True)
+
+    def step(self, record: dict, best: float | None) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(train_acc=record["train_accuracy"], best=best)
+        elif self.enabled:
+            print(f"step {record['step']}/{self.total} (epoch {record['epoch']}): train accuracy "
+                  f"{record['train_accuracy']}, update {record['update_status']}, best {best}",
+                  file=sys.stderr, flush=True)
+
+    def validated(self, result: dict) -> None:
+        if self.enabled and self.bar is None:
+            print(f"validation @ step {result['step']}: accuracy {result['accuracy']}, auc {result['auc']}"
+                  f"{', selected' if result['selected'] else ''}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 # --------------------------------------------------------------------------- the loop
@@ -404,15 +413,13 @@ def _answer_record(loaded: Loaded, answer: VLMAnswer) -> dict:
 class VerbalizedLearning:
     """The training loop of one process (rank)."""
 
-    def __init__(self, options: TrainingOptions, *, log: Callable[[dict, int], None] | None = None,
-                 progress: bool = True):
+    def __init__(self, options: TrainingOptions, ranks: Ranks, *, progress: bool = True):
         """Read and check the lists, templates and output folder (before any model is loaded)."""
         options.check()
         self.options = options
+        self.ranks = ranks
         self.backend: VLMBackend | None = None
-        self.log = log or (lambda metrics, step: None)
-        self.ranks = Ranks()
-        self.progress = progress and self.ranks.is_main
+        self.show_progress = progress and ranks.is_main
         self.output = Path(options.output)
         self.train = load_train_annotations(options.train, options.dataset)
         self.val = load_train_annotations(options.val, options.dataset)[: options.limit_val]
@@ -424,30 +431,42 @@ class VerbalizedLearning:
         self._check_sources()
         self.learner_template = load_template(options.prompt_file)
         self.optimizer_template = load_optimizer_template(options.optimizer_prompt_file)
-        signature = run_signature(options, self.train, self.val, self.learner_template, self.optimizer_template)
-        # Rank 0 alone touches the output folder; the others take its state.
-        self.state: TrainingState = self.ranks.on_main(lambda: prepare_output(options, signature))
+        identity = run_identity(options, self.train, self.val, self.learner_template, self.optimizer_template)
+        self.folder: RunFolder | None = None  # rank 0's; the other ranks never touch the output folder
+
+        def open_on_main() -> tuple[str, TrainingState, bool]:
+            # Read here and broadcast rather than fabric.load on every rank: every file of the
+            # output folder is rank 0's, so on several machines it need be on rank 0's disk only.
+            self.folder, state, fresh = open_output(options, identity)
+            return self.folder.fingerprint, state, fresh
+
+        self.fingerprint, self.state, self.fresh = ranks.on_main(open_on_main)
         self.frames = FrameSource(options)
 
     def _check_sources(self) -> None:
         """Every listed video must have a frame folder or video file: better said now than in epoch 9."""
-        missing = []
+        missing = set()
         for video in {video.key: video for video in self.train + self.val}.values():
             if self.options.frames_dir is not None:
                 if not (Path(self.options.frames_dir) / video.key).is_dir():
-                    missing.append(video.key)
+                    missing.add(video.key)
             else:
                 try:
                     find_video(Path(self.options.videos_dir), video.key)
                 except VeraError:
-                    missing.append(video.key)
+                    missing.add(video.key)
+        where = self.options.frames_dir or self.options.videos_dir
+        names = sorted(missing)
+        listed = f"{', '.join(names[:5])}{' …' if len(names) > 5 else ''}"
         if missing and not self.options.skip_bad_videos:
-            where = self.options.frames_dir or self.options.videos_dir
-            raise VeraError(f"{len(missing)} listed videos have no frames in {where}: {', '.join(missing[:5])}"
-                            f"{' …' if len(missing) > 5 else ''} (--skip-bad-videos skips them)")
+            raise VeraError(f"{len(missing)} listed videos have no frames in {where}: {listed} "
+                            "(--skip-bad-videos skips them)")
+        for split, videos in (("training", self.train), ("validation", self.val)):
+            if all(video.key in missing for video in videos):
+                raise VeraError(f"no readable {split} videos left: none of the {len(videos)} has frames in {where}")
         if missing and self.ranks.is_main:
-            print(f"warning: {len(missing)} listed videos have no frames and will be skipped: "
-                  f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}", file=sys.stderr)
+            print(f"warning: {len(missing)} listed videos have no frames and will be skipped: {listed}",
+                  file=sys.stderr)
 
     # -- totals
 
@@ -461,7 +480,8 @@ class VerbalizedLearning:
     def _answer(self, loaded: list[Loaded], questions: list[str]) -> list[dict]:
         """The learner's answers for the readable videos of ``loaded`` (errors recorded, not answered)."""
         usable = [item for item in loaded if item.frames is not None]
-        prompt = build_learner_prompt(self.learner_template, questions, self.options.num_frames)
+        prompt = build_learner_prompt(self.learner_template, questions, self.options.num_frames,
+                                      self.options.frame_layout)
         requests = [learner_request(prompt, list(item.frames), item.video.key, self.options.frame_layout)
                     for item in usable]
         answers = iter(self.backend.generate(requests, self.options.max_new_tokens) if requests else [])
@@ -518,6 +538,7 @@ class VerbalizedLearning:
         self.state.questions = list(verdict["questions"])
         self.state.rejected_updates += not verdict["accepted"]
         self.state.skipped_videos += len(skipped)
+        self.state.trained_videos += len(answered)
         self.state.step = step + 1
         return {
             "epoch": epoch, "step": step + 1, "videos": [video.key for video in batch],
@@ -529,31 +550,42 @@ class VerbalizedLearning:
             "skipped": [{"key": r["key"], "error": r["error"]} for r in skipped],
         }
 
+    def _check_something_readable(self) -> None:
+        """With --skip-bad-videos, a first epoch (or a shorter run) in which every video was skipped is an error:
+        the later epochs read the same videos, and a run that learned nothing must not look finished."""
+        first_epoch = min(steps_per_epoch(len(self.train), self.options.batch_size), self.total_steps)
+        if self.state.trained_videos == 0 and self.state.step >= first_epoch:
+            raise VeraError(f"no readable training videos left: every training video of the first {self.state.step} "
+                            f"steps was unreadable and skipped (see {self.output / HISTORY_FILE})")
+
     # -- validation and selection
 
     def validate(self) -> dict:
         """Score the current questions on (this rank's share of) the validation list, gathered everywhere."""
         questions = list(self.state.questions)
         mine = self.ranks.share(self.val)
-        bar = tqdm(total=len(self.val), desc=f"validation @ step {self.state.step}", leave=False,
-                   disable=not self.progress, dynamic_ncols=True)
+        bar = self.progress.validation_bar(len(self.val), self.state.step)
 
         def answer_my_share() -> list[dict]:
             records: list[dict] = []
             for chunk in self.frames.chunks(mine, self.options.val_batch_size):
                 records.extend(self._answer(chunk, questions))
-                bar.update(len(chunk) * self.ranks.world_size)
+                if bar is not None:
+                    bar.update(len(chunk) * self.ranks.world_size)
             return records
 
         try:
             records = self.ranks.merge(self.ranks.gather_checked(answer_my_share))
         finally:
-            bar.close()
+            if bar is not None:
+                bar.close()
         answered = [record for record in records if "error" not in record]
+        if not answered:
+            raise VeraError(f"no readable validation videos left: all {len(self.val)} were unreadable and skipped")
         labels = np.asarray([record["label"] for record in answered])
         predictions = np.asarray([record["prediction"] for record in answered])
         soft = [record["label_prob"] for record in answered]
-        use_soft = bool(soft) and all(value is not None for value in soft)
+        use_soft = all(value is not None for value in soft)
         auc = roc_auc(labels, np.asarray(soft, dtype=float) if use_soft else predictions)
         return {
             "step": self.state.step, "questions": questions,
@@ -582,28 +614,39 @@ class VerbalizedLearning:
         if self.ranks.is_main:
             _append_jsonl(self.output / VALIDATION_FILE, result)
             write_text_atomic(self.output / BEST_FILE, "".join(q + "\n" for q in self.state.best.questions))
-            save_checkpoint(self.output / CHECKPOINT_FILE, self.state)
-        best = self.state.best
-        self.log({"val_accuracy": result["accuracy"], "val_auc": result["auc"],
-                  "best_metric": best.metric, "val_skipped": len(result["skipped"])}, self.state.step)
+        self._log({"val_accuracy": result["accuracy"], "val_auc": result["auc"],
+                   "best_metric": self.state.best.metric, "val_skipped": len(result["skipped"])})
+        self._save()
+        self.progress.validated(result)
 
     def _validation_due(self) -> bool:
         step = self.state.step
         return self.state.last_validated_step != step and (step == 0 or step % self.options.val_every == 0)
+
+    # -- files and logs (rank 0 writes; the log and checkpoint calls are made on every rank)
+
+    def _log(self, metrics: dict) -> None:
+        """One row of the CSV log, before the checkpoint: rows past the checkpoint are trimmed on resume."""
+        self.ranks.fabric.log_dict({name: float(value) for name, value in metrics.items() if value is not None},
+                                   step=self.state.step)
+
+    def _save(self) -> None:
+        self.ranks.save(self.output / CHECKPOINT_FILE, self.state.to_dict(self.fingerprint))
 
     # -- the run
 
     def run(self, backend: VLMBackend) -> TrainingState:
         """Train until ``total_steps``, validating on schedule; resumable at every step."""
         self.backend = backend
-        if self.ranks.is_main and self.state.last_validated_step != NO_VALIDATION:
-            print(f"resuming {self.output} after step {self.state.step} of {self.total_steps}", file=sys.stderr)
         if self.ranks.is_main:
-            write_text_atomic(self.output / RUN_FILE, json.dumps(self._run_info(), indent=1, default=str) + "\n")
-            save_checkpoint(self.output / CHECKPOINT_FILE, self.state)
-        bar = tqdm(total=self.total_steps, initial=min(self.state.step, self.total_steps), desc="training",
-                   disable=not self.progress, dynamic_ncols=True)
+            if not self.fresh:
+                print(f"resuming {self.output} after step {self.state.step} of {self.total_steps}", file=sys.stderr)
+            else:
+                self.folder.write_record(**self._run_info())
+        self._save()
+        self.progress = Progress(self.show_progress, self.total_steps, self.state.step)
         try:
+            self._check_something_readable()
             if self._validation_due():
                 # Step 0 scores the initial questions first; later, it redoes a validation a kill cut short.
                 self._validate_and_select()
@@ -611,18 +654,17 @@ class VerbalizedLearning:
                 record = self.train_step()
                 if self.ranks.is_main:
                     _append_jsonl(self.output / HISTORY_FILE, record)
-                    save_checkpoint(self.output / CHECKPOINT_FILE, self.state)
-                self.log({"train_accuracy": record["train_accuracy"], "update_accepted": float(record["update_accepted"]),
-                          "skipped_videos": float(self.state.skipped_videos), "epoch": float(record["epoch"])},
-                         self.state.step)
-                bar.update(1)
-                bar.set_postfix(train_acc=record["train_accuracy"], best=self._best_metric())
+                self._log({"train_accuracy": record["train_accuracy"], "update_accepted": record["update_accepted"],
+                           "skipped_videos": self.state.skipped_videos, "epoch": record["epoch"]})
+                self._save()
+                self.progress.step(record, self._best_metric())
+                self._check_something_readable()
                 if self._validation_due():
                     self._validate_and_select()
             if self.state.last_validated_step != self.state.step:
                 self._validate_and_select()  # a run stopped early still scores its last questions
         finally:
-            bar.close()
+            self.progress.close()
             self.frames.close()
         return self.state
 
@@ -630,54 +672,29 @@ class VerbalizedLearning:
         return None if self.state.best is None else self.state.best.metric
 
     def _run_info(self) -> dict:
-        info = {key: value for key, value in asdict(self.options).items()}
-        info.update(world_size=self.ranks.world_size, backend=self.backend.describe(),
-                    train_videos=len(self.train), val_videos=len(self.val), total_steps=self.total_steps)
-        return info
+        return {"world_size": self.ranks.world_size, "backend": self.backend.describe(),
+                "train_videos": len(self.train), "val_videos": len(self.val), "total_steps": self.total_steps}
 
 
-def train(options: TrainingOptions, backend: VLMBackend, *, log: Callable[[dict, int], None] | None = None,
-          progress: bool = True) -> TrainingState:
-    """Run (or resume) verbalized learning into ``options.output``; returns the final state."""
-    return VerbalizedLearning(options, log=log, progress=progress).run(backend)
+def train(options: TrainingOptions, make_backend: Callable[[str], VLMBackend], *, accelerator: str = "auto",
+          devices: int = 1, num_nodes: int = 1, strategy: str | None = None, progress: bool = True) -> TrainingState:
+    """Run (or resume) verbalized learning into ``options.output``; returns the final state (rank 0's).
 
-
-def _lightning_loggers(output: Path) -> list:
-    """CSV logs always; TensorBoard too where it is installed."""
-    from lightning.fabric.loggers import CSVLogger, TensorBoardLogger
-
-    loggers = [CSVLogger(root_dir=output, name="logs", flush_logs_every_n_steps=1)]
-    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
-        loggers.append(TensorBoardLogger(root_dir=output, name="logs"))
-    return loggers
-
-
-def train_with_lightning(options: TrainingOptions, make_backend: Callable[[str], VLMBackend], *,
-                         accelerator: str = "auto", devices: int = 1) -> TrainingState:
-    """Launch one process per device (DDP when ``devices > 1``), log through Lightning, and train.
-
-    Lightning Fabric rather than the ``Trainer``: verbalized learning has no
-    weights, optimizer or gradients, it must validate before the first step,
-    and a resumed run must replay the exact data order from mid-epoch, which
-    the ``Trainer`` does not do for a plain shuffled loader. Fabric provides the
-    process launching, the DDP process group and the loggers; the loop is ours.
-    ``make_backend`` receives this process's device (``cuda:1``, ``cpu`` …).
+    Launches ``devices`` processes per node through Lightning Fabric (DDP when
+    more than one in all; ``strategy`` names another Fabric launcher, such as
+    ``ddp_fork``). Options, lists and the output folder are checked before
+    ``make_backend`` loads the model on this process's device (``cuda:1``, ``cpu`` …).
     """
-    from lightning.fabric import Fabric
+    options.check()
+    fabric = make_fabric(Path(options.output), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                         strategy=strategy)
+    return fabric.launch(_train_process, options, make_backend, progress)
 
-    if devices < 1:
-        raise VeraError(f"--devices must be at least 1, got {devices}")
-    try:
-        fabric = Fabric(accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
-                        loggers=_lightning_loggers(Path(options.output)))
-    except (ValueError, RuntimeError) as error:  # Lightning's word on an accelerator/devices it cannot provide
-        raise VeraError(f"--accelerator {accelerator} --devices {devices}: {error}") from None
-    fabric.launch()
 
-    def log(metrics: dict, step: int) -> None:
-        fabric.log_dict({name: float(value) for name, value in metrics.items() if value is not None}, step=step)
-
-    learning = VerbalizedLearning(options, log=log)
+def _train_process(fabric: Fabric, options: TrainingOptions, make_backend: Callable[[str], VLMBackend],
+                   progress: bool) -> TrainingState:
+    """What each process runs, once Fabric has started them all."""
+    learning = VerbalizedLearning(options, Ranks(fabric), progress=progress)
     state = learning.run(make_backend(str(fabric.device)))
     for logger in fabric.loggers:
         logger.finalize("success")

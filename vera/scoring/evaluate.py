@@ -1,25 +1,35 @@
-"""The evaluation of ``Inference/compute_auc.py``: files in, frame scores and metrics out."""
+"""The evaluation of ``Inference/compute_auc.py``: files in, frame scores and metrics out.
+
+The output folder is a ``vera.runs.RunFolder`` whose identity is the scoring
+options and the input files. Each run recomputes everything and replaces all
+outputs of the previous one (``metrics.json`` last), so no frame score of a
+video the previous run had and this one has not survives beside new metrics.
+"""
 
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from vera.data.annotations import NORMAL_CLASS, TestVideo
+from vera.data.annotations import NORMAL_CLASS, TestVideo, check_intervals
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
+from vera.runs import RunFolder
 from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, Ranking, false_alarm_rate, save_curves
 from vera.scoring.score_files import SegmentScores, read_segment_scores
+from vera.scoring.stages import STAGES_FILE, write_stages
 from vera.scoring.steps import ScoringOptions, ground_truth, released_ap_trim
 from vera.scoring.video import VideoSteps, frames_from_segments
 from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
+METRICS_FILE = "metrics.json"
+FRAME_SCORES_DIR = "frame_scores"
+CURVE_FILES = ("roc.png", "pr.png")
 
 
 @dataclass
@@ -92,6 +102,8 @@ def _check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
         )
     if length < 2:
         raise VeraError(f"video {video.key}: {length} frame(s) is too short to score")
+    if video.length is None:  # the official txt gives no length: check its intervals against the scores'
+        check_intervals(video, length, f"video length from score file {path}")
     return length
 
 
@@ -110,17 +122,35 @@ def select_videos(videos: list[TestVideo], options: ScoringOptions) -> list[Test
             or (options.with_normal and video.video_class == NORMAL_CLASS)]
 
 
-def _labels(video: TestVideo, length: int, gt_frames: dict | None, num_scores: int, options: ScoringOptions) -> np.ndarray:
+def _read_gt_frames(path: Path, videos: list[TestVideo]) -> dict[str, np.ndarray]:
+    """The ``--gt-frames`` labels of ``videos``, checked before any scoring: a list of 0/1 numbers each."""
+    content = read_json(path, "--gt-frames file")
+    if not isinstance(content, dict):
+        raise VeraError(f"--gt-frames file {path} must map video keys to frame label lists")
+    labels = {}
+    for video in videos:
+        if video.key not in content:
+            raise VeraError(f"--gt-frames file {path}: video {video.key} is missing")
+        values = content[video.key]
+        if not isinstance(values, list) or not values:
+            raise VeraError(f"--gt-frames file {path}: video {video.key} must have a non-empty list of 0/1 labels")
+        for frame, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value not in (0, 1):
+                raise VeraError(f"--gt-frames file {path}: video {video.key}: frame {frame} has label {value!r}; "
+                                "labels must be 0 or 1")
+        labels[video.key] = np.asarray(values, dtype=np.float64)
+    return labels
+
+
+def _labels(video: TestVideo, length: int, gt_frames: dict[str, np.ndarray] | None, gt_path: Path | None,
+            num_scores: int, options: ScoringOptions) -> np.ndarray:
     if gt_frames is None:
         labels = ground_truth(length, video.intervals)
         return labels[: released_ap_trim(length)] if options.released_xd_ap else labels
-    if video.key not in gt_frames:
-        raise VeraError(f"video {video.key} is missing from the --gt-frames file")
-    labels = np.asarray(gt_frames[video.key], dtype=np.float64)
-    if labels.ndim != 1 or labels.size > num_scores or (options.released_xd_ap and labels.size != num_scores):
-        raise VeraError(
-            f"video {video.key}: --gt-frames gives {labels.size} frame labels, but scoring gives {num_scores} frames"
-        )
+    labels = gt_frames[video.key]
+    if labels.size > num_scores or (options.released_xd_ap and labels.size != num_scores):
+        raise VeraError(f"--gt-frames file {gt_path}: video {video.key} has {labels.size} frame labels, but "
+                        f"scoring gives {num_scores} frames")
     return labels
 
 
@@ -149,10 +179,6 @@ def read_inputs(
                         "answers (use --protocol paper)")
     if features_dir is not None and not features_dir.is_dir():
         raise VeraError(f"feature folder not found: {features_dir}")
-    gt_frames = read_json(gt_frames_path, "--gt-frames file") if gt_frames_path else None
-    if gt_frames is not None and not isinstance(gt_frames, dict):
-        raise VeraError(f"--gt-frames file {gt_frames_path} must map video keys to frame label lists")
-
     missing = _missing_files(videos, scores_dir, features_dir)
     if missing and not allow_missing:
         lines = [f"  {key}: {', '.join(str(path) for path in paths)}" for key, paths in list(missing.items())[:_MISSING_SHOWN]]
@@ -162,6 +188,8 @@ def read_inputs(
             + "\n".join(lines)
             + (f"\n  … and {more} more" if more > 0 else "")
         )
+    scored = [video for video in videos if video.key not in missing]
+    gt_frames = _read_gt_frames(gt_frames_path, scored) if gt_frames_path else None
 
     def inputs() -> Iterator[VideoInput]:
         for video in videos:
@@ -176,7 +204,8 @@ def read_inputs(
                 else _load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
             )
             num_scores = released_ap_trim(length) if options.released_xd_ap else length
-            yield VideoInput(video, segments, features, _labels(video, length, gt_frames, num_scores, options))
+            yield VideoInput(video, segments, features,
+                             _labels(video, length, gt_frames, gt_frames_path, num_scores, options))
 
     return inputs(), list(missing)
 
@@ -249,17 +278,40 @@ def compute_metrics(evaluation: Evaluation) -> dict:
     }
 
 
-def write_outputs(evaluation: Evaluation, output_dir: Path, curves: bool = True) -> None:
-    """``metrics.json``, ``frame_scores/<key>.npy`` (float64) and the ROC/PR curves."""
-    output_dir = Path(output_dir)
-    for video in evaluation.videos:
-        save_npy_atomic(output_dir / "frame_scores" / f"{video.key}.npy", video.scores.astype(np.float64))
-    if curves:
-        labels = np.concatenate([video.labels for video in evaluation.videos])
-        scores = np.concatenate([video.scores for video in evaluation.videos])
-        options = evaluation.options
-        save_curves(labels, scores, output_dir, f"{options.dataset.upper()} ({options.protocol} protocol)")
-    write_json_atomic(output_dir / "metrics.json", evaluation.metrics)
+def evaluation_folder(output_dir: Path, options: ScoringOptions, *, annotations: Path, scores_dir: Path,
+                      features_dir: Path | None, gt_frames: Path | None = None, merge_xd_duplicates: bool = False,
+                      overwrite: bool = False) -> RunFolder:
+    """The output folder of an evaluation; its identity is the options and the inputs (as absolute paths)."""
+    def where(path: Path | None) -> str | None:
+        return None if path is None else str(Path(path).resolve())
+
+    identity = {**asdict(options), "annotations": where(annotations), "scores": where(scores_dir),
+                "features": None if not options.retrieval else where(features_dir), "gt_frames": where(gt_frames),
+                "merge_xd_duplicates": merge_xd_duplicates}
+
+    def outputs(folder: Path) -> list[Path]:
+        return [folder / METRICS_FILE, folder / FRAME_SCORES_DIR, *(folder / name for name in CURVE_FILES),
+                folder / STAGES_FILE]
+
+    return RunFolder(output_dir, "evaluation", identity, overwrite=overwrite, outputs=outputs)
+
+
+def write_outputs(evaluation: Evaluation, folder: RunFolder, curves: bool = True) -> None:
+    """Replace the folder's outputs: ``metrics.json``, ``frame_scores/<key>.npy`` (float64), ROC/PR curves,
+    ``stages.npz`` (``vera.scoring.stages``)."""
+
+    def write(staging: Path) -> None:
+        for video in evaluation.videos:
+            save_npy_atomic(staging / FRAME_SCORES_DIR / f"{video.key}.npy", video.scores.astype(np.float64))
+        if curves:
+            labels = np.concatenate([video.labels for video in evaluation.videos])
+            scores = np.concatenate([video.scores for video in evaluation.videos])
+            options = evaluation.options
+            save_curves(labels, scores, staging, f"{options.dataset.upper()} ({options.protocol} protocol)")
+        write_stages(evaluation.videos, staging)
+        write_json_atomic(staging / METRICS_FILE, evaluation.metrics)
+
+    folder.replace_outputs(write, last=METRICS_FILE)
 
 
 def _fmt(value: float | None) -> str:

@@ -41,6 +41,17 @@ class SegmentScores:
         return SEGMENT_STRIDE * (self.num_segments - 1) + self.last_segment_frames
 
 
+def _number(segment: dict, name: str, path: Path, centre: int) -> float:
+    """A segment's value ``name``: a JSON number. ``"1"`` or ``true`` is refused, not coerced: a file that
+    says so was written by something else than Step 1, and its other values cannot be trusted either."""
+    if name not in segment:
+        raise VeraError(f"score file {path}: segment {centre} has no '{name}'")
+    value = segment[name]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise VeraError(f"score file {path}: segment {centre}: '{name}' must be a number, got {value!r}")
+    return float(value)
+
+
 def read_segment_scores(path: Path, *, binary: bool = True, field: str = "score") -> SegmentScores:
     """Read and check one score file; ``binary`` demands scores in {0, 1} (released protocol).
 
@@ -66,21 +77,28 @@ def read_segment_scores(path: Path, *, binary: bool = True, field: str = "score"
             f"score file {path}: segment centres must be 0, 16, 32, … without gaps; centre {off} is off the grid"
         )
     segments = list(content.values())
-    try:
-        ends = np.array([float(segments[i]["end"]) for i in order])
-        chosen = [segments[i].get(field) for i in order]
-        fallbacks = sum(value is None for value in chosen) if field != "score" else 0
-        scores = np.array([float(segments[i]["score"] if value is None else value) for i, value in zip(order, chosen)])
-    except (KeyError, TypeError, ValueError, AttributeError) as error:
-        raise VeraError(f"score file {path}: every segment needs numeric 'end' and '{field}' ({error!r})") from None
+    ends, scores, fallbacks = [], [], 0
+    for centre, index in zip(centres.tolist(), order.tolist()):
+        segment = segments[index]
+        if not isinstance(segment, dict):
+            raise VeraError(f"score file {path}: segment {centre} must be an object with 'end' and '{field}'")
+        ends.append(_number(segment, "end", path, centre))
+        if field != "score" and segment.get(field, None) is None:
+            fallbacks += 1  # a malformed answer has no soft score: its 0/1 answer stands in
+            scores.append(_number(segment, "score", path, centre))
+        else:
+            scores.append(_number(segment, field, path, centre))
+    ends, scores = np.array(ends), np.array(scores)
     if binary and not np.all((scores == 0) | (scores == 1)):
         bad = centres[np.flatnonzero((scores != 0) & (scores != 1))[0]]
         raise VeraError(
             f"score file {path}: segment {bad} has score {scores[centres == bad][0]}; "
             "the released protocol takes 0/1 answers (use --protocol paper for soft scores)"
         )
-    if not np.all(np.isfinite(scores)) or np.any((scores < 0) | (scores > 1)):
-        raise VeraError(f"score file {path}: scores must lie in [0, 1]")
+    outside = ~((scores >= 0) & (scores <= 1))  # NaN included
+    if outside.any():
+        bad = int(np.flatnonzero(outside)[0])
+        raise VeraError(f"score file {path}: segment {centres[bad]} has score {scores[bad]}; scores must lie in [0, 1]")
     if ends[-1] <= centres[-1]:
         raise VeraError(f"score file {path}: the last segment ends at {ends[-1]}, before its centre {centres[-1]}")
     return SegmentScores(centres, ends, scores, fallbacks)

@@ -289,6 +289,23 @@ def released_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> 
     return weighted_context(similarity, released_neighbours(similarity, k, scores), scores, SIMILARITY_SCALE, True)
 
 
+def paper_similarity(features: np.ndarray) -> np.ndarray:
+    """Cosine similarities in float64 that are *exactly* equal wherever two feature rows are equal.
+
+    One BLAS product can round S[i, a] and S[i, b] differently although rows a
+    and b are identical (its blocking depends on where they sit; S[i, i] may be
+    1.0 and S[i, a] one ulp less), which would break the rule that ties go to
+    the lower index. The product of the distinct rows, indexed back, cannot.
+    """
+    rows = np.asarray(features, dtype=np.float64) + 0.0  # a contiguous copy; -0.0 becomes 0.0
+    group: dict[bytes, int] = {}
+    inverse = np.array([group.setdefault(row.tobytes(), len(group)) for row in rows], dtype=np.int64)
+    if len(group) == len(rows):
+        return cosine_similarity(rows)
+    first = np.unique(inverse, return_index=True)[1]
+    return cosine_similarity(rows[first])[np.ix_(inverse, inverse)]
+
+
 def paper_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
     """``np.argsort(-similarity, axis=1, kind="stable")[:, :k]`` (ties by index), without sorting whole rows.
 

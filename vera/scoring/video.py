@@ -28,6 +28,7 @@ from vera.scoring.steps import (
     frames_per_segment,
     paper_neighbours,
     paper_position_weights,
+    paper_similarity,
     paper_smoothing,
     rank_largest,
     released_ap_trim,
@@ -117,10 +118,9 @@ class VideoSteps:
         return len(self.scores)
 
     def similarity(self, released: bool) -> np.ndarray:
-        """Cosine similarities: float32 as stored (released), or float64 (paper)."""
+        """Cosine similarities: float32 as stored (released), or float64 with exact ties for equal rows (paper)."""
         if released not in self._similarity:
-            features = self.features if released else np.asarray(self.features, dtype=np.float64)
-            self._similarity[released] = cosine_similarity(features)
+            self._similarity[released] = cosine_similarity(self.features) if released else paper_similarity(self.features)
         return self._similarity[released]
 
     def neighbours(self, options: ScoringOptions) -> _Neighbours:

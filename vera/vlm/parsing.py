@@ -14,7 +14,8 @@ from dataclasses import dataclass
 OUTPUT_MARKER = "Output"
 LABEL_DIGITS = ("0", "1")
 
-PARSE_STATUSES = ("ok", "empty", "no-marker", "no-label", "ambiguous", "truncated")
+LABEL_ONLY = "label-only"  # Step 1's --score-mode label: the label was read from the logits, there is no answer
+PARSE_STATUSES = ("ok", "empty", "no-marker", "no-label", "ambiguous", "truncated", LABEL_ONLY)
 
 
 @dataclass(frozen=True)
@@ -52,3 +53,19 @@ def parse_answer(text: str) -> ParsedAnswer:
         return ParsedAnswer(score, False, "ambiguous")
     return ParsedAnswer(score, True, "ok")
 
+
+def answer_prefix(prompt: str) -> str:
+    """The text that label-only mode forces at the start of the answer.
+
+    ``Output:``, the marker after which the parser reads the label, plus a
+    line break where the prompt's reply format puts the label on its own line
+    (the authors' template: ``Output:`` then a line with the label). A space
+    is left to the label token: tokenizers attach a space to the word after it,
+    and the label tokens include the spaced digits.
+    """
+    marker = OUTPUT_MARKER + ":"
+    position = prompt.rfind(marker)
+    if position == -1:
+        return marker
+    rest = prompt[position + len(marker):]
+    return marker + ("\n" if rest.lstrip(" \t").startswith(("\n", "\r\n")) else "")

@@ -14,6 +14,9 @@ Frame layouts (how the ``<image>`` lines reach the model):
   helper replaces only the first ``<image>``), so the published questions were
   learned, and the published scores measured, with this input.
 - ``per-frame``: one frame per ``<image>`` line, the layout the prompt reads as.
+- ``qwen-video``: ``[$Data]`` (brackets included) becomes Qwen2-VL's video
+  slot and the frames, unresized, one video there: how the authors' Qwen2-VL
+  scripts fed it (``vera.vlm.qwen_video``). The default for Qwen2-VL models.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from vera.data.frames import VideoFrames, resize_frames
+from vera.vlm import qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
 from vera.io import read_text
@@ -141,23 +146,60 @@ def frame_lines(num_frames: int) -> str:
     return "".join(f"Frame{number}: {IMAGE_PLACEHOLDER}\n" for number in range(1, num_frames + 1))
 
 
-def build_learner_prompt(template: str, questions: list[str], num_frames: int = NUM_FRAMES) -> str:
-    """The full learner prompt: frames in ``$Data`` (brackets kept), then the questions inserted."""
+def build_learner_prompt(template: str, questions: list[str], num_frames: int = NUM_FRAMES,
+                         frame_layout: str = DEFAULT_FRAME_LAYOUT) -> str:
+    """The full learner prompt: frames in ``$Data`` (brackets kept), then the questions inserted.
+
+    In the ``qwen-video`` layout ``[$Data]`` itself becomes the video slot.
+    """
     check_template(template)
     check_questions(questions)
+    if frame_layout == "qwen-video":
+        return insert_questions(qwen_video.video_template(template), questions)
     return insert_questions(template.replace(DATA_SLOT, frame_lines(num_frames)), questions)
 
 
-def learner_request(prompt: str, frames: list[np.ndarray], key: str, frame_layout: str) -> VLMRequest:
+def resolve_frame_layout(requested: str | None, model_type: str | None, template: str) -> str:
+    """The layout given, or the default: ``qwen-video`` for Qwen2-VL with a ``[$Data]`` template, else ``released``.
+
+    Both are how the authors fed those models, so the published questions
+    (and scores) came from these inputs. ``model_type`` None (a backend
+    without a checkpoint, e.g. in tests) leaves the choice unchecked.
+    """
+    if requested is None:
+        if model_type in qwen_video.MODEL_TYPES and qwen_video.BRACKETED_DATA_SLOT in template:
+            return "qwen-video"
+        return DEFAULT_FRAME_LAYOUT
+    if requested not in FRAME_LAYOUTS:
+        raise VeraError(f"unknown frame layout {requested!r}; choose one of {', '.join(FRAME_LAYOUTS)}")
+    if requested == "qwen-video" and model_type is not None and model_type not in qwen_video.MODEL_TYPES:
+        raise VeraError(f"--frame-layout qwen-video feeds Qwen2-VL as the authors did; this model is {model_type!r}")
+    return requested
+
+
+def learner_frames(frames: VideoFrames, indices, frame_layout: str, image_size: int) -> list[np.ndarray]:
+    """The frames of one request as the layout shows them: 448×448 bicubic, or unresized for ``qwen-video``."""
+    if frame_layout == "qwen-video":
+        return qwen_video.read_frames(frames, indices)
+    return resize_frames(frames.read(indices), image_size)
+
+
+def learner_request(prompt: str, frames: list[np.ndarray], key: str, frame_layout: str,
+                    dump_name: str = "") -> VLMRequest:
     """A backend request for one segment (or video) in the chosen frame layout."""
     if frame_layout not in FRAME_LAYOUTS:
         raise VeraError(f"unknown frame layout {frame_layout!r}; choose one of {', '.join(FRAME_LAYOUTS)}")
+    if frame_layout == "qwen-video":
+        if prompt.count(qwen_video.VIDEO_SLOT) != 1:
+            raise VeraError(f"{key}: the qwen-video layout needs the prompt built for it (one video slot)")
+        return VLMRequest(prompt=prompt, images=list(frames), key=key, video=True, dump_name=dump_name)
     placeholders = prompt.count(IMAGE_PLACEHOLDER)
     if frame_layout == "per-frame" and placeholders != len(frames):
         raise VeraError(f"{key}: the prompt has {placeholders} {IMAGE_PLACEHOLDER} lines for {len(frames)} frames")
     if frame_layout == "released" and placeholders == 0:
         raise VeraError(f"{key}: the prompt has no {IMAGE_PLACEHOLDER} placeholder for the frames")
-    return VLMRequest(prompt=prompt, images=list(frames), key=key, image_block=frame_layout == "released")
+    return VLMRequest(prompt=prompt, images=list(frames), key=key, image_block=frame_layout == "released",
+                      dump_name=dump_name)
 
 
 def preset_questions(name: str) -> list[str]:

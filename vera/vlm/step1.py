@@ -11,39 +11,36 @@ initial score. Output, per video, ``<output>/<key>.json``::
 plus ``<output>/run.json`` (what produced the folder) and a summary of the
 answers that were not well formed.
 
-Reliability: finished videos are skipped on a rerun; a video in progress is
-checkpointed to ``<output>/.partial/<key>.json`` every ``checkpoint_every``
-answers (and on the way out of a failing or interrupted run), so a rerun loses
-at most the answers since the last checkpoint. All files are written atomically.
+The folder is a ``vera.runs.RunFolder``: finished videos are skipped on a
+rerun, a folder made with another model, other questions or settings is
+refused unless ``overwrite``, and a video in progress is checkpointed to
+``<output>/.partial/<key>.json`` every ``checkpoint_every`` answers (and on the
+way out of a failing or interrupted run), so a rerun loses at most the answers
+since the last checkpoint. All files are written atomically.
 """
 
 from __future__ import annotations
 
-import json
-import platform
-import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
-
-import vera
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
-from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames, resize_frames
-from vera.io import read_json, sha256_text, write_json_atomic
-from vera.vlm.parsing import PARSE_STATUSES, parse_answer
-from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_request
+from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames
+from vera.io import read_json, sha256_text
+from vera.progress import progress
+from vera.runs import RunFolder
+from vera.vlm.input_dump import enable_input_dumps
+from vera.vlm.parsing import LABEL_ONLY, PARSE_STATUSES, ParsedAnswer, answer_prefix, parse_answer
+from vera.vlm.prompts import (DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_frames,
+                              learner_request)
 from vera.data.segments import half_window, segment_centres, segment_window, window_frame_indices
 
-PARTIAL_DIR = ".partial"
-RUN_FILE = "run.json"
+KIND = "step1"
 
 
 @dataclass(frozen=True)
@@ -93,6 +90,8 @@ class Step1Settings:
     checkpoint_every: int = 64
     template_source: str = "default"
     progress: bool = True
+    dump_inputs: Path | None = None  # a folder for every request's model inputs (vera.vlm.input_dump)
+    score_mode: str = "generate"  # or "label" (vera.vlm.decoding)
 
 
 @dataclass
@@ -118,8 +117,7 @@ class Step1Summary:
                 "not_well_formed": self.not_well_formed, "by_status": dict(sorted(self.by_status.items())),
                 "failed_videos": self.failed, "warnings": self.warnings, "seconds": round(self.seconds, 3),
                 "seconds_per_generated_segment": (round(self.seconds / self.segments_generated, 4)
-                                                  if self.segments_generated else None),
-                "finished": _now()}
+                                                  if self.segments_generated else None)}
 
     def text(self) -> str:
         lines = [f"{self.videos} videos ({self.videos_skipped} already finished), {self.segments} segments, "
@@ -134,8 +132,33 @@ class Step1Summary:
         return "\n".join(lines)
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="seconds")
+def step1_identity(backend: str, model: str | None, questions: list[str], prompt: str,
+                   settings: Step1Settings) -> dict:
+    """What decides the answers; a run into a folder made with other values is refused without --overwrite.
+
+    Built from names alone (the backend's name and the model as given), so
+    that a command can check the output folder before it loads the model.
+    """
+    s = settings
+    return {"backend": backend, "model": model, "questions": list(questions), "prompt_sha256": sha256_text(prompt),
+            "frame_layout": s.frame_layout, "half_window": half_window(s.fps), "num_frames": s.num_frames,
+            "image_size": s.image_size, "max_new_tokens": s.max_new_tokens, "score_mode": s.score_mode}
+
+
+def step1_folder(settings: Step1Settings, identity: dict, videos: list[TestVideo] | None = None,
+                 record: dict | None = None) -> RunFolder:
+    """Step 1's run folder.
+
+    Its outputs are the summaries and the score files of ``videos`` (every
+    ``*.json`` if not given): ``--overwrite`` removes those and no other file.
+    """
+    keys = None if videos is None else {f"{video.key}.json" for video in videos}
+
+    def outputs(folder: Path) -> list[Path]:
+        return [path for path in folder.glob("*.json")
+                if path.name.startswith("summary") or (keys is None or path.name in keys)]
+
+    return RunFolder(settings.output, KIND, identity, overwrite=settings.overwrite, outputs=outputs, record=record)
 
 
 class _VideoState:
@@ -167,86 +190,45 @@ class Step1Runner:
             raise VeraError("give exactly one of --frames and --videos")
         if settings.batch_size < 1 or settings.checkpoint_every < 1:
             raise VeraError("--batch-size and the checkpoint interval must be at least 1")
+        if settings.score_mode == "label" and not hasattr(backend, "score_labels"):
+            raise VeraError(f"backend {backend.name} has no label-only mode; use --score-mode generate")
         self.backend = backend
         self.settings = settings
         self.questions = list(questions)
         self.template = template
-        self.prompt = build_learner_prompt(template, self.questions, settings.num_frames)
+        self.prompt = build_learner_prompt(template, self.questions, settings.num_frames, settings.frame_layout)
+        if settings.dump_inputs is not None:
+            enable_input_dumps(backend, settings.dump_inputs)
         self.half = half_window(settings.fps)
         self.output = Path(settings.output)
-        self.partial_dir = self.output / PARTIAL_DIR
-        self.identity = self._identity()
-        self.fingerprint = sha256_text(json.dumps(self.identity, sort_keys=True))
+        description = backend.describe()
+        self.identity = step1_identity(backend.name, description.get("model"), self.questions, self.prompt, settings)
+        self.record = {"prompt": self.prompt, "template_source": settings.template_source, "fps": settings.fps,
+                       "backend": description}
+        if settings.score_mode == "label":
+            self.record["answer_prefix"] = answer_prefix(self.prompt)
 
     # -- the output folder ------------------------------------------------------------------
 
-    def _identity(self) -> dict:
-        """What decides the answers; a run into a folder made with other values refuses without --overwrite."""
-        description = self.backend.describe()
-        s = self.settings
-        return {"backend": self.backend.name, "model": description.get("model"), "questions": self.questions,
-                "prompt_sha256": sha256_text(self.prompt), "frame_layout": s.frame_layout, "half_window": self.half,
-                "num_frames": s.num_frames, "image_size": s.image_size, "max_new_tokens": s.max_new_tokens}
-
-    def _run_record(self) -> dict:
-        return {"identity": self.identity, "fingerprint": self.fingerprint, "prompt": self.prompt,
-                "template_source": self.settings.template_source, "fps": self.settings.fps,
-                "backend": self.backend.describe(),
-                "versions": {"vera": vera.__version__, "python": platform.python_version(),
-                             "numpy": np.__version__},
-                "created": _now()}
-
-    def _score_files(self) -> list[Path]:
-        return [path for path in self.output.glob("*.json") if path.name != RUN_FILE
-                and not path.name.startswith("summary")]
-
-    def _prepare_output(self, all_videos: list[TestVideo], videos: list[TestVideo]) -> None:
-        """Check the folder belongs to this configuration (or start afresh with --overwrite); write run.json."""
-        self.output.mkdir(parents=True, exist_ok=True)
-        run_path = self.output / RUN_FILE
-        record = read_json(run_path, "run record") if run_path.is_file() else {}
-        previous = record.get("fingerprint") if isinstance(record, dict) else "unreadable"
-        same = previous == self.fingerprint
-        if not same and (previous is not None or self._score_files()):
-            if not self.settings.overwrite:
-                what = (f"was made by another run (see {run_path})" if previous
-                        else "holds score files of an unknown run")
-                raise VeraError(f"output folder {self.output} {what}: different model, questions, prompt or "
-                                "settings; use another folder or --overwrite to replace its results")
-            # Starting afresh: results of the old configuration must not pass for finished work.
-            stale = all_videos
-        elif self.settings.overwrite:
-            stale = videos
-        else:
-            stale = []
-        for video in stale:
-            (self.output / f"{video.key}.json").unlink(missing_ok=True)
-            (self.partial_dir / f"{video.key}.json").unlink(missing_ok=True)
-        if not same or self.settings.overwrite:
-            write_json_atomic(run_path, self._run_record())
+    @staticmethod
+    def _partial_name(video: TestVideo) -> str:
+        return f"{video.key}.json"
 
     def _load_partial(self, video: TestVideo, segments: list[Segment]) -> dict[str, dict]:
-        path = self.partial_dir / f"{video.key}.json"
-        if not path.is_file():
-            return {}
-        try:
-            content = read_json(path, "partial progress file")
-        except VeraError:
-            return {}  # a damaged checkpoint only costs the work it held
-        if content.get("fingerprint") != self.fingerprint or content.get("length") != video.length:
+        saved = self.folder.read_partial(self._partial_name(video))
+        if not isinstance(saved, dict) or saved.get("length") != video.length or not isinstance(
+                saved.get("segments"), dict):
             return {}
         centres = {str(s.centre) for s in segments}
-        return {key: value for key, value in content.get("segments", {}).items() if key in centres}
+        return {key: value for key, value in saved["segments"].items() if key in centres}
 
     def _checkpoint(self, state: _VideoState) -> None:
-        write_json_atomic(self.partial_dir / f"{state.video.key}.json",
-                          {"fingerprint": self.fingerprint, "length": state.video.length,
-                           "segments": state.entries()}, indent=None)
+        self.folder.write_partial(self._partial_name(state.video),
+                                  {"length": state.video.length, "segments": state.entries()})
         state.since_checkpoint = 0
 
     def _finish(self, state: _VideoState) -> None:
-        write_json_atomic(self.output / f"{state.video.key}.json", state.entries())
-        (self.partial_dir / f"{state.video.key}.json").unlink(missing_ok=True)
+        self.folder.finish_json(self._partial_name(state.video), state.entries())
         state.since_checkpoint = 0
 
     # -- frames to requests -----------------------------------------------------------------
@@ -272,17 +254,22 @@ class Step1Runner:
             try:
                 with self._open(state.video) as frames:
                     for segment in todo:
-                        pixels = resize_frames(frames.read(segment.indices), self.settings.image_size)
+                        pixels = learner_frames(frames, segment.indices, self.settings.frame_layout,
+                                                self.settings.image_size)
                         request = learner_request(self.prompt, pixels, f"{state.video.key} segment {segment.centre}",
-                                                  self.settings.frame_layout)
+                                                  self.settings.frame_layout,
+                                                  dump_name=f"{state.video.key}_{segment.centre}")
                         yield state, segment, request
             except VeraError as error:
                 state.failed = True
                 self.summary.failed[state.video.key] = str(error)
-                tqdm.write(f"error: {error}", file=sys.stderr)
+                self.bar.write(f"error: {error}")
 
     def _record(self, state: _VideoState, segment: Segment, answer: VLMAnswer) -> None:
-        parsed = parse_answer(answer.text)
+        if self.settings.score_mode == "label":  # the label was read from the logits: no text to parse
+            parsed = ParsedAnswer(answer.extra["score"], True, LABEL_ONLY)
+        else:
+            parsed = parse_answer(answer.text)
         status = parsed.status
         if not parsed.well_formed and answer.extra.get("truncated"):
             status = "truncated"
@@ -294,8 +281,10 @@ class Step1Runner:
         }
         state.since_checkpoint += 1
 
-    def _answer(self, batch: list[tuple[_VideoState, Segment, VLMRequest]], bar: tqdm) -> None:
-        answers = self.backend.generate([request for _, _, request in batch], self.settings.max_new_tokens)
+    def _answer(self, batch: list[tuple[_VideoState, Segment, VLMRequest]]) -> None:
+        requests = [request for _, _, request in batch]
+        answers = (self.backend.score_labels(requests) if self.settings.score_mode == "label"
+                   else self.backend.generate(requests, self.settings.max_new_tokens))
         if len(answers) != len(batch):
             raise VeraError(f"backend {self.backend.name} returned {len(answers)} answers for {len(batch)} requests")
         touched: dict[int, _VideoState] = {}
@@ -310,8 +299,8 @@ class Step1Runner:
                 self._checkpoint(state)
         bad = sum(1 for state, segment, _ in batch if not state.done[str(segment.centre)]["well_formed"])
         self._malformed_this_run += bad
-        bar.update(len(batch))
-        bar.set_postfix(not_well_formed=self._malformed_this_run, refresh=False)
+        self.bar.set_postfix(not_well_formed=self._malformed_this_run)
+        self.bar.update(len(batch))
 
     # -- the run ----------------------------------------------------------------------------
 
@@ -321,7 +310,9 @@ class Step1Runner:
         self._malformed_this_run = 0
         started = time.perf_counter()
         videos = select_videos(all_videos, self.settings.shard, self.settings.limit)
-        self._prepare_output(all_videos, videos)
+        # Outputs are the score files of every annotated video, so that --overwrite also removes those of
+        # videos this shard or --limit does not redo: they must not pass for results of this configuration.
+        self.folder = step1_folder(self.settings, self.identity, all_videos, self.record).open()
         states = []
         for video in videos:
             if video.length is None:
@@ -339,16 +330,15 @@ class Step1Runner:
         self.summary.videos = len(states)
         remaining = sum(len(s.segments) - len(s.done) for s in states)
         batch: list = []
-        with tqdm(total=remaining, unit="segment", desc="step 1", disable=not self.settings.progress,
-                  dynamic_ncols=True) as bar:
+        with progress(total=remaining, unit="segment", desc="step 1", enabled=self.settings.progress) as self.bar:
             try:
                 for item in self._requests(states):
                     batch.append(item)
                     if len(batch) == self.settings.batch_size:
-                        self._answer(batch, bar)
+                        self._answer(batch)
                         batch = []
                 if batch:
-                    self._answer(batch, bar)
+                    self._answer(batch)
             finally:
                 # Whatever stops the run, answers not yet checkpointed are kept.
                 for state in states:
@@ -365,5 +355,6 @@ class Step1Runner:
             self.summary.warnings.append(f"unknown parse statuses in existing files: {sorted(unknown)}")
         index, count = self.settings.shard
         name = "summary.json" if count == 1 else f"summary.shard-{index}-of-{count}.json"
-        write_json_atomic(self.output / name, self.summary.as_dict())
+        self.folder.write_summary(name, self.summary.as_dict())
+        self.folder.tidy()
         return self.summary

@@ -5,18 +5,55 @@
 
 from __future__ import annotations
 
+import argparse
+
 from vera.vlm.backends.base import VLMBackend
 from vera.errors import VeraError
 from vera.options import BACKENDS
+from vera.vlm.backends.openai import OpenAIBackend, ServerSettings
 
+
+def server_settings(args: argparse.Namespace) -> ServerSettings | None:
+    """The openai backend's settings from a command's parsed options (None for the other backends)."""
+    if args.backend != "openai":
+        return None
+    return ServerSettings(base_urls=args.base_url, concurrency=args.concurrency, timeout=args.request_timeout,
+                          retries=args.retries, image_format=args.image_format)
 
 
 def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
-                 max_batch_size: int | None = None, local_files_only: bool = False) -> VLMBackend:
-    """A backend by name: ``hf`` (transformers image-text-to-text models)."""
+                 max_batch_size: int | None = None, local_files_only: bool = False,
+                 server: ServerSettings | None = None, static_cache: bool = False,
+                 compile: bool = False) -> VLMBackend:
+    """A backend by name: ``hf`` (transformers image-text-to-text models, ``model`` a folder or Hub id) or
+    ``openai`` (OpenAI-compatible servers given by ``server``, ``model`` the served name).
+
+    Where ``model`` is a Hub id that cannot be had (network off or the Hub out
+    of reach, and not in the local cache), ``hf`` fails within seconds, before
+    transformers is imported.
+    """
+    if name == "openai":
+        if server is None:
+            raise VeraError("the openai backend needs --base-url")
+        return OpenAIBackend(model, server)
     if name == "hf":
+        from vera.vlm.backends.hub import locate_model
+
+        model, local_files_only = locate_model(model, local_files_only)
         from vera.vlm.backends.hf import HFBackend  # imports transformers: only when asked for
 
         return HFBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size,
-                         local_files_only=local_files_only)
+                         local_files_only=local_files_only, static_cache=static_cache, compile=compile)
     raise VeraError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
+
+
+def model_type_of(model: str, *, local_files_only: bool = False) -> str:
+    """The checkpoint's ``model_type`` from its config alone (no weights loaded), e.g. ``qwen2_vl``."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(model), local_files_only=local_files_only).model_type
+    except (OSError, ValueError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise VeraError(f"cannot read the config of model {model}: {first_line}") from None
+

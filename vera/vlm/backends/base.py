@@ -23,12 +23,17 @@ class VLMRequest:
     ``key`` names the video (and segment) for error messages.
     ``image_block`` reproduces how the released code fed InternVL2: all images
     go at the first placeholder and any later ``<image>`` stays literal text.
+    ``video`` reproduces how the authors' scripts fed Qwen2-VL: the images are
+    the frames of one video at the prompt's video slot (``vera.vlm.qwen_video``).
+    ``dump_name`` names the files ``--dump-inputs`` writes (default: from ``key``).
     """
 
     prompt: str
     images: list[np.ndarray]
     key: str = ""
     image_block: bool = False
+    video: bool = False
+    dump_name: str = ""
 
 
 @dataclass

@@ -3,18 +3,28 @@
 Native InternVL checkpoints (``…-hf``), Qwen2-VL, Qwen2.5-VL and the like are
 loaded with ``AutoModelForImageTextToText`` and ``AutoProcessor`` from a local
 folder or the Hub, on CPU or GPU. A batch of requests is generated at once,
-left-padded, greedily.
+left-padded, greedily; ``vera.vlm.decoding`` holds what decoding adds (label
+logits kept on the device, the label-only score mode, the cache options).
 
 How the ``<image>`` placeholders of a prompt become image tokens:
 
 - InternVL: each image is ``<img>`` + ``<IMG_CONTEXT>`` × 256 (one 448×448 tile)
   + ``</img>``. An ``image_block`` request puts every frame inside a single
-  ``<img>…</img>`` at the first placeholder, which is token for token what
-  InternVL2's ``batch_chat`` built for the released code; later ``<image>``
-  strings stay plain text.
+  ``<img>…</img>`` at the first placeholder, as InternVL2's ``batch_chat`` did
+  for the released code; later ``<image>`` strings stay plain text. The rest of
+  the query (system turn, separators, BOS) is the checkpoint's chat template:
+  only an InternVL2 checkpoint converted by ``vera.convert_internvl2`` renders
+  the original ``internlm2-chat`` query, so that the input ids equal
+  ``batch_chat``'s, left padding included (``tests/test_convert_internvl2.py``);
+  a native ``-hf`` checkpoint (InternVL3) gets its own template. Each frame is
+  one tile, computed as InternVL's ``load_image`` did (PIL bicubic resize to the
+  tile, ``ToTensor``, ``Normalize``), bit for bit.
 - Other models: the prompt is split at the placeholders into the text and image
   items of one user turn and rendered by the model's own chat template. An
   ``image_block`` request puts all images at the first placeholder.
+- ``video`` requests (the ``qwen-video`` layout, Qwen2-VL): built as the
+  authors' Qwen2-VL scripts built them (``vera.vlm.qwen_video``) and generated
+  with the checkpoint's own generation config, as they were.
 """
 
 from __future__ import annotations
@@ -22,11 +32,16 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import transformers
-from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessor, LogitsProcessorList
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessorList
 
+from vera.vlm import decoding, qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
+from vera.vlm.input_dump import write_input_dumps
+from vera.vlm.parsing import answer_prefix
 from vera.devices import resolve_device, resolve_dtype
 from vera.errors import VeraError
 
@@ -35,22 +50,11 @@ logger = logging.getLogger(__name__)
 LABELS = ("0", "1")
 
 
-class _LabelProbabilities(LogitsProcessor):
-    """Records, at every decoding step, the probabilities of the label tokens (scores left unchanged)."""
-
-    def __init__(self, token_ids: list[int]):
-        self.token_ids = token_ids
-        self.steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        self.steps.append(scores.float().softmax(dim=-1)[:, self.token_ids].cpu())
-        return scores
-
-
 @dataclass
 class _Batch:
     inputs: dict
     prompt_length: int
+    checkpoint_decoding: bool = False  # generate with the checkpoint's generation config, no overrides
 
 
 class HFBackend:
@@ -59,11 +63,15 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", max_batch_size: int | None = None,
-                 local_files_only: bool = False, attn_implementation: str | None = None):
+                 local_files_only: bool = False, attn_implementation: str | None = None,
+                 static_cache: bool = False, compile: bool = False):
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.max_batch_size = max_batch_size
+        self.dump_inputs = None  # a folder: write every request's model inputs there (vera.vlm.input_dump)
+        self.static_cache = static_cache or compile  # compiling the decoding step needs the static cache
+        self.compile = compile
         load_options: dict = {"local_files_only": local_files_only}
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_id, **load_options)
@@ -92,9 +100,11 @@ class HFBackend:
         return ids
 
     def _eos_token_ids(self) -> set[int]:
+        """The tokens that end generation: the generation config's (a converted InternVL2 stops at
+        ``<|im_end|>`` alone, not at its tokenizer's ``</s>``), else the tokenizer's end token."""
         eos = self.model.generation_config.eos_token_id
         eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
-        if self.tokenizer.eos_token_id is not None:
+        if not eos and self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
         return set(eos)
 
@@ -124,9 +134,24 @@ class HFBackend:
             images.extend(request.images)
         inputs = dict(self.tokenizer(texts, padding=True, return_tensors="pt", add_special_tokens=False))
         if images:
-            pixels = processor.image_processor(images, crop_to_patches=False, return_tensors="pt")["pixel_values"]
-            inputs["pixel_values"] = pixels
+            inputs["pixel_values"] = self._internvl_tiles(images)
         return _Batch(inputs, inputs["input_ids"].shape[1])
+
+    def _internvl_tiles(self, images: list[np.ndarray]) -> torch.Tensor:
+        """One tile per image, as InternVL's ``load_image`` built it: PIL bicubic resize to the tile size (none
+        for frames already that size), then ``ToTensor`` and ``Normalize`` in float32. The image processor's
+        fused rescale-and-normalise differs from that in the last bit of most values."""
+        image_processor = self.processor.image_processor
+        size = (image_processor.size["width"], image_processor.size["height"])
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None, None]
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None, None]
+        tiles = []
+        for image in images:
+            picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+            if picture.size != size:
+                picture = picture.resize(size, Image.Resampling.BICUBIC)
+            tiles.append(torch.from_numpy(np.array(picture)).permute(2, 0, 1).float().div(255).sub(mean).div(std))
+        return torch.stack(tiles)
 
     def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
         """Other models: text and image items of one user turn, through the model's chat template."""
@@ -154,8 +179,21 @@ class HFBackend:
         inputs = dict(self.processor(text=texts, images=images or None, padding=True, return_tensors="pt"))
         return _Batch(inputs, inputs["input_ids"].shape[1])
 
+    def _video_batch(self, requests: list[VLMRequest]) -> _Batch:
+        """The ``qwen-video`` layout: Qwen2-VL's inputs as the authors' scripts built them."""
+        if self.model_type not in qwen_video.MODEL_TYPES:
+            raise VeraError(f"{requests[0].key}: the qwen-video frame layout is for Qwen2-VL; model "
+                            f"{self.model_id} is {self.model_type!r}")
+        inputs = qwen_video.processor_inputs(self.processor, requests)
+        return _Batch(inputs, inputs["input_ids"].shape[1], checkpoint_decoding=True)
+
     def _batch(self, requests: list[VLMRequest]) -> _Batch:
-        batch = self._internvl_batch(requests) if self.model_type == "internvl" else self._processor_batch(requests)
+        if any(request.video for request in requests):
+            batch = self._video_batch(requests)
+        elif self.model_type == "internvl":
+            batch = self._internvl_batch(requests)
+        else:
+            batch = self._processor_batch(requests)
         for name, value in batch.inputs.items():
             if isinstance(value, torch.Tensor):
                 value = value.to(self.device)
@@ -166,41 +204,59 @@ class HFBackend:
 
     def _generate_batch(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:
         batch = self._batch(requests)
-        label_ids = self.label_token_ids["0"] + self.label_token_ids["1"]
-        recorder = _LabelProbabilities(label_ids)
+        if self.dump_inputs is not None:
+            write_input_dumps(self.dump_inputs, requests, batch.inputs, self.tokenizer)
+        zero_ids, one_ids = self.label_token_ids["0"], self.label_token_ids["1"]
+        recorder = decoding.LabelLogits(zero_ids + one_ids)
+        # qwen-video decodes with the checkpoint's own generation config, as the authors' Qwen2-VL script did
+        greedy = {} if batch.checkpoint_decoding else {
+            "do_sample": False, "num_beams": 1, "pad_token_id": self.tokenizer.pad_token_id}
         with torch.inference_mode():
             output = self.model.generate(
-                **batch.inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                logits_processor=LogitsProcessorList([recorder]) if label_ids else None,
-                pad_token_id=self.tokenizer.pad_token_id,
+                **batch.inputs, max_new_tokens=max_new_tokens,
+                logits_processor=LogitsProcessorList([recorder]) if recorder.token_ids else None, **greedy,
+                **decoding.generate_options(self.static_cache, self.compile),
             )
         new_tokens = output[:, batch.prompt_length:].cpu()
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        probabilities = torch.stack(recorder.steps, dim=1) if recorder.steps else None  # (batch, steps, labels)
+        label_logits = recorder.collect()  # (batch, steps, labels)
         answers = []
         for row, text in enumerate(texts):
             tokens = new_tokens[row].tolist()
             finished = any(token in self.eos_token_ids for token in tokens)
-            label_prob = self._label_prob(tokens, probabilities[row]) if probabilities is not None else None
+            label_prob = (decoding.label_probability(tokens, label_logits[row], zero_ids, one_ids)
+                          if label_logits is not None else None)
             answers.append(VLMAnswer(text=text, label_prob=label_prob,
                                      extra={"truncated": not finished, "new_tokens": len(tokens)}))
         return answers
 
-    def _label_prob(self, tokens: list[int], step_probs: torch.Tensor) -> float | None:
-        """P(1) / (P(0) + P(1)) at the last generated label token, the one the parser reads."""
-        zeros, ones = len(self.label_token_ids["0"]), len(self.label_token_ids["1"])
-        label_ids = set(self.label_token_ids["0"] + self.label_token_ids["1"])
-        positions = [step for step, token in enumerate(tokens) if token in label_ids]
-        if not positions or zeros == 0 or ones == 0:
-            return None
-        probs = step_probs[positions[-1]]
-        total = float(probs.sum())
-        return float(probs[zeros:].sum()) / total if total > 0 else None
+    def _label_batch(self, requests: list[VLMRequest]) -> list[VLMAnswer]:
+        """Label-only mode (``vera.vlm.decoding``): one forward pass over prompt plus forced answer prefix."""
+        zero_ids, one_ids = self.label_token_ids["0"], self.label_token_ids["1"]
+        if not zero_ids or not one_ids:
+            raise VeraError(f"model {self.model_id}: no single token stands for the label 0 or 1, so the label "
+                            "cannot be read from the logits; use --score-mode generate")
+        groups: dict[str, list[int]] = {}  # requests by forced prefix, each group one forward pass
+        for index, request in enumerate(requests):
+            groups.setdefault(answer_prefix(request.prompt), []).append(index)
+        answers: list[VLMAnswer | None] = [None] * len(requests)
+        context = self._chat_text([{"type": "text", "text": "x"}])  # ends where every answer starts
+        for prefix, indices in groups.items():
+            inputs = self._batch([requests[index] for index in indices]).inputs
+            inputs = decoding.append_tokens(inputs, decoding.continuation_ids(self.tokenizer, context, prefix))
+            with torch.inference_mode():
+                logits = self.model(**decoding.without_full_mask(inputs), use_cache=False, logits_to_keep=1).logits
+            label_logits = logits[:, -1, zero_ids + one_ids].float().cpu()
+            for row, index in enumerate(indices):
+                label_prob = decoding.label_ratio(label_logits[row], len(zero_ids))
+                score = 1 if label_prob is None or label_prob >= 0.5 else 0
+                answers[index] = VLMAnswer(text="", label_prob=label_prob, extra={"score": score})
+        return answers
 
-    def _generate_adaptive(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:
-        """Generate; on out-of-memory, halve the batch, say so, and keep the smaller size."""
+    def _adaptive(self, run, requests: list[VLMRequest], *args) -> list[VLMAnswer]:
+        """``run(requests, *args)``; on out-of-memory, halve the batch, say so, and keep the smaller size."""
         try:
-            return self._generate_batch(requests, max_new_tokens)
+            return run(requests, *args)
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -211,18 +267,24 @@ class HFBackend:
             logger.warning("out of memory on a batch of %d (%s …); retrying in batches of %d",
                            len(requests), requests[0].key, half)
             self.max_batch_size = half
-            return (self._generate_adaptive(requests[:half], max_new_tokens)
-                    + self._generate_adaptive(requests[half:], max_new_tokens))
+            return self._adaptive(run, requests[:half], *args) + self._adaptive(run, requests[half:], *args)
 
-    def generate(self, requests: list[VLMRequest], max_new_tokens: int = 1024) -> list[VLMAnswer]:
-        """Greedy answers in request order, in batches of at most ``max_batch_size``."""
+    def _in_batches(self, run, requests: list[VLMRequest], *args) -> list[VLMAnswer]:
         answers: list[VLMAnswer] = []
         start = 0
         while start < len(requests):
             size = self.max_batch_size or len(requests)
-            answers.extend(self._generate_adaptive(requests[start:start + size], max_new_tokens))
+            answers.extend(self._adaptive(run, requests[start:start + size], *args))
             start += size
         return answers
+
+    def generate(self, requests: list[VLMRequest], max_new_tokens: int = 1024) -> list[VLMAnswer]:
+        """Greedy answers in request order, in batches of at most ``max_batch_size``."""
+        return self._in_batches(self._generate_batch, requests, max_new_tokens)
+
+    def score_labels(self, requests: list[VLMRequest]) -> list[VLMAnswer]:
+        """Label-only answers in request order: empty text, ``label_prob``, and ``extra["score"]`` (0 or 1)."""
+        return self._in_batches(self._label_batch, requests)
 
     def describe(self) -> dict:
         return {
@@ -231,7 +293,10 @@ class HFBackend:
             "model_type": self.model_type,
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
-            "decoding": {"do_sample": False, "num_beams": 1},
+            "decoding": {"do_sample": False, "num_beams": 1, "cache": "static" if self.static_cache else "dynamic",
+                         "compile": self.compile},
+            # What the qwen-video layout decodes with (the authors' Qwen2-VL scripts did not override it).
+            "checkpoint_generation_config": self.model.generation_config.to_diff_dict(),
             "label_token_ids": self.label_token_ids,
             "transformers": transformers.__version__,
             "torch": torch.__version__,

@@ -1,0 +1,40 @@
+"""The option registry: each name defined once, choices shared with the modules that own them."""
+
+from __future__ import annotations
+
+import ast
+import time
+from pathlib import Path
+
+import vera.options as options
+
+
+def test_every_option_name_is_defined_once():
+    # A dict literal silently keeps the last of two equal keys: read the source to catch it.
+    tree = ast.parse(Path(options.__file__).read_text())
+    literal = next(node.value for node in ast.walk(tree)
+                   if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "OPTIONS")
+    names = [key.value for key in literal.keys]
+    assert len(names) == len(set(names)), sorted({name for name in names if names.count(name) > 1})
+
+
+def test_shared_choices_agree_with_their_owners():
+    from vera.devices import DTYPES
+    from vera.vlm.prompts import PRESET_QUESTIONS
+
+    assert options.PRESETS == tuple(PRESET_QUESTIONS)
+    assert options.DTYPE_CHOICES == ("auto", *DTYPES)
+
+
+def test_help_answers_without_importing_the_heavy_libraries():
+    import subprocess
+    import sys
+
+    probe = ("import sys, contextlib, io\nfrom vera.commands import run\n"
+             "with contextlib.redirect_stdout(io.StringIO()):\n"
+             "    try:\n        run('generate_initial_score', ['--help'])\n    except SystemExit:\n        pass\n"
+             "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'lightning') if m in sys.modules))")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
+    assert time.monotonic() - started < 10

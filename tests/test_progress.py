@@ -1,0 +1,89 @@
+"""vera.progress: a bar on a terminal, plain log lines (no carriage returns) anywhere else."""
+
+from __future__ import annotations
+
+import io
+
+from vera.progress import progress
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_log_lines_when_not_on_a_terminal_at_most_every_interval_and_at_the_end():
+    stream, clock = io.StringIO(), Clock()
+    # 100 segments were done before (a resumed run): the rate and eta count only this run's work.
+    with progress(total=3500, desc="step 1", unit="segment", stream=stream, clock=clock, initial=100) as bar:
+        for _ in range(10):  # 10 segments every 10 s: a line at 30, 60 and 90 s, then the final one at 100 s
+            clock.now += 10
+            bar.update(10)
+            if clock.now - 1000 == 40:
+                bar.set_postfix(not_well_formed=3)
+                bar.write("error: video x: frame 3 is corrupt")
+    text = stream.getvalue()
+    assert "\r" not in text and "\x1b" not in text
+    assert text.splitlines() == [
+        "step 1: 130/3500 segments (3.7%), 1.0/s, eta 56 min",
+        "error: video x: frame 3 is corrupt",
+        "step 1: 160/3500 segments (4.6%), 1.0/s, eta 56 min, not_well_formed=3",
+        "step 1: 190/3500 segments (5.4%), 1.0/s, eta 55 min, not_well_formed=3",
+        "step 1: 200/3500 segments (5.7%), 1.0/s, finished in 2 min, not_well_formed=3",
+    ]
+
+
+def test_iterating_counts_items_and_slow_rates_read_as_seconds_per_item():
+    stream, clock = io.StringIO(), Clock()
+    seen = []
+    for video in progress(["a", "b"], desc="features", unit="video", stream=stream, clock=clock, log_every_s=0):
+        clock.now += 120
+        seen.append(video)
+    assert seen == ["a", "b"]
+    assert stream.getvalue().splitlines() == [
+        "features: 1/2 videos (50.0%), 120.0 s/video, eta 2 min",
+        "features: 2/2 videos (100.0%), 120.0 s/video, eta 0 s",
+        "features: 2/2 videos (100.0%), 120.0 s/video, finished in 4 min",
+    ]
+
+
+def test_a_terminal_gets_a_bar_and_disabled_progress_only_messages():
+    terminal = Terminal()
+    with progress(total=5, desc="frames", unit="video", stream=terminal) as bar:
+        bar.update(5)
+    assert "\r" in terminal.getvalue() and "5/5" in terminal.getvalue()
+    quiet = io.StringIO()
+    with progress(total=5, desc="frames", unit="video", stream=quiet, enabled=False, log_every_s=0) as bar:
+        bar.update(5)
+        bar.write("FAILED: video x")
+    assert quiet.getvalue() == "FAILED: video x\n"
+
+
+def test_a_stage_logs_plain_lines_into_a_log(tmp_path, capsys):
+    """Step 1 with progress on, its stderr captured (not a terminal): log lines, no carriage return."""
+    import cv2
+    import numpy as np
+
+    from vera.data.annotations import TestVideo
+    from vera.vlm.backends.scripted import ScriptedBackend
+    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+    from vera.vlm.step1 import Step1Runner, Step1Settings
+
+    (tmp_path / "frames" / "v").mkdir(parents=True)
+    for index in range(40):
+        cv2.imwrite(str(tmp_path / "frames" / "v" / f"{index:06d}.jpg"), np.full((8, 8, 3), index, np.uint8))
+    settings = Step1Settings(output=tmp_path / "out", frames_dir=tmp_path / "frames", image_size=8, progress=True)
+    Step1Runner(ScriptedBackend(lambda request: "Output: 1"), DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"],
+                settings).run([TestVideo("v", 40)])
+    err = capsys.readouterr().err
+    assert "\r" not in err
+    assert err.startswith("step 1: 3/3 segments (100.0%), ") and err.endswith(", not_well_formed=0\n")
+    assert err.count("\n") == 1

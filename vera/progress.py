@@ -1,0 +1,128 @@
+"""Progress of long jobs: a bar on a terminal, plain log lines anywhere else.
+
+A tqdm bar redraws itself with carriage returns, which turns a log file (a
+cluster job, ``nohup``, ``| tee``) into one enormous line. When the stream is
+not a terminal, ``progress`` writes instead a line such as::
+
+    step 1: 120/3400 segments (3.5%), 2.1/s, eta 26 min
+
+at most every ``log_every_s`` seconds and once at the end. Every stage uses
+this helper, so every stage logs the same way.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from typing import IO, Any
+
+LOG_EVERY_S = 30.0
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+class Progress:
+    """Counts work done; shows it as a bar on a terminal and as log lines elsewhere (see the module docstring).
+
+    Iterate over it to count one unit per item, or call ``update``. ``write``
+    prints a message without breaking the bar; it prints even when progress
+    display is disabled, so errors and warnings are never lost.
+    """
+
+    def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
+                 unit: str = "it", enabled: bool = True, initial: int = 0, stream: IO[str] | None = None,
+                 log_every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+        self.iterable = iterable
+        if total is None and hasattr(iterable, "__len__"):
+            total = len(iterable)  # type: ignore[arg-type]
+        self.total, self.n, self.initial = total, initial, initial
+        self.desc, self.unit = desc, unit
+        self.postfix: dict[str, Any] = {}
+        self.stream = stream if stream is not None else sys.stderr
+        self.log_every_s, self.clock = log_every_s, clock
+        self.started = self.last_line = clock()
+        self.closed = False
+        is_terminal = getattr(self.stream, "isatty", lambda: False)()
+        self.logging = enabled and not is_terminal
+        self.bar = None
+        if enabled and is_terminal:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        self.close(stopped=exc_type is not None)
+
+    def __iter__(self) -> Iterator[Any]:
+        if self.iterable is None:
+            raise TypeError("this Progress counts with update(); it was given nothing to iterate over")
+        for item in self.iterable:
+            yield item
+            self.update(1)
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.bar is not None:
+            self.bar.update(n)
+        elif self.logging and self.clock() - self.last_line >= self.log_every_s:
+            self._log(final=False)
+
+    def set_postfix(self, **values: Any) -> None:
+        """Extra counters shown after the rate (e.g. ``not_well_formed=3``)."""
+        self.postfix.update(values)
+        if self.bar is not None:
+            self.bar.set_postfix(self.postfix, refresh=False)
+
+    def write(self, message: str, file: IO[str] | None = None) -> None:
+        """Print ``message`` to ``file`` (default: the progress stream) without breaking the bar."""
+        file = file if file is not None else self.stream
+        if self.bar is not None:
+            self.bar.write(message, file=file)
+        else:
+            print(message, file=file, flush=True)
+
+    def close(self, stopped: bool = False) -> None:
+        """End the bar, or log the last line (``stopped``: the work ended early, by an error or an interrupt)."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.bar is not None:
+            self.bar.close()
+        elif self.logging:
+            self._log(final=True, stopped=stopped)
+
+    def line(self, final: bool = False, stopped: bool = False) -> str:
+        """The log line for the current count."""
+        elapsed = max(self.clock() - self.started, 0.0)
+        done = self.n - self.initial
+        rate = done / elapsed if elapsed > 0 else 0.0
+        count = f"{self.n}/{self.total} {self.unit}s" if self.total is not None else f"{self.n} {self.unit}s"
+        parts = [count + (f" ({100 * self.n / self.total:.1f}%)" if self.total else "")]
+        if rate > 0:
+            parts.append(f"{rate:.1f}/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}")
+        if final:
+            parts.append(f"{'stopped after' if stopped else 'finished in'} {_duration(elapsed)}")
+        elif rate > 0 and self.total is not None:
+            parts.append(f"eta {_duration((self.total - self.n) / rate)}")
+        parts += [f"{name}={value}" for name, value in self.postfix.items()]
+        return f"{self.desc}: " + ", ".join(parts)
+
+    def _log(self, final: bool, stopped: bool = False) -> None:
+        print(self.line(final, stopped), file=self.stream, flush=True)
+        self.last_line = self.clock()
+
+
+def progress(iterable: Iterable[Any] | None = None, **options: Any) -> Progress:
+    """``Progress(iterable, total=…, desc=…, unit=…, enabled=…)``: a bar on a terminal, log lines elsewhere."""
+    return Progress(iterable, **options)
