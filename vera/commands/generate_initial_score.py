@@ -5,7 +5,9 @@
 
 Writes OUTPUT/<key>.json (centre → start, end, score, response, parse_status,
 well_formed, label_prob), OUTPUT/run.json and a summary of malformed answers.
-Rerunning the same command resumes where it stopped.
+Rerunning the same command resumes where it stopped. --devices N (one
+process per GPU) and --num-nodes M split the videos across processes, started
+here by Lightning or by torchrun / SLURM (see the README).
 """
 
 from __future__ import annotations
@@ -16,12 +18,17 @@ COMMAND = Command(__doc__, [
     "dataset", "annotations", OneOf(("frames", "videos")), "model", "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress",
+    "devices", "num_nodes", "accelerator",
 ], prog="generate_initial_score.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    from vera.distributed import check_device_options
+
+    check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.data.annotations import load_test_annotations
+    from vera.distributed import launch
     from vera.vlm.backends import load_backend
     from vera.vlm.prompts import build_learner_prompt, load_questions, load_template, preset_questions
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
@@ -39,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames)
     step1_folder(settings, step1_identity(args.backend, args.model, questions, prompt, settings), videos).check()
-    backend = load_backend(args.backend, args.model, device=args.device, dtype=args.dtype,
-                           max_batch_size=args.batch_size)
-    summary = Step1Runner(backend, template, questions, settings).run(videos)
+    ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
+    backend = ranks.together(lambda: load_backend(args.backend, args.model, device=ranks.device, dtype=args.dtype,
+                                                  max_batch_size=args.batch_size))
+    summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
+    if not ranks.is_main:
+        # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.
+        return 0
     print(summary.text())
     return 1 if summary.failed else 0
