@@ -1,10 +1,11 @@
 """Step 1 and features in several processes (``--devices 2 --accelerator cpu``) through the real scripts.
 
 Each multi-process run starts from the leftovers of an interrupted run (one
-video finished, one with saved partial work) and must end with per-video
-files byte for byte equal to those of a single-process run, the videos split
-between the ranks as documented. Step 1 goes through Lightning's own launcher
-(the script starts the second process), features through ``torchrun``.
+video finished, one with saved partial work: what a kill leaves) and must end
+with per-video files byte for byte equal to those of a single-process run, the
+videos split between the ranks as documented. Step 1 goes through Lightning's
+own launcher (the script starts the second process), features through
+``torchrun``, with a video that fails on rank 1 and is reported by rank 0.
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ class Ranks:
         return self.gather(self.together(work))
 
     def open_folder(self, folder: Any) -> Any:
-        """Open a ``vera.runs.RunFolder`` so that only one process checks, clears or records it at a time.
+        """Open a ``vera.runs.RunFolder`` so that no two processes clear or record one folder at once.
 
         Rank 0 opens first: it alone clears the old outputs (``--overwrite``)
         and writes ``run.json``. Then the first process of every other
