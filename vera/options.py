@@ -260,7 +260,8 @@ OPTIONS: dict[str, Option] = {
     "no_progress": _opt("--no-progress", action="store_true",
                         help="no progress bar (when not on a terminal, progress is logged as plain lines anyway)"),
     "shard": _opt("--shard", type=shard, default=(0, 1), metavar="I/N",
-                  help="this process takes every N-th video from the I-th (0-based)"),
+                  help="this run takes every N-th video from the I-th (0-based); with --devices/--num-nodes "
+                       "its processes split those again, process r of W taking every W-th from the r-th"),
     # the VLM
     "model": _opt("--model", type=model_ref, required=True, metavar="PATH_OR_ID",
                   help="local folder or Hugging Face id of the VLM (an id needs the network or the local cache)"),
@@ -394,6 +395,9 @@ OPTIONS: dict[str, Option] = {
     "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
+    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="M",
+                      help="machines, each running --devices processes (launched by torchrun or SLURM; "
+                           "default: %(default)s)"),
     # make_annotations (an annotation file for your own videos)
     "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
                             help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
