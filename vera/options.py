@@ -396,8 +396,8 @@ OPTIONS: dict[str, Option] = {
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
     "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="M",
-                      help="machines, each running --devices processes (launched by torchrun or SLURM; "
-                           "default: %(default)s)"),
+                      help="machines, each running --devices processes (run the command on each: Lightning's "
+                           "launcher, torchrun or SLURM; default: %(default)s)"),
     # make_annotations (an annotation file for your own videos)
     "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
                             help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
@@ -422,9 +422,6 @@ OPTIONS: dict[str, Option] = {
                         help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
     "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
     "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
-    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="N",
-                      help="machines, each running --devices processes (run the command on each, as Lightning "
-                           "expects; default: %(default)s)"),
 }
 
 
