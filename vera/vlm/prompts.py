@@ -30,14 +30,15 @@ from vera.vlm import qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
 from vera.io import read_text
-from vera.options import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS
+from vera.options import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NO_QUESTIONS
 
 DATA_SLOT = "$Data"
 QUESTIONS_ANCHOR = "Based on the analysis above"
 NUM_FRAMES = 8
 
 # The guiding questions the authors published: the learned UCF-Crime and
-# XD-Violence sets (VERA README) and the set hard-coded in their Qwen2-VL script.
+# XD-Violence sets (VERA README), the set hard-coded in their Qwen2-VL script,
+# and the two hand-written questions their training starts from (the paper's Q0).
 PRESET_QUESTIONS: dict[str, list[str]] = {
     "ucf": [
         "1. Are there any people in the video who are not in their typical positions or engaging in activities "
@@ -70,6 +71,10 @@ PRESET_QUESTIONS: dict[str, list[str]] = {
         "4. Are there any inconsistencies in the weather conditions in the video frames that suggest an anomaly?",
         "5. Are there any unusual objects or items in the video frames that are not in their usual positions?",
     ],
+    "initial": [
+        "1. Is there any suspicious person or object that looks unusual in this scene?",
+        "2. Is there any behavior that looks unusual in this scene?",
+    ],
 }
 
 # The project's own learner template: the same slots and answer format as the
@@ -99,9 +104,21 @@ def load_questions(path: Path) -> list[str]:
     lines = read_text(path, "questions file").splitlines()
     questions = [line.rstrip() for line in lines if line.strip()]
     if not questions:
-        raise VeraError(f"questions file {path} holds no questions (one per line expected)")
+        raise VeraError(f"questions file {path} holds no questions (one per line expected; "
+                        f"--questions {NO_QUESTIONS} asks none)")
     check_questions(questions, str(path))
     return questions
+
+
+def questions_from(source: Path | str) -> list[str]:
+    """The questions of ``--questions``: a file's, or none at all for ``none``.
+
+    No questions is the bare prompt of the paper's question-type table: the
+    template with an empty list inserted, every other character as it is (with
+    the authors' file the line asking to answer "the following questions" is
+    then followed directly by "Based on the analysis above").
+    """
+    return [] if source == NO_QUESTIONS else load_questions(Path(source))
 
 
 def check_questions(questions: list[str], where: str = "questions") -> None:
