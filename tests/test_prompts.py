@@ -85,8 +85,8 @@ def test_insert_questions_places_each_with_a_newline():
 
 
 def test_presets_are_the_published_questions():
-    assert set(PRESET_QUESTIONS) == {"ucf", "xd", "ucf-qwen", "initial"}
-    for questions in (PRESET_QUESTIONS[name] for name in ("ucf", "xd", "ucf-qwen")):
+    assert set(PRESET_QUESTIONS) == {"ucf", "xd", "ucf-qwen"}
+    for questions in PRESET_QUESTIONS.values():
         assert [q.split(". ", 1)[0] for q in questions] == ["1", "2", "3", "4", "5"]
         assert all(q.endswith("?") and "\n" not in q for q in questions)
     assert PRESET_QUESTIONS["ucf"][3] == ("4. Is there any visible damage or unusual movement in the video "
@@ -95,7 +95,7 @@ def test_presets_are_the_published_questions():
     assert PRESET_QUESTIONS["ucf-qwen"][0] == ("1. Are there any unusual movements or positions of the vehicles "
                                               "in the video frames?")
     # The released training script's two hand-written starting questions (the paper's Q0).
-    assert PRESET_QUESTIONS["initial"] == [
+    assert preset_questions("initial") == [
         "1. Is there any suspicious person or object that looks unusual in this scene?",
         "2. Is there any behavior that looks unusual in this scene?",
     ]

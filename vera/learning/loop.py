@@ -76,14 +76,13 @@ from vera.vlm.parsing import parse_answer
 from vera.vlm.prompts import (
     DEFAULT_FRAME_LAYOUT,
     FRAME_LAYOUTS,
+    INITIAL_QUESTIONS,
     build_learner_prompt,
     learner_frames,
     learner_request,
     load_template,
-    preset_questions,
 )
 
-INITIAL_QUESTIONS = preset_questions("initial")
 HISTORY_FILE = "history.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 BEST_FILE = "best_questions.txt"

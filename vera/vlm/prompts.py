@@ -37,8 +37,7 @@ QUESTIONS_ANCHOR = "Based on the analysis above"
 NUM_FRAMES = 8
 
 # The guiding questions the authors published: the learned UCF-Crime and
-# XD-Violence sets (VERA README), the set hard-coded in their Qwen2-VL script,
-# and the two hand-written questions their training starts from (the paper's Q0).
+# XD-Violence sets (VERA README) and the set hard-coded in their Qwen2-VL script.
 PRESET_QUESTIONS: dict[str, list[str]] = {
     "ucf": [
         "1. Are there any people in the video who are not in their typical positions or engaging in activities "
@@ -71,11 +70,13 @@ PRESET_QUESTIONS: dict[str, list[str]] = {
         "4. Are there any inconsistencies in the weather conditions in the video frames that suggest an anomaly?",
         "5. Are there any unusual objects or items in the video frames that are not in their usual positions?",
     ],
-    "initial": [
-        "1. Is there any suspicious person or object that looks unusual in this scene?",
-        "2. Is there any behavior that looks unusual in this scene?",
-    ],
 }
+# The two hand-written questions the authors' training starts from (the paper's Q0): ``--preset initial``.
+INITIAL_QUESTIONS = [
+    "1. Is there any suspicious person or object that looks unusual in this scene?",
+    "2. Is there any behavior that looks unusual in this scene?",
+]
+QUESTION_SETS: dict[str, list[str]] = {**PRESET_QUESTIONS, "initial": INITIAL_QUESTIONS}
 
 # The project's own learner template: the same slots and answer format as the
 # authors' file, in our own words.
@@ -222,6 +223,6 @@ def learner_request(prompt: str, frames: list[np.ndarray], key: str, frame_layou
 def preset_questions(name: str) -> list[str]:
     """The questions of a preset, or ``VeraError`` naming the known presets."""
     try:
-        return list(PRESET_QUESTIONS[name])
+        return list(QUESTION_SETS[name])
     except KeyError:
-        raise VeraError(f"unknown question preset {name!r}; choose one of {', '.join(PRESET_QUESTIONS)}") from None
+        raise VeraError(f"unknown question preset {name!r}; choose one of {', '.join(QUESTION_SETS)}") from None
