@@ -38,14 +38,14 @@ def main(argv: list[str] | None = None) -> int:
     from vera.vlm.backends import load_backend, model_type_of, server_settings
     from vera.vlm.prompts import (
         build_learner_prompt,
-        load_questions,
         load_template,
         preset_questions,
+        questions_from,
         resolve_frame_layout,
     )
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
-    questions = load_questions(args.questions) if args.questions else preset_questions(args.preset)
+    questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)
     template = load_template(args.prompt_file)
     videos = load_test_annotations(args.annotations, args.dataset)
     # A served model's architecture is not known here: its layout is the one asked for.
