@@ -1,52 +1,142 @@
-"""Throughput of ImageBind segment-feature extraction (segments per second), end to end.
+"""ImageBind segment-feature throughput (segments/s), per precision, with the input overlapped as in a run.
 
-    python benchmarks/bench_features.py [--device cpu|cuda] [--huge-segments 2] [--parity-huge]
+    python benchmarks/bench_features.py --shape huge [--dtypes float32 float16] [--segments 240] [--json OUT]
+    python benchmarks/bench_features.py --shape tiny            # a quick check of the script itself, on any CPU
+    python benchmarks/bench_features.py --shape huge --parity-huge   # also: our huge branch against the reference
 
-Runs on the real clips in ../shared/data/clips, read from the video files and
-from JPEG frame folders written to a temporary folder: the tiny random model
-over every segment of the clips (the pipeline's own cost: decoding, resizing,
-cropping), and ImageBind-huge's shape with random weights over a few segments
-(the model's cost). ``--parity-huge`` also compares the huge branch with the
-reference implementation (``imagebind-packaged``, see tests/test_imagebind.py)
-on one image and one 2-frame clip.
+The encoder has random weights of ImageBind-huge's shape (or the tiny test
+shape), built on the device; nothing is downloaded. Measured for each
+precision, after a warm-up:
+
+- end to end: ``vera.features.extraction.video_features`` on the real clips
+  (``--clips``, read from JPEG folders written to a temporary folder, repeated
+  until ``--segments`` segments), the way a run computes them: the next batch
+  of frames is read in a thread while the model works on this one;
+- model only: batches of ready views on the device, repeated (3 distinct
+  views per segment, see ``vera.features.imagebind``);
+- input only, once, on one CPU core: reading the frames (what the reader
+  thread does), and reading plus making the views on the CPU.
+
+The full UCF-Crime test set (69,634 segments) is then given in hours at the
+end-to-end rate. Peak memory: the GPU's peak allocation, or on a CPU the
+process's peak resident size so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
+import resource
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import torch  # noqa: E402
-
-from vera.features.extraction import video_features  # noqa: E402
 from vera.data.frames import open_frames  # noqa: E402
-from vera.features.imagebind import HUGE, TINY, load_vision_encoder, randomly_initialised  # noqa: E402
-from vera.data.segments import num_segments  # noqa: E402
+from vera.data.segments import HALF_WINDOW, num_segments, segment_centres  # noqa: E402
+from vera.features.extraction import video_features  # noqa: E402
+from vera.features.imagebind import (  # noqa: E402
+    HUGE, NUM_CROPS, TINY, VIEW_SIZE, crop_views, load_vision_encoder, prepare_frames, randomly_initialised,
+    segment_clips,
+)
 from video_fixtures import decode_to_jpegs  # noqa: E402
 
-CLIPS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
+CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
+UCF_TEST_SEGMENTS = 69_634
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def rate(encoder, keys_lengths, source: dict, batch_size: int, max_segments: int | None = None) -> tuple[int, float]:
-    """Segments computed and seconds taken over the clips (the first ``max_segments`` only, if given)."""
-    segments, started = 0, time.perf_counter()
-    for key, length in keys_lengths:
-        if max_segments is not None:
-            length = min(length, 16 * (max_segments - segments))  # the first segments of the clip
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def clip_plan(lengths: dict[str, int], segments: int) -> list[tuple[str, int]]:
+    """(key, length) pairs, the clips repeated and the last one cut, holding exactly ``segments`` segments."""
+    plan, total = [], 0
+    while total < segments:
+        for key, length in lengths.items():
+            length = min(length, 16 * (segments - total))  # the first segments of the clip
             if length <= 0:
                 break
-        with open_frames(key, **source) as frames:
+            plan.append((key, length))
+            total += num_segments(length)
+    return plan
+
+
+def end_to_end(encoder, plan, frames_dir: Path, batch_size: int, device: torch.device) -> tuple[int, float, float]:
+    reset_peak(device)
+    started = time.perf_counter()
+    segments = 0
+    for key, length in plan:
+        with open_frames(key, frames_dir=frames_dir) as frames:
             video_features(encoder, frames, length, batch_size=batch_size)
         segments += num_segments(length)
-    if encoder.pos_embed.device.type == "cuda":
-        torch.cuda.synchronize()
-    return segments, time.perf_counter() - started
+    synchronize(device)
+    return segments, time.perf_counter() - started, peak_memory(device)
+
+
+def model_only(encoder, batch_size: int, segments: int, device: torch.device, dtype: torch.dtype):
+    views = torch.randn(batch_size, 3, 2, VIEW_SIZE, VIEW_SIZE, generator=torch.Generator().manual_seed(0))
+    views = views.to(device=device, dtype=dtype)
+    calls = max(1, -(-segments * NUM_CROPS // batch_size))
+    with torch.inference_mode():
+        encoder(views)  # warm-up
+        reset_peak(device)
+        started = time.perf_counter()
+        for _ in range(calls):
+            encoder(views)
+        synchronize(device)
+    return calls * batch_size / NUM_CROPS, time.perf_counter() - started, peak_memory(device)
+
+
+def input_only(lengths: dict[str, int], source: dict) -> dict:
+    """Segments/s of reading each segment's frames, and of reading plus making its views, on one CPU core."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    read_s = views_s = 0.0
+    segments = 0
+    for key, length in lengths.items():
+        with open_frames(key, **source) as frames:
+            for centre in segment_centres(length).tolist():
+                clips = np.array([clip.frames for clip in segment_clips(centre, length, HALF_WINDOW)])
+                started = time.perf_counter()
+                wanted, positions = np.unique(clips, return_inverse=True)
+                pixels = frames.read(wanted)
+                middle = time.perf_counter()
+                crop_views(prepare_frames(torch.from_numpy(pixels)), torch.from_numpy(positions.reshape(clips.shape)))
+                read_s += middle - started
+                views_s += time.perf_counter() - middle
+                segments += 1
+    torch.set_num_threads(threads)
+    return {"segments": segments, "read_per_s": round(segments / read_s, 1),
+            "read_and_views_per_s": round(segments / (read_s + views_s), 1)}
 
 
 def huge_parity() -> float:
@@ -76,42 +166,77 @@ def huge_parity() -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shape", choices=("tiny", "huge"), default="tiny")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--huge-segments", type=int, default=2, help="segments for the huge model (CPU: keep it small)")
-    parser.add_argument("--batch-size", type=int, default=48, help="views per forward pass")
+    parser.add_argument("--dtypes", nargs="+", choices=tuple(DTYPES), default=["float32", "float16"])
+    parser.add_argument("--segments", type=int, help="segments timed per measurement (default: 240 on a GPU; on a "
+                        "CPU 60 tiny, 2 huge)")
+    parser.add_argument("--batch-size", type=int, default=48, help="views per forward pass (default: 48)")
+    parser.add_argument("--clips", type=Path, default=CLIPS)
     parser.add_argument("--parity-huge", action="store_true")
+    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
-    if not CLIPS_DIR.is_dir():
-        sys.exit(f"the real clips are absent: {CLIPS_DIR}")
+    if not args.clips.is_dir():
+        sys.exit(f"the real clips are absent: {args.clips}")
     device = torch.device(args.device)
     dtype = torch.float32  # extract_features.py's default on every device
+    segments = args.segments or (240 if device.type == "cuda" else 60 if args.shape == "tiny" else 2)
     machine = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
-    print(f"device: {machine}; torch {torch.__version__}; dtype {str(dtype).removeprefix('torch.')}")
+        f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads"
+    results: dict = {"shape": args.shape, "device": machine, "torch": torch.__version__, "batch_size_views":
+                     args.batch_size, "segments": segments, "load_average": os.getloadavg()[0], "rows": []}
+    print(json.dumps({k: v for k, v in results.items() if k != "rows"}), flush=True)
 
-    ucf = ["Fighting033_x264_570_841", "RoadAccidents133_x264_270_451"]
     with tempfile.TemporaryDirectory() as temporary:
         frames_dir = Path(temporary)
-        lengths = [(key, decode_to_jpegs(CLIPS_DIR / f"{key}.mp4", frames_dir / key)) for key in ucf]
-        sources = {"video files": {"videos_dir": CLIPS_DIR}, "JPEG folders": {"frames_dir": frames_dir}}
-        rows = []
-        tiny = randomly_initialised(TINY).to(device=device, dtype=dtype).eval()
-        rate(tiny, lengths[:1], sources["video files"], args.batch_size, max_segments=2)  # warm-up
-        for name, source in sources.items():
-            segments, seconds = rate(tiny, lengths, source, args.batch_size)
-            rows.append(("tiny (random)", name, segments, seconds))
+        keys = sorted(path.stem for path in args.clips.glob("*.mp4"))
+        lengths = {key: decode_to_jpegs(args.clips / f"{key}.mp4", frames_dir / key) for key in keys}
+        results["input_only_one_core"] = {
+            name: input_only(lengths, source)
+            for name, source in (("video files", {"videos_dir": args.clips}), ("JPEG folders", {"frames_dir": frames_dir}))}
+        print(json.dumps(results["input_only_one_core"]), flush=True)
         started = time.perf_counter()
-        huge = randomly_initialised(HUGE).to(device=device, dtype=dtype).eval()
-        print(f"built ImageBind-huge (random) in {time.perf_counter() - started:.1f} s")
-        segments, seconds = rate(huge, lengths, sources["JPEG folders"], args.batch_size, max_segments=args.huge_segments)
-        rows.append(("huge (random)", "JPEG folders", segments, seconds))
+        base = randomly_initialised(HUGE if args.shape == "huge" else TINY)
+        results["build_s"] = round(time.perf_counter() - started, 1)
+        plan = clip_plan(lengths, segments)
+        for name in args.dtypes:
+            # In place: later precisions start from the earlier ones' rounded weights (random anyway).
+            encoder = base.to(device=device, dtype=DTYPES[name]).eval().requires_grad_(False)
+            try:
+                end_to_end(encoder, clip_plan(lengths, 1), frames_dir, args.batch_size, device)  # warm-up
+                done, seconds, memory = end_to_end(encoder, plan, frames_dir, args.batch_size, device)
+                views, model_s, model_memory = model_only(encoder, args.batch_size, segments, device, DTYPES[name])
+            except RuntimeError as error:  # e.g. a precision this device does not compute
+                results["rows"].append({"dtype": name, "error": str(error).splitlines()[0]})
+                print(json.dumps(results["rows"][-1]), flush=True)
+                continue
+            rate = done / seconds
+            results["rows"].append({
+                "dtype": name, "segments": done, "end_to_end_per_s": round(rate, 3), "peak_gib": round(memory, 2),
+                "model_only_per_s": round(views / model_s, 3), "model_only_peak_gib": round(model_memory, 2),
+                "ucf_test_hours": round(UCF_TEST_SEGMENTS / rate / 3600, 2)})
+            print(json.dumps(results["rows"][-1]), flush=True)
 
-    print("\n| model | frames from | segments | seconds | segments/s |\n|---|---|---|---|---|")
-    for model, source, segments, seconds in rows:
-        print(f"| {model} | {source} | {segments} | {seconds:.2f} | {segments / seconds:.3f} |")
+    print(f"\nImageBind-{args.shape} (random) on {machine}; {segments} segments, {args.batch_size} views per pass\n")
+    print("| precision | end to end (segments/s) | model only (segments/s) | peak memory (GiB) | UCF test set |\n"
+          "|---|---|---|---|---|")
+    for row in results["rows"]:
+        if "error" in row:
+            print(f"| {row['dtype']} | {row['error']} | | | |")
+        else:
+            print(f"| {row['dtype']} | {row['end_to_end_per_s']:.3f} | {row['model_only_per_s']:.3f} | "
+                  f"{row['peak_gib']:.2f} | {row['ucf_test_hours']:.2f} h |")
+    print()
+    for name, io in results["input_only_one_core"].items():
+        print(f"input only, one core, {name}, {io['segments']} segments: reading {io['read_per_s']}/s, "
+              f"reading and views on the CPU {io['read_and_views_per_s']}/s")
     if args.parity_huge:
-        del huge
-        print(f"\nhuge parity with the reference (float32, random weights): max abs difference {huge_parity():.2e}")
+        del base
+        results["huge_parity_max_abs"] = huge_parity()
+        print(f"\nhuge parity with the reference (float32, random weights): max abs difference "
+              f"{results['huge_parity_max_abs']:.2e}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":

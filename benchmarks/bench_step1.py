@@ -1,14 +1,37 @@
-"""Seconds per segment of Step 1 on the CPU with the tiny random models, end to end.
+"""Step 1 throughput: the released pattern against the project's batched path, on one device, in one run.
 
-    python benchmarks/bench_step1.py [--archs internvl qwen2_vl] [--max-new-tokens 16 128] [--batch-sizes 1 8]
+    python benchmarks/bench_step1.py --shape internvl2-8b [--batch-size 48] [--answer-tokens 160] [--json OUT]
+    python benchmarks/bench_step1.py --shape tiny            # a quick check of the script itself, on any CPU
 
-Runs ``vera.vlm.step1.Step1Runner`` on the real clip RoadAccidents133 (181 frames,
-12 segments, read from the .mp4) with the ``hf`` backend and each tiny model
-(written once into --workdir), for every max-new-tokens × batch-size pair, into
-a fresh output folder each time; model loading is not timed. A scripted backend
-(no model) gives the cost of reading, resizing and bookkeeping alone. The
-random models often run to max-new-tokens without stopping, so these are
-close to worst-case times for that answer length.
+The model is built on the device from a config with random weights (nothing
+is downloaded; on a GPU machine only torch and transformers are needed):
+
+- ``internvl2-8b``: InternVL2-8B's shape, InternViT-300M (448 px, 24 layers,
+  width 1024) and a Llama of InternLM2.5-7B's shape (width 4096, 32 layers,
+  32 heads, 8 KV heads, MLP 14336, vocabulary 92553), bfloat16 on a GPU;
+- ``tiny``: the test suite's tiny InternVL (``vera.vlm.tiny_model``).
+
+It is loaded through the project's own ``hf`` backend (only the weight
+loading is replaced), with the tiny model's tokenizer and an image processor
+of the shape's size. Every segment is the released Step 1 input: 8 frames in
+one image block and the learner prompt with the published UCF questions,
+padded to a fixed length (``--prompt-tokens``, default 8×256 image tokens +
+450 text tokens = 2,498 for InternVL2-8B); every answer is forced to exactly
+``--answer-tokens`` (the end token is forbidden until then, and the lengths
+are checked).
+
+Measured, each after an untimed warm-up:
+
+- released pattern: one segment per ``generate`` call (the backend with batches of 1);
+- project path: the backend's batched ``generate`` on ``--batch-size`` segments;
+- prefill only: one forward pass over the same batch, logits at the last
+  position only (what a label-only mode costs at least);
+- input pipeline: reading the 8 frames of each segment of the real clips
+  (video files and JPEG folders), resizing them to 448×448, and the image
+  processor's normalisation, on one CPU core (``--clips``; skipped where absent).
+
+Peak memory is the GPU's peak allocation per measurement; on a CPU it is the
+process's peak resident size so far (it never goes down).
 """
 
 from __future__ import annotations
@@ -17,83 +40,288 @@ import argparse
 import json
 import os
 import platform
-import shutil
+import resource
 import sys
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
+from unittest import mock
 
-ROOT = Path(__file__).resolve().parents[1]
+import numpy as np
+import torch
 
-CLIPS = ROOT.parent / "shared" / "data" / "clips"
-CLIP_KEY, CLIP_LENGTH = "RoadAccidents133_x264_270_451", 181
+CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
+TEXT_TOKENS = 450  # InternVL2-8B's tokenizer on the released learner prompt, about
+# InternVL2-8B: InternViT-300M-448px and InternLM2.5-7B-chat as a Llama (its own vocabulary plus InternVL's tokens).
+INTERNVL2_8B_TEXT = dict(model_type="llama", hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, intermediate_size=14336, vocab_size=92553, rms_norm_eps=1e-5,
+                         rope_theta=1_000_000.0, max_position_embeddings=32768, tie_word_embeddings=False,
+                         hidden_act="silu")
+INTERNVL2_8B_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096,
+                           image_size=[448, 448], patch_size=[14, 14], attention_bias=True, norm_type="layer_norm",
+                           layer_norm_eps=1e-6)
 
 
-def timed_run(backend, settings_kwargs: dict, output: Path) -> dict:
-    from vera.data.annotations import TestVideo
-    from vera.vlm.prompts import PRESET_QUESTIONS, load_template
-    from vera.vlm.step1 import Step1Runner, Step1Settings
+class GenerateSpy:
+    """Wraps ``model.generate`` to keep the inputs and the answer lengths of each call."""
 
-    shutil.rmtree(output, ignore_errors=True)  # a fresh folder: nothing to resume
-    settings = Step1Settings(output=output, videos_dir=CLIPS, progress=False, **settings_kwargs)
-    runner = Step1Runner(backend, load_template(None), PRESET_QUESTIONS["ucf"], settings)
-    start = time.perf_counter()
-    summary = runner.run([TestVideo(CLIP_KEY, CLIP_LENGTH)])
-    seconds = time.perf_counter() - start
-    return {"segments": summary.segments_generated, "seconds": round(seconds, 3),
-            "s_per_segment": round(seconds / summary.segments_generated, 4)}
+    def __init__(self, model):
+        self.model = model
+        self.original = model.generate
+        self.keep_inputs = False
+        self.inputs: dict | None = None
+        self.new_tokens: list[int] = []
+
+    def __call__(self, *args, **kwargs):
+        output = self.original(*args, **kwargs)
+        sequences = output.sequences if hasattr(output, "sequences") else output
+        self.new_tokens.append(int(sequences.shape[1] - kwargs["input_ids"].shape[1]))
+        if self.keep_inputs:
+            self.inputs = {name: kwargs[name] for name in ("input_ids", "attention_mask", "pixel_values")
+                           if name in kwargs}
+        return output
+
+
+def forced_length(model, tokens: int) -> None:
+    """Forbid the end token until an answer has ``tokens`` tokens (with max_new_tokens = tokens: exactly that many)."""
+    model.generation_config.min_new_tokens = tokens
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def peak_memory(device: torch.device) -> float:
+    """GiB: the GPU's peak allocation since the last reset, or the process's peak resident size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_folder(shape: str, folder: Path) -> tuple[object, int]:
+    """A model folder (config, tokenizer, processor; no weights) for ``shape``; returns its config and image size."""
+    from transformers import AutoProcessor, InternVLConfig
+
+    from vera.vlm.tiny_model import write_tiny_model
+
+    write_tiny_model("internvl", folder)
+    for weights in folder.glob("*.safetensors"):
+        weights.unlink()  # only our random model may be used: a real load would fail loudly
+    if shape == "tiny":
+        return InternVLConfig.from_pretrained(folder), 32
+    processor = AutoProcessor.from_pretrained(folder)
+    tokenizer = processor.tokenizer
+    processor.image_processor.size = {"height": 448, "width": 448}
+    processor.image_seq_length = 256
+    processor.save_pretrained(folder)
+    config = InternVLConfig(
+        vision_config=INTERNVL2_8B_VISION,
+        text_config={**INTERNVL2_8B_TEXT, "eos_token_id": tokenizer.eos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id, "bos_token_id": None},
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), image_seq_length=256, downsample_ratio=0.5,
+        projector_hidden_act="gelu", vision_feature_layer=-1, vision_feature_select_strategy="default",
+        tie_word_embeddings=False,  # InternLM2.5 has its own output matrix (the composite's setting decides)
+    )
+    config.save_pretrained(folder)
+    return config, 448
+
+
+def requests_for(prompt: str, count: int, image_size: int, seed: int = 0) -> list:
+    from vera.vlm.prompts import learner_request
+
+    generator = np.random.default_rng(seed)
+    return [learner_request(prompt, list(generator.integers(0, 256, (8, image_size, image_size, 3), dtype=np.uint8)),
+                            f"segment {index}", "released") for index in range(count)]
+
+
+def fit_prompt(backend, spy: GenerateSpy, base: str, target: int, image_size: int) -> tuple[str, int]:
+    """The learner prompt with filler words appended until the model sees exactly ``target`` tokens."""
+    words = 0
+    for _ in range(6):
+        prompt = base + ("\n" + " ".join(["video"] * words) if words else "")
+        spy.new_tokens.clear()
+        spy.keep_inputs = True
+        backend.generate(requests_for(prompt, 1, image_size), max_new_tokens=1)
+        spy.keep_inputs = False
+        length = int(spy.inputs["input_ids"].shape[1])
+        if length == target:
+            return prompt, length
+        words = max(0, words + target - length)
+    return prompt, length  # the closest reached; reported as measured
+
+
+def time_calls(device: torch.device, calls) -> tuple[float, float]:
+    """Seconds for ``calls()`` and the peak memory during it."""
+    reset_peak(device)
+    started = time.perf_counter()
+    calls()
+    synchronize(device)
+    return time.perf_counter() - started, peak_memory(device)
+
+
+def input_pipeline(clips: Path, image_size: int = 448) -> list[dict]:
+    """Segments/s of Step 1's CPU side on one core: read 8 frames, resize, normalise (the image processor)."""
+    import cv2
+    from transformers import GotOcr2ImageProcessor
+
+    from vera.data.frames import open_frames, resize_frames
+    from vera.data.segments import half_window
+    from vera.vlm.step1 import plan_segments
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from video_fixtures import decode_to_jpegs
+
+    cv2.setNumThreads(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    processor = GotOcr2ImageProcessor(size={"height": image_size, "width": image_size}, crop_to_patches=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as temporary:
+        keys = sorted(path.stem for path in clips.glob("*.mp4"))
+        lengths = {key: decode_to_jpegs(clips / f"{key}.mp4", Path(temporary) / key) for key in keys}
+        for source, where in (("video files", {"videos_dir": clips}), ("JPEG folders", {"frames_dir": Path(temporary)})):
+            segments, read_s, process_s = 0, 0.0, 0.0
+            for key in keys:
+                with open_frames(key, **where) as frames:
+                    for segment in plan_segments(lengths[key], half_window(None)):
+                        started = time.perf_counter()
+                        pixels = resize_frames(frames.read(segment.indices), image_size)
+                        middle = time.perf_counter()
+                        processor(pixels, return_tensors="pt")
+                        read_s += middle - started
+                        process_s += time.perf_counter() - middle
+                        segments += 1
+            rows.append({"source": source, "segments": segments, "read_resize_per_s": segments / read_s,
+                         "normalise_per_s": segments / process_s, "total_per_s": segments / (read_s + process_s)})
+    torch.set_num_threads(threads)
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--archs", nargs="+", default=["internvl", "qwen2_vl"])
-    parser.add_argument("--max-new-tokens", nargs="+", type=int, default=[16, 128])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8])
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per setting; the fastest counts (default 1)")
-    parser.add_argument("--workdir", type=Path, help="where the tiny models and outputs go (default: a temp dir)")
+    parser.add_argument("--shape", choices=("tiny", "internvl2-8b"), default="tiny")
+    parser.add_argument("--batch-size", type=int, default=None, help="segments per batched call (default: 48 on a "
+                        "GPU, 8 on a CPU)")
+    parser.add_argument("--answer-tokens", type=int, default=160)
+    parser.add_argument("--prompt-tokens", type=int, help="default: 8 × image tokens + 2 + 448 (2,498 for "
+                        "InternVL2-8B)")
+    parser.add_argument("--released-segments", type=int, default=3, help="segments timed one per call")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--clips", type=Path, default=CLIPS, help="real clips for the input pipeline")
+    parser.add_argument("--skip-input", action="store_true", help="no input-pipeline measurement")
+    parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    import torch
+    import transformers
 
-    from vera import tiny_model
-    from vera.vlm.backends.hf import HFBackend
-    from vera.vlm.backends.scripted import ScriptedBackend
+    from vera.devices import resolve_device, resolve_dtype
+    from vera.vlm.backends import load_backend
+    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-step1-"))
-    header = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-              "load_average": os.getloadavg(), "python": platform.python_version(), "torch": torch.__version__}
-    print(json.dumps(header))
-    rows = []
-    result = timed_run(ScriptedBackend(lambda request: "Output: 0"), {}, workdir / "out-scripted")
-    rows.append({"backend": "scripted (no model)", "max_new_tokens": "-", "batch_size": 8, **result})
-    print(json.dumps(rows[-1]))
-    for arch in args.archs:
-        folder = workdir / f"tiny-{arch}"
-        if not (folder / "config.json").is_file():
-            tiny_model.write_tiny_model(arch, folder)
-        backend = HFBackend(str(folder), device="cpu", local_files_only=True)
-        for max_new_tokens in args.max_new_tokens:
-            for batch_size in args.batch_sizes:
-                backend.max_batch_size = batch_size
-                output = workdir / f"out-{arch}-{max_new_tokens}-{batch_size}"
-                settings = {"batch_size": batch_size, "max_new_tokens": max_new_tokens}
-                result = min((timed_run(backend, settings, output) for _ in range(args.repeat)),
-                             key=lambda r: r["seconds"])
-                statuses = Counter(e["parse_status"] for e in json.loads((output / f"{CLIP_KEY}.json").read_text())
-                                   .values())
-                result["truncated"] = statuses["truncated"]
-                rows.append({"backend": f"hf, tiny {arch}", "max_new_tokens": max_new_tokens,
-                             "batch_size": batch_size, **result})
-                print(json.dumps(rows[-1]), flush=True)
-    print("\n| backend | max new tokens | batch | segments (cut at the limit) | s / segment |\n|---|---|---|---|---|")
-    for row in rows:
-        print(f"| {row['backend']} | {row['max_new_tokens']} | {row['batch_size']} | {row['segments']} "
-              f"({row.get('truncated', '-')}) | {row['s_per_segment']:.3f} |")
+    device = resolve_device(args.device)
+    dtype = resolve_dtype("auto", device)
+    batch_size = args.batch_size or (48 if device.type == "cuda" else 8)
+    machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
+               else f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
+    results: dict = {"shape": args.shape, "device": machine, "dtype": str(dtype).removeprefix("torch."),
+                     "torch": torch.__version__, "transformers": transformers.__version__,
+                     "batch_size": batch_size, "answer_tokens": args.answer_tokens,
+                     "load_average": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="bench-step1-") as temporary:
+        folder = Path(temporary) / args.shape
+        config, image_size = build_folder(args.shape, folder)
+        started = time.perf_counter()
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = transformers.AutoModelForImageTextToText.from_config(config, dtype=dtype)
+        model.eval()
+        synchronize(device)
+        results["build_s"] = round(time.perf_counter() - started, 1)
+        results["parameters"] = sum(p.numel() for p in model.parameters())
+        with mock.patch.object(transformers.AutoModelForImageTextToText, "from_pretrained", return_value=model):
+            backend = load_backend("hf", str(folder), device=str(device), dtype=results["dtype"],
+                                   max_batch_size=batch_size, local_files_only=True)
+        spy = GenerateSpy(model)
+        model.generate = spy
+
+        image_tokens = 8 * config.image_seq_length + 2  # one <img>…</img> block of 8 tiles
+        target = args.prompt_tokens or image_tokens + TEXT_TOKENS - 2
+        base = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"])
+        forced_length(model, 1)
+        prompt, length = fit_prompt(backend, spy, base, target, image_size)
+        results["prompt_tokens"] = length
+        print(json.dumps(results), flush=True)
+
+        # Frames are made before the clock starts; the backend's own work on them (the processor) is timed.
+        segments = requests_for(prompt, max(batch_size, args.released_segments), image_size)
+
+        def released(count: int, tokens: int):
+            return lambda: [backend.generate([request], tokens) for request in segments[:count]]
+
+        def batched(count: int, tokens: int):
+            return lambda: backend.generate(segments[:count], tokens)  # one call: the backend batches them
+
+        rows = []
+        for name, make, count in (("released: one segment per generate", released, args.released_segments),
+                                  (f"project: batched generate ({batch_size})", batched, batch_size)):
+            forced_length(model, 2)
+            make(1 if make is released else count, 2)()  # warm-up, untimed
+            forced_length(model, args.answer_tokens)
+            spy.new_tokens.clear()
+            spy.keep_inputs = make is batched
+            seconds, memory = time_calls(device, make(count, args.answer_tokens))
+            spy.keep_inputs = False
+            lengths = sorted(set(spy.new_tokens))
+            rows.append({"pattern": name, "segments": count, "seconds": round(seconds, 3),
+                         "segments_per_s": round(count / seconds, 4), "peak_gib": round(memory, 2),
+                         "answer_tokens_seen": lengths or "not via model.generate"})
+            print(json.dumps(rows[-1]), flush=True)
+
+        if spy.inputs is not None:
+            inputs = spy.inputs
+            with torch.inference_mode():
+                model(**inputs, logits_to_keep=1)  # warm-up
+                seconds, memory = time_calls(device, lambda: model(**inputs, logits_to_keep=1))
+            count = int(inputs["input_ids"].shape[0])
+            rows.append({"pattern": f"prefill only ({count}), logits at the last position", "segments": count,
+                         "seconds": round(seconds, 3), "segments_per_s": round(count / seconds, 4),
+                         "peak_gib": round(memory, 2), "answer_tokens_seen": [0]})
+            print(json.dumps(rows[-1]), flush=True)
+        results["rows"] = rows
+        results["speed_up"] = round(rows[1]["segments_per_s"] / rows[0]["segments_per_s"], 2)
+
+    if not args.skip_input and args.clips.is_dir():
+        results["input_pipeline"] = input_pipeline(args.clips)
+        for row in results["input_pipeline"]:
+            print(json.dumps(row), flush=True)
+
+    print(f"\n{results['shape']} on {results['device']} ({results['dtype']}), prompt {results['prompt_tokens']} "
+          f"tokens, answers {results['answer_tokens']} tokens\n")
+    print("| pattern | segments | seconds | segments/s | peak memory (GiB) |\n|---|---|---|---|---|")
+    for row in results["rows"]:
+        print(f"| {row['pattern']} | {row['segments']} | {row['seconds']:.2f} | {row['segments_per_s']:.3f} | "
+              f"{row['peak_gib']:.2f} |")
+    print(f"\nbatched / released: {results['speed_up']}×")
+    for row in results.get("input_pipeline", []):
+        print(f"input pipeline, one core, {row['source']}: read+resize {row['read_resize_per_s']:.1f}/s, "
+              f"normalise {row['normalise_per_s']:.1f}/s, together {row['total_per_s']:.1f} segments/s")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1) + "\n")
     return 0
 
 

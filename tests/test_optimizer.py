@@ -9,7 +9,6 @@ import pytest
 from vera.errors import VeraError
 from vera.learning.optimizer_prompt import (
     DEFAULT_OPTIMIZER_TEMPLATE,
-    MAX_QUESTIONS,
     build_optimizer_prompt,
     extract_new_questions,
     load_optimizer_template,
@@ -132,6 +131,8 @@ def test_unusable_answers_are_rejected(response: str, status: str) -> None:
 
 
 def test_question_problem_limits() -> None:
-    assert question_problem([f"{i}. Why?" for i in range(MAX_QUESTIONS)]) is None
-    assert question_problem([f"{i}. Why?" for i in range(MAX_QUESTIONS + 1)]).startswith("too_many")
+    assert question_problem([f"{i}. Why?" for i in range(5)]) is None  # the paper's m = 5 by default
+    assert question_problem([f"{i}. Why?" for i in range(6)]) == "too_many_questions (6 > 5)"
+    assert question_problem([f"{i}. Why?" for i in range(7)], max_questions=7) is None
+    assert question_problem([f"{i}. Why?" for i in range(2)], max_questions=1) == "too_many_questions (2 > 1)"
     assert question_problem([]) == "empty"

@@ -50,6 +50,8 @@ def inputs():
         for name in ("videos", "frames", "scores", "model"):
             (root / name).mkdir()
         (root / "videos" / "Fighting001_x264.mp4").write_bytes(b"never decoded")
+        # Step 1 reads the model's config (its architecture picks the default frame layout), never its weights.
+        (root / "model" / "config.json").write_text(json.dumps({"model_type": "internvl"}))
         yield root
 
 

@@ -94,6 +94,11 @@ def test_presets_are_the_published_questions():
     assert PRESET_QUESTIONS["xd"][4].endswith("such as a sudden change in the camera angle or a loss of video quality?")
     assert PRESET_QUESTIONS["ucf-qwen"][0] == ("1. Are there any unusual movements or positions of the vehicles "
                                               "in the video frames?")
+    # The released training script's two hand-written starting questions (the paper's Q0).
+    assert preset_questions("initial") == [
+        "1. Is there any suspicious person or object that looks unusual in this scene?",
+        "2. Is there any behavior that looks unusual in this scene?",
+    ]
     assert preset_questions("xd") == PRESET_QUESTIONS["xd"]
     with pytest.raises(VeraError, match="ucf-qwen"):
         preset_questions("nope")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torchvision.transforms as T
 import pytest
 import torch
 from PIL import Image
@@ -334,7 +335,12 @@ def test_cli_dumps_internvl_inputs_as_the_released_code_built_them(shared_data, 
     for centre in range(0, length, 16):
         paths = [tmp_path / "frames" / FIGHTING / f"{i:06d}.jpg" for i in window_indices(centre, length)]
         tiles = [Image.open(path).convert("RGB").resize((448, 448), Image.Resampling.BICUBIC) for path in paths]
-        pixels = processor.image_processor(tiles, crop_to_patches=False, return_tensors="pt")["pixel_values"]
+        # InternVL2's load_image: torchvision Resize (PIL bicubic) to the tile size, ToTensor, Normalize.
+        size = processor.image_processor.size
+        transform = T.Compose([T.Resize((size["height"], size["width"]), interpolation=T.InterpolationMode.BICUBIC),
+                               T.ToTensor(), T.Normalize(processor.image_processor.image_mean,
+                                                         processor.image_processor.image_std)])
+        pixels = torch.stack([transform(tile) for tile in tiles])
         dumped, decoded = _dump(dumps, f"{FIGHTING}_{centre}")
         assert set(dumped) == {"input_ids", "pixel_values"}
         assert decoded == chat

@@ -34,12 +34,15 @@ IMAGE_FORMATS = ("png", "jpeg")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
 PROTOCOLS = ("released", "paper")
 METRICS = ("auc", "ap")
-PRESETS = ("ucf", "xd", "ucf-qwen")
+PRESETS = ("ucf", "xd", "ucf-qwen", "initial")
 SELECT_BY = ("accuracy", "auc")
 ACCELERATORS = ("auto", "cuda", "cpu")
 ARTIFACTS = ("annotations", "prompts", "scores", "features")  # what Data/download.py fetches
 SCORE_MODES = ("generate", "label")  # Step 1: the generated answer's label, or the label read from one forward pass
 HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
+FRAME_SAMPLINGS = ("uniform", "random", "tsn")  # the learner's training frames (the paper's sampling table)
+DEFAULT_NUM_QUESTIONS = 5  # the paper's m: at most this many guiding questions per optimizer proposal
+NO_QUESTIONS = "none"  # --questions none: the bare prompt, without guiding questions
 
 
 # -- value types: each turns the text into a value or says, in one line, what is wrong --------
@@ -116,6 +119,11 @@ def output_dir(text: str) -> Path:
     if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
         raise argparse.ArgumentTypeError(f"cannot write to {path}: {probe} is not a writable folder")
     return path
+
+
+def questions_source(text: str) -> Path | str:
+    """A questions file, or ``none`` (``NO_QUESTIONS``) for no guiding questions; a file named none is ``./none``."""
+    return NO_QUESTIONS if text == NO_QUESTIONS else existing_file(text)
 
 
 def model_ref(text: str) -> str:
@@ -321,7 +329,8 @@ OPTIONS: dict[str, Option] = {
     "no_progress": _opt("--no-progress", action="store_true",
                         help="no progress bar (when not on a terminal, progress is logged as plain lines anyway)"),
     "shard": _opt("--shard", type=shard, default=(0, 1), metavar="I/N",
-                  help="this process takes every N-th video from the I-th (0-based)"),
+                  help="this run takes every N-th video from the I-th (0-based); with --devices/--num-nodes "
+                       "its processes split those again, process r of W taking every W-th from the r-th"),
     # the VLM
     "model": _opt("--model", type=model_ref, required=True, metavar="PATH_OR_ID",
                   help="local folder or Hugging Face id of the VLM (an id needs the network or the local cache)"),
@@ -351,9 +360,11 @@ OPTIONS: dict[str, Option] = {
     "dtype": _opt("--dtype", choices=DTYPE_CHOICES, default="auto",
                   help="model precision (auto: bfloat16 on GPU for the VLM, float32 for ImageBind as LAVAD ran it; "
                        "float32 on CPU)"),
-    "questions": _opt("--questions", type=existing_file, metavar="FILE",
-                      help="guiding questions, one per line (e.g. training's best_questions.txt)"),
-    "preset": _opt("--preset", choices=PRESETS, help="the published questions"),
+    "questions": _opt("--questions", type=questions_source, metavar="FILE|none",
+                      help="guiding questions, one per line (e.g. training's best_questions.txt), or 'none': "
+                           "the bare prompt, the template with no questions inserted"),
+    "preset": _opt("--preset", choices=PRESETS,
+                   help="the published questions (ucf, xd, ucf-qwen) or training's two initial ones (initial)"),
     "prompt_file": _opt("--prompt-file", type=existing_file, metavar="FILE",
                         help="learner template with $Data and 'Based on the analysis above' (e.g. the authors' "
                              "VERA_learner_instruct.txt); default: the project's own"),
@@ -444,14 +455,27 @@ OPTIONS: dict[str, Option] = {
                            help="validation videos per model call (default: %(default)s)"),
     "select_by": _opt("--select-by", choices=SELECT_BY, default="accuracy",
                       help="keep the questions with the best validation accuracy (released) or AUC"),
-    "initial_questions": _opt("--questions", type=existing_file, metavar="FILE",
-                              help="initial questions, one per line (default: the released two)"),
+    "initial_questions": _opt("--questions", type=questions_source, metavar="FILE|none",
+                              help="initial questions, one per line (default: the released two), or 'none' "
+                                   "to start from the bare prompt"),
     "optimizer_prompt_file": _opt("--optimizer-prompt-file", type=existing_file, metavar="FILE",
                                   help="optimizer template (e.g. the authors' VERA_optimizer_instruct.txt)"),
     "seed": _opt("--seed", type=non_negative_int, default=0, metavar="N",
                  help="seed of the per-epoch shuffling (default: %(default)s)"),
     "skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
                             help="skip videos whose frames cannot be read (fails if none is left)"),
+    "frame_sampling": _opt("--frame-sampling", choices=FRAME_SAMPLINGS, default="uniform",
+                           help="the learner's frames of a training video: uniform (released, "
+                                "np.arange(0, length, length/N)), random (N distinct frames, in order) or tsn "
+                                "(one random frame from each of N equal parts); drawn from --seed, epoch, step and "
+                                "video, so a resumed run draws the same; validation always uses uniform "
+                                "(default: %(default)s)"),
+    "num_questions": _opt("--num-questions", type=positive_int, default=DEFAULT_NUM_QUESTIONS, metavar="M",
+                          help="the most questions the optimizer may propose (the paper's m); its prompt says so, "
+                               "and a longer list is rejected (default: %(default)s, the paper's)"),
+    "no_optimizer_frames": _opt("--no-optimizer-frames", action="store_true",
+                                help="ablation: the optimizer sees no frames, only the questions, predictions and "
+                                     "targets (its prompt then has no frame block)"),
     "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
@@ -495,6 +519,9 @@ OPTIONS: dict[str, Option] = {
                         help="videos to draw (default: every video of the run)"),
     "smooth": _opt("--smooth", type=positive_int, default=5, metavar="N",
                    help="moving average over N validations in the training curve (default: %(default)s, as Fig. 9)"),
+    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="M",
+                      help="machines, each running --devices processes (run the command on each: Lightning's "
+                           "launcher, torchrun or SLURM; default: %(default)s)"),
     # make_annotations (an annotation file for your own videos)
     "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
                             help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
@@ -519,9 +546,6 @@ OPTIONS: dict[str, Option] = {
                         help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
     "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
     "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
-    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="N",
-                      help="machines, each running --devices processes (run the command on each, as Lightning "
-                           "expects; default: %(default)s)"),
 }
 
 

@@ -5,7 +5,9 @@
 
 Writes OUTPUT/<key>.json (centre → start, end, score, response, parse_status,
 well_formed, label_prob), OUTPUT/run.json and a summary of malformed answers.
-Rerunning the same command resumes where it stopped.
+Rerunning the same command resumes where it stopped. --devices N (one
+process per GPU) and --num-nodes M split the videos across processes, started
+here by Lightning or by torchrun / SLURM (see the README).
 """
 
 from __future__ import annotations
@@ -16,30 +18,34 @@ COMMAND = Command(__doc__, [
     "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
-    "score_mode", "static_cache", "compile",
+    "score_mode", "static_cache", "compile", "devices", "num_nodes", "accelerator",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
+    from vera.distributed import check_device_options
+
     check_backend_options(args)
+    check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.vlm.backends.hub import locate_model
 
     # A Hub id that cannot be had (offline, not cached) fails in seconds, before any folder is made.
     model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
     from vera.data.annotations import load_test_annotations
+    from vera.distributed import launch
     from vera.vlm.backends import load_backend, model_type_of, server_settings
     from vera.vlm.prompts import (
         build_learner_prompt,
-        load_questions,
         load_template,
         preset_questions,
+        questions_from,
         resolve_frame_layout,
     )
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
-    questions = load_questions(args.questions) if args.questions else preset_questions(args.preset)
+    questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)
     template = load_template(args.prompt_file)
     videos = load_test_annotations(args.annotations, args.dataset)
     # A served model's architecture is not known here: its layout is the one asked for.
@@ -56,9 +62,14 @@ def main(argv: list[str] | None = None) -> int:
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)
     step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings), videos).check()
-    backend = load_backend(args.backend, model, device=args.device, dtype=args.dtype,
-                           max_batch_size=args.batch_size, local_files_only=local_files_only,
-                           server=server_settings(args), static_cache=args.static_cache, compile=args.compile)
-    summary = Step1Runner(backend, template, questions, settings).run(videos)
+    ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
+    backend = ranks.together(lambda: load_backend(
+        args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
+        local_files_only=local_files_only, server=server_settings(args), static_cache=args.static_cache,
+        compile=args.compile))
+    summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
+    if not ranks.is_main:
+        # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.
+        return 0
     print(summary.text())
     return 1 if summary.failed else 0

@@ -21,6 +21,7 @@ COMMAND = Command(__doc__, [
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
     "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "dump_inputs",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
+    "frame_sampling", "num_questions", "no_optimizer_frames",
 ], prog="training.py")
 
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
     from vera.vlm.backends import load_backend, model_type_of, server_settings
     from vera.vlm.input_dump import enable_input_dumps
-    from vera.vlm.prompts import load_questions, load_template, resolve_frame_layout
+    from vera.vlm.prompts import load_template, questions_from, resolve_frame_layout
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
@@ -50,7 +51,9 @@ def main(argv: list[str] | None = None) -> int:
             else None, load_template(args.prompt_file)),
         max_new_tokens=args.max_new_tokens,
         seed=args.seed, skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
-        initial_questions=load_questions(args.questions) if args.questions else list(INITIAL_QUESTIONS),
+        initial_questions=questions_from(args.questions) if args.questions else list(INITIAL_QUESTIONS),
+        frame_sampling=args.frame_sampling, num_questions=args.num_questions,
+        optimizer_frames=not args.no_optimizer_frames,
     )
 
     def backend_on(device):

@@ -12,6 +12,13 @@ to kill: finished videos are written atomically and skipped on the next run; a
 video in progress saves its finished rows to ``<output>/.partial/<key>.npy``
 now and then, and a rerun continues from there.
 
+Several processes (``vera.distributed``: ``--devices N --num-nodes M``) split
+the videos, rank ``r`` of ``W`` taking every ``W``-th from the ``r``-th: each
+writes its own ``.npy`` files and ``summary.rank-R-of-W.json``; rank 0 alone
+opens the folder before the others start, and merges the summaries into
+``summary.json`` at the end. A video's features are computed in batches of
+that video's own segments, so they do not depend on the split.
+
 Frames come from ``vera.data.frames`` (JPEG folders or video files). A video with
 fewer frames than its annotated length is an error (frames and annotation
 disagree, so the segment grid would be wrong) unless ``clamp_short`` is set,
@@ -21,6 +28,7 @@ frames beyond the annotated length are never read.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,6 +39,7 @@ import numpy as np
 import torch
 
 from vera.data.annotations import TestVideo
+from vera.distributed import Ranks
 from vera.errors import VeraError
 from vera.data.frames import VideoFrames, open_frames
 from vera.features.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
@@ -63,12 +72,31 @@ class FeatureReport:
     failed: dict[str, str] = field(default_factory=dict)
     segments: int = 0  # segments computed in this run
     seconds: float = 0.0
+    videos: int = 0  # videos this run was given
+    processes: int = 1
+
+    @classmethod
+    def merged(cls, parts: list[FeatureReport]) -> FeatureReport:
+        """The report of a run whose processes each produced one of ``parts`` (its time: the slowest one's)."""
+        total = cls(processes=len(parts))
+        for part in parts:
+            total.written += part.written
+            total.skipped += part.skipped
+            total.failed.update(part.failed)
+            total.segments += part.segments
+            total.seconds = max(total.seconds, part.seconds)
+            total.videos += part.videos
+        return total
+
+    def as_dict(self) -> dict:
+        return {"videos": self.videos, "written": self.written, "skipped": self.skipped, "failed": self.failed,
+                "segments": self.segments, "seconds": round(self.seconds, 3), "processes": self.processes}
 
 
 def feature_folder(output_dir: Path, settings: FeatureSettings, overwrite: bool = False) -> RunFolder:
     """The run folder of a feature extraction: ``<key>.npy`` files and the summary, under ``settings``."""
     def outputs(folder: Path) -> list[Path]:
-        return [*folder.glob("*.npy"), folder / SUMMARY_FILE]
+        return [*folder.glob("*.npy"), folder / SUMMARY_FILE, *folder.glob("summary.rank-*.json")]
 
     return RunFolder(output_dir, KIND, asdict(settings), overwrite=overwrite, outputs=outputs)
 
@@ -225,15 +253,51 @@ def extract_features(
     partial_every_s: float = 60.0,
     show_progress: bool = True,
     overwrite: bool = False,
+    ranks: Ranks | None = None,
 ) -> FeatureReport:
-    """Write ``<output_dir>/<key>.npy`` for every video not done yet; per-video errors are collected, not raised."""
+    """Write ``<output_dir>/<key>.npy`` for every video not done yet; per-video errors are collected, not raised.
+
+    With several processes (``ranks``) each does its share of ``videos``, and
+    every process returns the merged report of all.
+    """
     if batch_size < 1:
         raise VeraError(f"--batch-size must be at least 1, got {batch_size}")
-    folder = feature_folder(output_dir, settings, overwrite).open()
-    width = encoder.config.out_dim
-    report = FeatureReport()
+    ranks = ranks or Ranks()
     started = time.perf_counter()
-    with progress(videos, desc="features", unit="video", enabled=show_progress) as bar:
+    folder = ranks.open_folder(feature_folder(output_dir, settings, overwrite))
+    mine = ranks.share(list(videos))
+
+    def run_share() -> FeatureReport:
+        # Bars of several processes on one terminal would overwrite each other: there only rank 0 shows one.
+        show = show_progress and (ranks.is_main or not sys.stderr.isatty())
+        desc = f"features [rank {ranks.rank}/{ranks.world_size}]" if ranks.active else "features"
+        report = _extract_share(mine, encoder, folder, settings, frames_dir=frames_dir, videos_dir=videos_dir,
+                                batch_size=batch_size, clamp_short=clamp_short, partial_every_s=partial_every_s,
+                                show=show, desc=desc)
+        report.seconds = time.perf_counter() - started
+        if ranks.active:
+            folder.write_summary(ranks.summary_name(SUMMARY_FILE),
+                                 {**report.as_dict(), "rank": ranks.rank, "processes": ranks.world_size})
+        return report
+
+    parts = ranks.gather_checked(run_share)
+    report = FeatureReport.merged(parts) if ranks.active else parts[0]
+    order = {video.key: position for position, video in enumerate(videos)}
+    report.written.sort(key=order.__getitem__)  # the annotation order, whatever the split
+    report.skipped.sort(key=order.__getitem__)
+    if ranks.is_main:
+        folder.write_summary(SUMMARY_FILE, report.as_dict())
+        folder.tidy()  # only now: other processes may still have had work in progress
+    return report
+
+
+def _extract_share(videos: list[TestVideo], encoder: VisionEncoder, folder: RunFolder, settings: FeatureSettings, *,
+                   frames_dir: Path | None, videos_dir: Path | None, batch_size: int, clamp_short: bool,
+                   partial_every_s: float, show: bool, desc: str) -> FeatureReport:
+    """The videos of one process, into an opened folder."""
+    width = encoder.config.out_dim
+    report = FeatureReport(videos=len(videos))
+    with progress(videos, desc=desc, unit="video", enabled=show) as bar:
         for video in bar:
             if video.length is None:
                 raise VeraError(f"video {video.key}: the annotation gives no length "
@@ -266,9 +330,4 @@ def extract_features(
             except VeraError as error:
                 report.failed[video.key] = str(error)
                 bar.write(f"error: {error}")
-    report.seconds = time.perf_counter() - started
-    folder.write_summary(SUMMARY_FILE, {"videos": len(videos), "written": report.written, "skipped": report.skipped,
-                                        "failed": report.failed, "segments": report.segments,
-                                        "seconds": round(report.seconds, 3)})
-    folder.tidy()
     return report

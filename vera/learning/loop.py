@@ -49,7 +49,7 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -58,12 +58,17 @@ from tqdm import tqdm
 
 from vera.data.annotations import TrainVideo, load_train_annotations
 from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames
-from vera.data.segments import video_frame_indices
 from vera.errors import VeraError
 from vera.io import read_json, sha256_text, write_text_atomic
 from vera.learning.distributed import LOG_NAME, Ranks, make_fabric, trim_metrics
-from vera.learning.optimizer_prompt import build_optimizer_prompt, extract_new_questions, load_optimizer_template
-from vera.options import SELECT_BY
+from vera.learning.optimizer_prompt import (
+    build_optimizer_prompt,
+    extract_new_questions,
+    load_optimizer_template,
+    state_question_limit,
+)
+from vera.learning.sampling import training_frame_indices
+from vera.options import DEFAULT_NUM_QUESTIONS, FRAME_SAMPLINGS, SELECT_BY
 from vera.runs import RunFolder
 from vera.scoring.metrics import roc_auc
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
@@ -71,22 +76,21 @@ from vera.vlm.parsing import parse_answer
 from vera.vlm.prompts import (
     DEFAULT_FRAME_LAYOUT,
     FRAME_LAYOUTS,
+    INITIAL_QUESTIONS,
     build_learner_prompt,
     learner_frames,
     learner_request,
     load_template,
 )
 
-INITIAL_QUESTIONS = [
-    "1. Is there any suspicious person or object that looks unusual in this scene?",
-    "2. Is there any behavior that looks unusual in this scene?",
-]
 HISTORY_FILE = "history.jsonl"
 VALIDATION_FILE = "validation.jsonl"
 BEST_FILE = "best_questions.txt"
 CHECKPOINT_FILE = "last.ckpt"
 CHECKPOINT_FORMAT = "vera-training/2"
 NO_VALIDATION = -1
+# Options of the paper's training studies (see run_identity).
+STUDY_OPTIONS = ("frame_sampling", "num_questions", "optimizer_frames")
 
 
 @dataclass
@@ -117,6 +121,10 @@ class TrainingOptions:
     skip_bad_videos: bool = False
     overwrite: bool = False
     initial_questions: list[str] = field(default_factory=lambda: list(INITIAL_QUESTIONS))
+    # The paper's training studies; the defaults are the released method.
+    frame_sampling: str = "uniform"
+    num_questions: int = DEFAULT_NUM_QUESTIONS
+    optimizer_frames: bool = True
 
     def check(self) -> None:
         if (self.frames_dir is None) == (self.videos_dir is None):
@@ -125,7 +133,11 @@ class TrainingOptions:
             raise VeraError(f"--frame-layout must be one of {', '.join(FRAME_LAYOUTS)}, got {self.frame_layout!r}")
         if self.select_by not in SELECT_BY:
             raise VeraError(f"--select-by must be one of {', '.join(SELECT_BY)}, got {self.select_by!r}")
-        for name in ("epochs", "batch_size", "num_frames", "val_every", "val_batch_size", "max_new_tokens"):
+        if self.frame_sampling not in FRAME_SAMPLINGS:
+            raise VeraError(f"--frame-sampling must be one of {', '.join(FRAME_SAMPLINGS)}, "
+                            f"got {self.frame_sampling!r}")
+        for name in ("epochs", "batch_size", "num_frames", "val_every", "val_batch_size", "max_new_tokens",
+                     "num_questions"):
             if getattr(self, name) < 1:
                 raise VeraError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         for name in ("max_steps", "limit_val"):
@@ -160,19 +172,25 @@ class Loaded:
     """A video's frames, or why they could not be read."""
 
     video: TrainVideo
+    indices: list[int]
     frames: list[np.ndarray] | None = None
     error: str | None = None
 
 
 class FrameSource:
-    """Reads each video's training frames (``np.arange(0, length, length/8)``) in worker threads."""
+    """Reads each video's frames in worker threads: at a training step ``(epoch, step)`` those of
+    ``--frame-sampling``; for validation (no step) always the released ``np.arange(0, length, length/8)``,
+    so that every validation scores the questions on the same frames."""
 
     def __init__(self, options: TrainingOptions, workers: int = 4):
         self.options = options
         self.pool = ThreadPoolExecutor(max_workers=workers)
 
-    def _load(self, video: TrainVideo) -> Loaded:
-        indices = video_frame_indices(video.length, self.options.num_frames)
+    def _load(self, video: TrainVideo, at: tuple[int, int] | None) -> Loaded:
+        epoch, step = at if at is not None else (0, 0)
+        indices = training_frame_indices(video.length, self.options.num_frames,
+                                         self.options.frame_sampling if at is not None else "uniform",
+                                         seed=self.options.seed, epoch=epoch, step=step, key=video.key)
         try:
             with open_frames(video.key, frames_dir=self.options.frames_dir,
                              videos_dir=self.options.videos_dir) as source:
@@ -182,14 +200,15 @@ class FrameSource:
             message = str(error) if video.key in str(error) else f"video {video.key}: {error}"
             if not self.options.skip_bad_videos:
                 raise VeraError(f"{message} (--skip-bad-videos skips such videos)") from None
-            return Loaded(video, error=message)
-        return Loaded(video, frames=frames)
+            return Loaded(video, indices.tolist(), error=message)
+        return Loaded(video, indices.tolist(), frames=frames)
 
-    def submit(self, videos: list[TrainVideo]) -> list[Future]:
-        return [self.pool.submit(self._load, video) for video in videos]
+    def submit(self, videos: list[TrainVideo], at: tuple[int, int] | None = None) -> list[Future]:
+        return [self.pool.submit(self._load, video, at) for video in videos]
 
-    def load(self, videos: list[TrainVideo]) -> list[Loaded]:
-        return [future.result() for future in self.submit(videos)]
+    def load(self, videos: list[TrainVideo], at: tuple[int, int] | None = None) -> list[Loaded]:
+        """``videos`` read for training step ``at = (epoch, step)``, or for validation (``None``)."""
+        return [future.result() for future in self.submit(videos, at)]
 
     def chunks(self, videos: list[TrainVideo], size: int) -> Iterator[list[Loaded]]:
         """``videos`` in chunks of ``size``, reading the next chunk while the caller works on this one."""
@@ -267,7 +286,15 @@ def run_identity(options: TrainingOptions, train: list[TrainVideo], val: list[Tr
         "skip_bad_videos": options.skip_bad_videos,
         "learner_template": sha256_text(learner_template), "optimizer_template": sha256_text(optimizer_template),
         "initial_questions": list(options.initial_questions),
+        **_study_settings(options),
     }
+
+
+def _study_settings(options: TrainingOptions) -> dict:
+    """The study options that differ from the released method. Only these enter the identity, so that a run
+    made before the options existed (necessarily with the released method) still resumes."""
+    return {spec.name: getattr(options, spec.name) for spec in fields(TrainingOptions)
+            if spec.name in STUDY_OPTIONS and getattr(options, spec.name) != spec.default}
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -403,7 +430,8 @@ def _accuracy(predictions: list[int], labels: list[int]) -> float | None:
 def _answer_record(loaded: Loaded, answer: VLMAnswer) -> dict:
     parsed = parse_answer(answer.text)
     return {
-        "key": loaded.video.key, "label": loaded.video.label, "prediction": int(parsed.score),
+        "key": loaded.video.key, "label": loaded.video.label, "frames": loaded.indices,
+        "prediction": int(parsed.score),
         "well_formed": bool(parsed.well_formed), "status": parsed.status,
         "label_prob": answer.label_prob, "truncated": bool(answer.extra.get("truncated", False)),
         "response": answer.text,
@@ -430,7 +458,10 @@ class VerbalizedLearning:
                             "(check --limit-val)")
         self._check_sources()
         self.learner_template = load_template(options.prompt_file)
-        self.optimizer_template = load_optimizer_template(options.optimizer_prompt_file)
+        self.optimizer_template = state_question_limit(
+            load_optimizer_template(options.optimizer_prompt_file), options.num_questions,
+            f"optimizer prompt file {options.optimizer_prompt_file}" if options.optimizer_prompt_file
+            else "the default optimizer prompt")
         identity = run_identity(options, self.train, self.val, self.learner_template, self.optimizer_template)
         self.folder: RunFolder | None = None  # rank 0's; the other ranks never touch the output folder
 
@@ -489,17 +520,18 @@ class VerbalizedLearning:
                 else {"key": item.video.key, "label": item.video.label, "error": item.error}
                 for item in loaded]
 
-    def _optimize(self, loaded: list[Loaded], records: list[dict], questions: list[str], step: int) -> dict:
-        """One optimizer call (rank 0): the proposal for the next questions."""
+    def _optimize(self, loaded: list[Loaded] | None, records: list[dict], questions: list[str], step: int) -> dict:
+        """One optimizer call (rank 0): the proposal for the next questions. ``loaded`` None: no frames shown
+        (``--no-optimizer-frames``)."""
         predictions = [record["prediction"] for record in records]
         targets = [record["label"] for record in records]
         prompt = build_optimizer_prompt(self.optimizer_template, questions, predictions, targets,
-                                        self.options.num_frames)
-        images = [frame for item in loaded for frame in item.frames]
+                                        self.options.num_frames, with_frames=loaded is not None)
+        images = [frame for item in loaded or [] for frame in item.frames]
         request = VLMRequest(prompt, images, key=f"optimizer step {step}",
-                             image_block=self.options.frame_layout == "released")
+                             image_block=bool(images) and self.options.frame_layout == "released")
         answer = self.backend.generate([request], self.options.max_new_tokens)[0]
-        proposal = extract_new_questions(answer.text)
+        proposal = extract_new_questions(answer.text, self.options.num_questions)
         return {"response": answer.text, "truncated": bool(answer.extra.get("truncated", False)),
                 "accepted": proposal.accepted, "status": proposal.status,
                 "questions": proposal.questions if proposal.accepted else list(questions)}
@@ -514,17 +546,21 @@ class VerbalizedLearning:
         mine: list[Loaded] = []
 
         def answer_my_share() -> list[dict]:
-            mine.extend(self.frames.load(self.ranks.share(batch)))
+            mine.extend(self.frames.load(self.ranks.share(batch), at=(epoch, step)))
             return self._answer(mine, questions)
 
         records = self.ranks.merge(self.ranks.gather_checked(answer_my_share))
         answered = [record for record in records if "error" not in record]
 
         def optimize() -> dict:
-            # Rank 0 reads the other ranks' frames itself: cheaper than sending images between ranks.
+            if answered and not self.options.optimizer_frames:
+                return self._optimize(None, answered, questions, step + 1)
+            # Rank 0 reads the other ranks' frames itself (the same draw: it depends on seed, epoch, step and
+            # video only): cheaper than sending images between ranks.
             loaded = {item.video.key: item for item in mine}
             loaded.update((item.video.key, item) for item in self.frames.load(
-                [video for video in batch if video.key not in loaded and any(r["key"] == video.key for r in answered)]))
+                [video for video in batch if video.key not in loaded and any(r["key"] == video.key for r in answered)],
+                at=(epoch, step)))
             pairs = [(loaded[record["key"]], record) for record in answered if loaded[record["key"]].frames is not None]
             if not pairs:
                 return {"response": None, "truncated": False, "accepted": False, "status": "no_readable_video",

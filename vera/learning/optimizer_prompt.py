@@ -1,9 +1,10 @@
 """The optimizer role of verbalized learning: its prompt, and reading new questions from its answer.
 
 The optimizer sees a batch's frames, the current guiding questions, the
-learner's predictions and the true labels, reasons, and proposes at most five
-"New Prompt Questions". A template (ours by default, or the authors' file)
-holds four anchors that the prompt is built around:
+learner's predictions and the true labels, reasons, and proposes at most m
+"New Prompt Questions" (the paper's m, ``--num-questions``, 5 by default). A
+template (ours by default, or the authors' file) holds four anchors that the
+prompt is built around:
 
 - the placeholder list of ten ``[$Prediction]``, replaced by the predictions as
   a Python list string (``[1, 0]``), and the same for ``[$GroundTruth]``;
@@ -14,21 +15,37 @@ holds four anchors that the prompt is built around:
   gives the released text exactly;
 - ``Based on the analysis above``: the current questions go just before it,
   one per line.
+
+The template states m in words, as "at most five" or "no more than five
+(questions)": both templates say it twice, in those words. For another m the
+number word in each such phrase is replaced ("no more than seven questions",
+"at most one question"); at m = 5 the text is left exactly as it is, so the
+authors' file gives the released prompt character for character. A template
+that does not state the limit so can be used only with m = 5.
+
+Without frames (``--no-optimizer-frames``, the paper's optimizer without
+V_batch) no frame block is inserted: the template's text at the anchor stays
+as it is.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from vera.errors import VeraError
+from vera.options import DEFAULT_NUM_QUESTIONS
 from vera.vlm.prompts import QUESTIONS_ANCHOR, check_questions, frame_lines
 
 PREDICTION_PLACEHOLDER = "[" + " ".join(["[$Prediction]"] * 10) + "]"
 TARGET_PLACEHOLDER = "[" + " ".join(["[$GroundTruth]"] * 10) + "]"
 FRAMES_ANCHOR = "** Model Descriptions: **"
 NEW_QUESTIONS_MARKER = "New Prompt Questions"
-MAX_QUESTIONS = 5
+# How both templates state the paper's m = 5: "at most five", "no more than five questions".
+LIMIT_PHRASE = re.compile(r"\b(at most|no more than) five( questions)?\b")
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+                "twelve")
 # A longer "question" is a runaway generation, not a question worth keeping.
 MAX_QUESTION_CHARS = 1000
 
@@ -83,21 +100,35 @@ def load_optimizer_template(path: Path | None) -> str:
     return check_optimizer_template(text, f"optimizer prompt file {path}")
 
 
+def state_question_limit(template: str, num_questions: int, source: str = "optimizer prompt") -> str:
+    """``template`` stating the limit ``num_questions`` (see the module docstring); unchanged for 5."""
+    if num_questions == DEFAULT_NUM_QUESTIONS:
+        return template
+    if not LIMIT_PHRASE.search(template):
+        raise VeraError(f"{source} does not state the question limit as 'at most five' or 'no more than five', "
+                        f"so it cannot be told --num-questions {num_questions}")
+    word = NUMBER_WORDS[num_questions] if num_questions < len(NUMBER_WORDS) else str(num_questions)
+    noun = " question" if num_questions == 1 else " questions"
+    return LIMIT_PHRASE.sub(lambda match: f"{match[1]} {word}{noun if match[2] else ''}", template)
+
+
 def batch_frame_block(num_videos: int, num_frames: int) -> str:
     """``[`` + ``[Frame1: <image>\\n…FrameN: <image>\\n] `` once per video + ``]\\n``."""
     return "[" + f"[{frame_lines(num_frames)}] " * num_videos + "]\n"
 
 
 def build_optimizer_prompt(template: str, questions: list[str], predictions: list[int],
-                           targets: list[int], num_frames: int = 8) -> str:
-    """The optimizer's prompt for one batch (``len(predictions)`` videos of ``num_frames`` frames)."""
+                           targets: list[int], num_frames: int = 8, with_frames: bool = True) -> str:
+    """The optimizer's prompt for one batch (``len(predictions)`` videos of ``num_frames`` frames, or no frame
+    block at all without frames)."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
     text = template.replace(PREDICTION_PLACEHOLDER, str([int(p) for p in predictions]))
     text = text.replace(TARGET_PLACEHOLDER, str([int(t) for t in targets]))
-    at = text.find(FRAMES_ANCHOR)
-    # ``at - 1``: the released slice, which repeats the character before the anchor.
-    text = text[:at] + batch_frame_block(len(predictions), num_frames) + text[at - 1:]
+    if with_frames:
+        at = text.find(FRAMES_ANCHOR)
+        # ``at - 1``: the released slice, which repeats the character before the anchor.
+        text = text[:at] + batch_frame_block(len(predictions), num_frames) + text[at - 1:]
     at = text.find(QUESTIONS_ANCHOR)
     return text[:at] + "".join(question + "\n" for question in questions) + text[at:]
 
@@ -114,12 +145,12 @@ class Proposal:
         return self.questions is not None
 
 
-def question_problem(questions: list[str]) -> str | None:
-    """Why ``questions`` cannot replace the current ones, or None if they can."""
+def question_problem(questions: list[str], max_questions: int = DEFAULT_NUM_QUESTIONS) -> str | None:
+    """Why ``questions`` cannot replace the current ones (at most ``max_questions``), or None if they can."""
     if not questions:
         return "empty"
-    if len(questions) > MAX_QUESTIONS:
-        return f"too_many_questions ({len(questions)} > {MAX_QUESTIONS})"
+    if len(questions) > max_questions:
+        return f"too_many_questions ({len(questions)} > {max_questions})"
     for question in questions:
         if "?" not in question:
             return f"not_a_question: {question[:80]!r}"
@@ -149,8 +180,8 @@ def _lines_after(text: str, at: int) -> list[str]:
     return kept
 
 
-def extract_new_questions(response: str) -> Proposal:
-    """Read the new questions from the optimizer's answer.
+def extract_new_questions(response: str, max_questions: int = DEFAULT_NUM_QUESTIONS) -> Proposal:
+    """Read the new questions (at most ``max_questions``) from the optimizer's answer.
 
     The questions are the non-blank lines after "New Prompt Questions" (up to
     a closing code fence). An answer may mention the phrase in its reasoning
@@ -170,7 +201,7 @@ def extract_new_questions(response: str) -> Proposal:
     problem = "empty"
     for at in reversed(starts):
         questions = _lines_after(response, at)
-        found = question_problem(questions)
+        found = question_problem(questions, max_questions)
         if found is None:
             return Proposal(questions, "accepted")
         if at == starts[-1]:

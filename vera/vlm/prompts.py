@@ -30,7 +30,7 @@ from vera.vlm import qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
 from vera.io import read_text
-from vera.options import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS
+from vera.options import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NO_QUESTIONS
 
 DATA_SLOT = "$Data"
 QUESTIONS_ANCHOR = "Based on the analysis above"
@@ -71,6 +71,12 @@ PRESET_QUESTIONS: dict[str, list[str]] = {
         "5. Are there any unusual objects or items in the video frames that are not in their usual positions?",
     ],
 }
+# The two hand-written questions the authors' training starts from (the paper's Q0): ``--preset initial``.
+INITIAL_QUESTIONS = [
+    "1. Is there any suspicious person or object that looks unusual in this scene?",
+    "2. Is there any behavior that looks unusual in this scene?",
+]
+QUESTION_SETS: dict[str, list[str]] = {**PRESET_QUESTIONS, "initial": INITIAL_QUESTIONS}
 
 # The project's own learner template: the same slots and answer format as the
 # authors' file, in our own words.
@@ -99,9 +105,21 @@ def load_questions(path: Path) -> list[str]:
     lines = read_text(path, "questions file").splitlines()
     questions = [line.rstrip() for line in lines if line.strip()]
     if not questions:
-        raise VeraError(f"questions file {path} holds no questions (one per line expected)")
+        raise VeraError(f"questions file {path} holds no questions (one per line expected; "
+                        f"--questions {NO_QUESTIONS} asks none)")
     check_questions(questions, str(path))
     return questions
+
+
+def questions_from(source: Path | str) -> list[str]:
+    """The questions of ``--questions``: a file's, or none at all for ``none``.
+
+    No questions is the bare prompt of the paper's question-type table: the
+    template with an empty list inserted, every other character as it is (with
+    the authors' file the line asking to answer "the following questions" is
+    then followed directly by "Based on the analysis above").
+    """
+    return [] if source == NO_QUESTIONS else load_questions(Path(source))
 
 
 def check_questions(questions: list[str], where: str = "questions") -> None:
@@ -205,6 +223,6 @@ def learner_request(prompt: str, frames: list[np.ndarray], key: str, frame_layou
 def preset_questions(name: str) -> list[str]:
     """The questions of a preset, or ``VeraError`` naming the known presets."""
     try:
-        return list(PRESET_QUESTIONS[name])
+        return list(QUESTION_SETS[name])
     except KeyError:
-        raise VeraError(f"unknown question preset {name!r}; choose one of {', '.join(PRESET_QUESTIONS)}") from None
+        raise VeraError(f"unknown question preset {name!r}; choose one of {', '.join(QUESTION_SETS)}") from None

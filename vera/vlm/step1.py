@@ -17,10 +17,21 @@ refused unless ``overwrite``, and a video in progress is checkpointed to
 ``<output>/.partial/<key>.json`` every ``checkpoint_every`` answers (and on the
 way out of a failing or interrupted run), so a rerun loses at most the answers
 since the last checkpoint. All files are written atomically.
+
+Several processes (``vera.distributed``: ``--devices N --num-nodes M``) split
+the videos: each answers its share with its own model and writes its own
+score files and ``summary.rank-R-of-W.json``; rank 0 alone opens the folder
+(``run.json``, ``--overwrite``) before the others start, and merges the
+summaries into ``summary.json`` at the end. ``--shard I/N`` selects first, the
+processes split the shard's videos again. A run resumes with any number of
+processes. (Batches form within a process, so with ``batch_size`` > 1 the
+segments batched together depend on the split; answers agree up to the
+numerical effects of batching.)
 """
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vera.data.annotations import TestVideo
+from vera.distributed import Ranks
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
 from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames
@@ -106,6 +118,22 @@ class Step1Summary:
     failed: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    processes: int = 1
+
+    @classmethod
+    def merged(cls, parts: list[Step1Summary]) -> Step1Summary:
+        """The summary of a run whose processes each produced one of ``parts`` (its time: the slowest one's)."""
+        total = cls(processes=len(parts))
+        for part in parts:
+            total.videos += part.videos
+            total.videos_skipped += part.videos_skipped
+            total.segments += part.segments
+            total.segments_generated += part.segments_generated
+            total.by_status.update(part.by_status)
+            total.failed.update(part.failed)
+            total.warnings.extend(part.warnings)
+            total.seconds = max(total.seconds, part.seconds)
+        return total
 
     @property
     def not_well_formed(self) -> int:
@@ -116,12 +144,14 @@ class Step1Summary:
                 "segments": self.segments, "segments_generated": self.segments_generated,
                 "not_well_formed": self.not_well_formed, "by_status": dict(sorted(self.by_status.items())),
                 "failed_videos": self.failed, "warnings": self.warnings, "seconds": round(self.seconds, 3),
+                "processes": self.processes,
                 "seconds_per_generated_segment": (round(self.seconds / self.segments_generated, 4)
                                                   if self.segments_generated else None)}
 
     def text(self) -> str:
         lines = [f"{self.videos} videos ({self.videos_skipped} already finished), {self.segments} segments, "
-                 f"{self.segments_generated} generated in {self.seconds:.1f} s"]
+                 f"{self.segments_generated} generated in {self.seconds:.1f} s"
+                 + (f" by {self.processes} processes" if self.processes > 1 else "")]
         if self.segments:
             bad = self.not_well_formed
             detail = ", ".join(f"{s} {n}" for s, n in sorted(self.by_status.items()) if s != "ok")
@@ -304,15 +334,29 @@ class Step1Runner:
 
     # -- the run ----------------------------------------------------------------------------
 
-    def run(self, all_videos: list[TestVideo]) -> Step1Summary:
-        """Answer every segment of the selected videos; return the summary (also written to the output)."""
-        self.summary = Step1Summary()
-        self._malformed_this_run = 0
+    def run(self, all_videos: list[TestVideo], ranks: Ranks | None = None) -> Step1Summary:
+        """Answer every segment of the selected videos; return the summary (also written to the output).
+
+        With several processes (``ranks``) each answers its share of the
+        videos, and every process returns the merged summary of all.
+        """
+        ranks = ranks or Ranks()
         started = time.perf_counter()
-        videos = select_videos(all_videos, self.settings.shard, self.settings.limit)
+        videos = ranks.share(select_videos(all_videos, self.settings.shard, self.settings.limit))
         # Outputs are the score files of every annotated video, so that --overwrite also removes those of
         # videos this shard or --limit does not redo: they must not pass for results of this configuration.
-        self.folder = step1_folder(self.settings, self.identity, all_videos, self.record).open()
+        self.folder = ranks.open_folder(step1_folder(self.settings, self.identity, all_videos, self.record))
+        parts = ranks.gather_checked(lambda: self._run_share(videos, ranks, started))
+        summary = Step1Summary.merged(parts) if ranks.active else parts[0]
+        if ranks.is_main:
+            self.folder.write_summary(self._summary_name(), summary.as_dict())
+            self.folder.tidy()  # only now: other processes may still have had work in progress
+        return summary
+
+    def _run_share(self, videos: list[TestVideo], ranks: Ranks, started: float) -> Step1Summary:
+        """This process's videos; with several processes, its own summary is written too."""
+        self.summary = Step1Summary()
+        self._malformed_this_run = 0
         states = []
         for video in videos:
             if video.length is None:
@@ -329,8 +373,11 @@ class Step1Runner:
             states.append(_VideoState(video, segments, self._load_partial(video, segments)))
         self.summary.videos = len(states)
         remaining = sum(len(s.segments) - len(s.done) for s in states)
+        # Bars of several processes on one terminal would overwrite each other: there only rank 0 shows one.
+        show = self.settings.progress and (ranks.is_main or not sys.stderr.isatty())
+        desc = f"step 1 [rank {ranks.rank}/{ranks.world_size}]" if ranks.active else "step 1"
         batch: list = []
-        with progress(total=remaining, unit="segment", desc="step 1", enabled=self.settings.progress) as self.bar:
+        with progress(total=remaining, unit="segment", desc=desc, enabled=show) as self.bar:
             try:
                 for item in self._requests(states):
                     batch.append(item)
@@ -353,8 +400,11 @@ class Step1Runner:
         unknown = set(self.summary.by_status) - set(PARSE_STATUSES)
         if unknown:
             self.summary.warnings.append(f"unknown parse statuses in existing files: {sorted(unknown)}")
-        index, count = self.settings.shard
-        name = "summary.json" if count == 1 else f"summary.shard-{index}-of-{count}.json"
-        self.folder.write_summary(name, self.summary.as_dict())
-        self.folder.tidy()
+        if ranks.active:
+            self.folder.write_summary(ranks.summary_name(self._summary_name()),
+                                      {**self.summary.as_dict(), "rank": ranks.rank, "processes": ranks.world_size})
         return self.summary
+
+    def _summary_name(self) -> str:
+        index, count = self.settings.shard
+        return "summary.json" if count == 1 else f"summary.shard-{index}-of-{count}.json"

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from vera.vlm.backends.base import VLMBackend
 from vera.errors import VeraError
@@ -48,12 +49,18 @@ def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "a
 
 
 def model_type_of(model: str, *, local_files_only: bool = False) -> str:
-    """The checkpoint's ``model_type`` from its config alone (no weights loaded), e.g. ``qwen2_vl``."""
-    from transformers import AutoConfig
+    """The checkpoint's ``model_type`` from its ``config.json`` alone (no weights, no transformers), e.g. ``qwen2_vl``."""
+    from vera.io import read_json
 
-    try:
-        return AutoConfig.from_pretrained(str(model), local_files_only=local_files_only).model_type
-    except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise VeraError(f"cannot read the config of model {model}: {first_line}") from None
+    config = Path(model) / "config.json"
+    if not config.is_file():  # a Hub id: its config in the local cache, where locate_model found it
+        from huggingface_hub import try_to_load_from_cache
 
+        cached = try_to_load_from_cache(str(model), "config.json")
+        if not isinstance(cached, str):
+            raise VeraError(f"cannot read the config of model {model}: no config.json in the folder or the cache")
+        config = Path(cached)
+    content = read_json(config, "model config")
+    if not isinstance(content, dict) or not isinstance(content.get("model_type"), str):
+        raise VeraError(f"model config {config} has no model_type")
+    return content["model_type"]

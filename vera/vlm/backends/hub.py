@@ -15,9 +15,6 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from huggingface_hub import constants, try_to_load_from_cache
-from huggingface_hub.utils import HFValidationError, validate_repo_id
-
 from vera.errors import VeraError
 
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
@@ -34,11 +31,15 @@ def offline_reason() -> str | None:
 
 def in_cache(model_id: str) -> bool:
     """Whether the local Hugging Face cache holds the model's ``config.json`` (every model has one)."""
+    from huggingface_hub import try_to_load_from_cache
+
     return isinstance(try_to_load_from_cache(model_id, "config.json"), str)
 
 
 def hub_reachable(timeout: float = REACH_TIMEOUT_SECONDS) -> bool:
     """Whether a TCP connection to the Hub endpoint (or the HTTPS proxy for it) opens within ``timeout``."""
+    from huggingface_hub import constants
+
     endpoint = urlsplit(constants.ENDPOINT)
     host, port = endpoint.hostname or "", endpoint.port or (443 if endpoint.scheme == "https" else 80)
     proxy = urllib.request.getproxies().get(endpoint.scheme)
@@ -61,6 +62,10 @@ def locate_model(model: str, local_files_only: bool = False) -> tuple[str, bool]
     """
     if Path(model).expanduser().is_dir():
         return model, local_files_only
+    # Only a Hub id needs huggingface_hub (and its HTTP stack): a local folder imports nothing.
+    from huggingface_hub import constants
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
     try:
         validate_repo_id(model)
     except HFValidationError:
