@@ -20,9 +20,9 @@ def test_every_option_name_is_defined_once():
 
 def test_shared_choices_agree_with_their_owners():
     from vera.devices import DTYPES
-    from vera.vlm.prompts import PRESET_QUESTIONS
+    from vera.vlm.prompts import QUESTION_SETS
 
-    assert options.PRESETS == tuple(PRESET_QUESTIONS)
+    assert options.PRESETS == tuple(QUESTION_SETS)
     assert options.DTYPE_CHOICES == ("auto", *DTYPES)
 
 
