@@ -35,9 +35,7 @@ PAPER_KERNEL = {"ucf": (15, 10.0), "xd": (30, 30.0)}
 PAPER_NEIGHBOUR_FRACTION = {"ucf": 0.10, "xd": 0.15}
 # Below this many segments a full argsort is as cheap as the top-k search.
 FULL_SORT_MAX_SEGMENTS = 64
-# Similarity entries per block of rows: 1 MiB of float32 (2 MiB of argpartition's int64 output), temporaries
-# small enough for the allocator to reuse instead of mapping and zeroing fresh pages for each block.
-_BLOCK_ELEMENTS = 1 << 18
+_BLOCK_ELEMENTS = 1 << 21  # similarity entries per block of rows (8 MiB of float32)
 
 
 @dataclass(frozen=True)
