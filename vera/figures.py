@@ -162,8 +162,8 @@ def question_evolution(history: list[dict], validations: list[dict], path: Path)
              title="Question evolution (a bar per version; red: changed; green dashes: new best)")
     figure.tight_layout()
     markdown = ["# Question evolution", "", "| step | question | new text |", "|---|---|---|"]
-    markdown += [f"| {start} | Q{slot + 1} | {text.replace('|', '/')} |"
-                 for slot, versions in enumerate(slots) for start, _, text in versions]
+    changes = sorted((start, slot, text) for slot, versions in enumerate(slots) for start, _, text in versions)
+    markdown += [f"| {start} | Q{slot + 1} | {text.replace('|', '/')} |" for start, slot, text in changes]
     markdown += ["", "## Questions at each validation", ""]
     for record in validations:
         accuracy = record.get("accuracy")
