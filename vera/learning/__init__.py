@@ -4,6 +4,6 @@
   from its answer.
 - ``loop``: the training loop (learner, optimizer, validation, selection),
   resumable, and why it runs on Lightning Fabric rather than the ``Trainer``.
-- ``distributed``: the Fabric plumbing: processes and collectives, JSON
-  checkpoints, one CSV log per run.
+- ``fabric_io``: what the loop's Lightning Fabric writes: JSON checkpoints,
+  one CSV log per run (processes and collectives: ``vera.distributed``).
 """
