@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real data lives, and a guard against network access."""
+"""Shared test fixtures: where the real data lives, the tiny models, one torch thread, and a guard against network
+access."""
 
 from __future__ import annotations
 
@@ -50,3 +51,15 @@ def tiny_models():
     """Shared tiny models for every test that needs one; the folder is removed when the run ends."""
     with tempfile.TemporaryDirectory(prefix="vera-tiny-models-") as root:
         yield TinyModels(Path(root))
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the tiny models run fastest so on a shared CPU, and the arithmetic equals
+    that of processes started with ``OMP_NUM_THREADS=1``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -65,12 +65,16 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _number(text: str, unit: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of {unit}, got {text!r}") from None
+
+
 def frame_rate(text: str) -> float:
     """A frame rate whose 10-second window keeps at least one frame each side of a centre."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
+    value = _number(text, "frames per second")
     if not math.isfinite(value) or round(5.0 * value) < 1:
         raise argparse.ArgumentTypeError(
             f"must be a finite frame rate of at least 0.1 (one frame each side of a segment centre), got {text}")
@@ -88,18 +92,19 @@ def shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def existing_file(text: str) -> Path:
+def _existing(text: str, kind: str, is_kind: Callable[[Path], bool]) -> Path:
     path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
+    if not is_kind(path):
+        raise argparse.ArgumentTypeError(f"{kind} not found: {path}" if not path.exists() else f"not a {kind}: {path}")
     return path
+
+
+def existing_file(text: str) -> Path:
+    return _existing(text, "file", Path.is_file)
 
 
 def existing_dir(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"folder not found: {path}" if not path.exists() else f"not a folder: {path}")
-    return path
+    return _existing(text, "folder", Path.is_dir)
 
 
 def output_dir(text: str) -> Path:
@@ -190,10 +195,7 @@ def served_model_name(text: str) -> str:
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    value = _number(text, "seconds")
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
@@ -419,8 +421,9 @@ OPTIONS: dict[str, Option] = {
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
     "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="M",
-                      help="machines, each running --devices processes (run the command on each: Lightning's "
-                           "launcher, torchrun or SLURM; default: %(default)s)"),
+                      help="machines, each running --devices processes (the command runs on each: started by "
+                           "hand with Lightning's MASTER_ADDR/NODE_RANK, by torchrun or by SLURM; "
+                           "default: %(default)s)"),
     # make_annotations (an annotation file for your own videos)
     "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
                             help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
