@@ -11,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Commands take unnamed inputs from Data/ (vera.data.layout); tests name theirs, whatever a developer downloaded.
+os.environ["VERA_DATA"] = tempfile.mkdtemp(prefix="vera-tests-no-data-")
+os.chmod(os.environ["VERA_DATA"], 0o755)  # the read-only-folder tests run commands as an unprivileged user
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -248,9 +248,9 @@ OPTIONS: dict[str, Option] = {
                     help="ucf (UCF-Crime) or xd (XD-Violence); decides the key rule and the normal label"),
     "dataset_optional": _opt("--dataset", choices=DATASETS,
                              help="ucf or xd (default: inferred from the annotation file)"),
-    "annotations": _opt("--annotations", type=existing_file, required=True, metavar="FILE",
+    "annotations": _opt("--annotations", type=existing_file, metavar="FILE",
                         help="test annotations: UCF_Eval.json, xd_test_800.json (or the official UCF txt where "
-                             "lengths are not needed)"),
+                             "lengths are not needed); default: Data/ (see Data/README.md)"),
     "frames": _opt("--frames", type=existing_dir, metavar="DIR",
                    help="folder of <key>/%%06d.jpg frame folders (Preprocessing/extract_frames.py)"),
     "videos": _opt("--videos", type=existing_dir, metavar="DIR",
@@ -307,8 +307,8 @@ OPTIONS: dict[str, Option] = {
     "preset": _opt("--preset", choices=PRESETS,
                    help="the published questions (ucf, xd, ucf-qwen) or training's two initial ones (initial)"),
     "prompt_file": _opt("--prompt-file", type=existing_file, metavar="FILE",
-                        help="learner template with $Data and 'Based on the analysis above' (e.g. the authors' "
-                             "VERA_learner_instruct.txt); default: the project's own"),
+                        help="learner template with $Data and 'Based on the analysis above'; default: the "
+                             "authors' Data/VERA_learner_instruct.txt where it exists, else the project's own"),
     "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS,
                          help="released: all frames at the first <image> (as the authors fed InternVL2); "
                               "per-frame: one frame per Frame line; qwen-video: the frames as one video at "
@@ -355,10 +355,11 @@ OPTIONS: dict[str, Option] = {
     "allow_short": _opt("--allow-short", action="store_true",
                         help="accept a video that decodes fewer frames than its container declares"),
     # scoring
-    "scores": _opt("--scores", type=existing_dir, required=True, metavar="DIR",
-                   help="folder of <key>.json segment scores (Step 1)"),
+    "scores": _opt("--scores", type=existing_dir, metavar="DIR",
+                   help="folder of <key>.json segment scores (Step 1); default: Data/scores/<dataset>"),
     "features": _opt("--features", type=existing_dir, metavar="DIR",
-                      help="folder of <key>.npy segment features (needed for Step 2)"),
+                      help="folder of <key>.npy segment features (needed for Step 2); default: "
+                           "Data/features/<dataset> where it exists"),
     "metric": _opt("--metric", choices=METRICS, help="default: auc for ucf, ap for xd"),
     "protocol": _opt("--protocol", choices=PROTOCOLS, default="released",
                      help="released: the authors' scripts bit for bit; paper: the paper's text (default: %(default)s)"),
@@ -366,8 +367,8 @@ OPTIONS: dict[str, Option] = {
                         help="segment value to score by: the 0/1 'score' (default) or a soft one such as Step 1's "
                              "'label_prob' (paper protocol; null values fall back to 'score')"),
     "gt_frames": _opt("--gt-frames", type=existing_file, metavar="FILE",
-                      help="XD-Violence frame labels of Wu et al. ({key: [0/1, …]}), e.g. the authors' "
-                           "Data/name_gt_pair.json"),
+                      help="XD-Violence frame labels of Wu et al. ({key: [0/1, …]}); default for XD AP: the "
+                           "authors' Data/name_gt_pair.json where it exists"),
     "allow_missing": _opt("--allow-missing", action="store_true",
                           help="skip videos whose score or feature file is absent"),
     "merge_xd_duplicates": _opt("--merge-xd-duplicates", action="store_true",
@@ -378,10 +379,10 @@ OPTIONS: dict[str, Option] = {
                                     help="ablation: no position weighting"),
     "no_curves": _opt("--no-curves", action="store_true", help="do not draw roc.png / pr.png"),
     # training
-    "train": _opt("--train", type=existing_file, required=True, metavar="FILE",
-                  help="training list (UCF_Instruct_train.json, xd_train.json)"),
-    "val": _opt("--val", type=existing_file, required=True, metavar="FILE",
-                help="validation list (UCF_Instruct_val.json, xd_val.json)"),
+    "train": _opt("--train", type=existing_file, metavar="FILE",
+                  help="training list (UCF_Instruct_train.json, xd_train.json); default: Data/"),
+    "val": _opt("--val", type=existing_file, metavar="FILE",
+                help="validation list (UCF_Instruct_val.json, xd_val.json); default: Data/"),
     "epochs": _opt("--epochs", type=positive_int, default=10, metavar="N", help="default: %(default)s"),
     "train_batch_size": _opt("--batch-size", type=positive_int, default=2, metavar="N",
                              help="training videos per step (default: %(default)s)"),
@@ -400,7 +401,8 @@ OPTIONS: dict[str, Option] = {
                               help="initial questions, one per line (default: the released two), or 'none' "
                                    "to start from the bare prompt"),
     "optimizer_prompt_file": _opt("--optimizer-prompt-file", type=existing_file, metavar="FILE",
-                                  help="optimizer template (e.g. the authors' VERA_optimizer_instruct.txt)"),
+                                  help="optimizer template; default: the authors' Data/VERA_optimizer_instruct.txt "
+                                       "where it exists, else the project's own"),
     "seed": _opt("--seed", type=non_negative_int, default=0, metavar="N",
                  help="seed of the per-epoch shuffling (default: %(default)s)"),
     "skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
@@ -504,4 +506,11 @@ class Command:
         return build_parser(self.description, self.items, self.prog)
 
     def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
-        return self.parser().parse_args(argv)
+        """Parse ``argv``; inputs not named are taken from ``Data/`` where it holds them (``vera.data.layout``)."""
+        from vera.data.layout import fill_defaults
+
+        args = self.parser().parse_args(argv)
+        names = {name for item in self.items for name in (item.names if isinstance(item, OneOf) else (item,))}
+        for line in fill_defaults(args, names):
+            print(f"using {line}")
+        return args
