@@ -267,6 +267,7 @@ class Option:
     required: bool = False
     metavar: str | None = None
     dest: str | None = None
+    nargs: str | None = None
 
     def add_to(self, parser: argparse._ActionsContainer, required: bool | None = None) -> None:
         kwargs: dict[str, Any] = {"help": self.help}
@@ -276,6 +277,8 @@ class Option:
             kwargs["action"] = self.action
         else:
             kwargs.update(type=self.type, default=self.default, choices=self.choices, metavar=self.metavar)
+            if self.nargs:
+                kwargs["nargs"] = self.nargs
             if required if required is not None else self.required:
                 kwargs["required"] = True
         parser.add_argument(*self.flags, **kwargs)
@@ -519,6 +522,28 @@ OPTIONS: dict[str, Option] = {
                         help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
     "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
     "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
+    # report (Inference/report.py; detect.py writes one too)
+    "frame_scores": _opt("--frame-scores", type=existing_dir, metavar="DIR",
+                         help="a compute_auc.py output (frame_scores/ and stages.npz) or its frame_scores/ folder: "
+                              "final frame scores and the curves after each step (default: the Step 1 answers "
+                              "alone, each over its segment's frames)"),
+    "top_k": _opt("--top-k", type=positive_int, default=5, metavar="K",
+                  help="the K highest-scoring segments of each video get thumbnails and their explanation "
+                       "(default: %(default)s)"),
+    "max_explanations": _opt("--max-explanations", type=positive_int, default=30, metavar="N",
+                             help="at most N segments explained with their frames per video: the flagged ones "
+                                  "(answer 1) and the top K, highest scores first (default: %(default)s)"),
+    # detect.py (VERA on your own videos)
+    "detect_inputs": _opt("inputs", type=Path, nargs="+", metavar="VIDEO_OR_FOLDER",
+                          help="video files, or folders searched recursively for videos"),
+    "detect_model": _opt("--model", type=model_ref, metavar="PATH_OR_ID",
+                         help="local folder or Hugging Face id of the VLM (default: the paper's InternVL2-8B, "
+                              "downloaded and converted once into the cache; see the README)"),
+    "detect_features": _opt("--features", type=existing_file, metavar="FILE",
+                            help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
+    "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
+                           help="whose hyper-parameters Steps 2-3 use (paper protocol: ucf ω 15, σ₁ 10, K 10%%; "
+                                "xd ω 30, σ₁ 30, K 15%%; default: %(default)s)"),
     "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="N",
                       help="machines, each running --devices processes (run the command on each, as Lightning "
                            "expects; default: %(default)s)"),
