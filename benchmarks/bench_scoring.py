@@ -1,18 +1,28 @@
 """Time Steps 2-3 and the evaluation over the full UCF-Crime test set (290 videos, 1,111,808 frames).
 
-    python benchmarks/bench_scoring.py [--width 1024] [--workdir DIR]
+    python benchmarks/bench_scoring.py [--width 1024] [--workdir DIR] [--annotations FILE] [--repeats 3]
 
 Generates synthetic scores and features for every video of UCF_Eval.json
-(once, in --workdir), then times ``vera.evaluate.evaluate`` stage by stage
-and, for comparison, the naive per-segment loop of tests/released_reference.py
-(a transcription of the released script). Each run happens in a fresh process
-so that peak memory (max RSS) is its own.
+(once, in --workdir), then measures, each in a fresh process (so that peak
+memory, max RSS, is its own):
+
+- floor: what any bit-identical scoring must do: read the features and compute
+  the float32 similarity products (normalise, ``np.dot``) of every video;
+  ``floor_process`` adds the interpreter start and the imports of a scoring run;
+- ours: ``vera.scoring.evaluate.evaluate`` stage by stage;
+- cli: one plain ``Inference/compute_auc.py`` run, a whole process, writing its outputs;
+- sweep: the sweep of ``Inference/reproduce_tables.py`` (every scoring table)
+  against a sweep of the default setting alone: the difference divided by the
+  number of extra distinct settings is the cost of each additional setting;
+- reference: the naive per-segment loop of tests/released_reference.py (a
+  transcription of the released script).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -26,40 +36,98 @@ sys.path.insert(0, str(ROOT / "tests"))
 ANNOTATIONS = ROOT.parent / "shared" / "data" / "annotations" / "UCF_Eval.json"
 
 
-def run_ours(workdir: Path) -> dict:
+def run_floor(workdir: Path, annotations: Path) -> dict:
     import numpy as np
 
-    import vera.scoring.steps as scoring
+    from vera.data.annotations import load_test_annotations
+    from vera.scoring.steps import cosine_similarity
+
+    keys = [video.key for video in load_test_annotations(annotations, "ucf")]
+    start_cpu, start = time.process_time(), time.perf_counter()
+    for key in keys:
+        cosine_similarity(np.load(workdir / "features" / f"{key}.npy"))
+    return {"wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu}
+
+
+def run_ours(workdir: Path, annotations: Path) -> dict:
+    import numpy as np
+
+    import vera.scoring.video as video_steps
     from vera.data.annotations import load_test_annotations
     from vera.scoring.evaluate import evaluate
     from vera.scoring.steps import ScoringOptions
 
     stages = {"similarity (BLAS)": 0.0, "neighbours": 0.0}
-    for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "released_neighbours")):
-        original = getattr(scoring, attribute)
+    for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "rank_largest"),
+                            ("neighbours", "released_neighbours_fast")):
+        original = getattr(video_steps, attribute)
 
-        def timed(*args, _original=original, _name=name):
+        def timed(*args, _original=original, _name=name, **kwargs):
             start = time.perf_counter()
-            result = _original(*args)
+            result = _original(*args, **kwargs)
             stages[_name] += time.perf_counter() - start
             return result
 
-        setattr(scoring, attribute, timed)
-    videos = load_test_annotations(ANNOTATIONS, "ucf")
+        setattr(video_steps, attribute, timed)
+    videos = load_test_annotations(annotations, "ucf")
     start_cpu, start = time.process_time(), time.perf_counter()
     evaluation = evaluate(videos, workdir / "scores", workdir / "features", ScoringOptions())
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    return {"auc": evaluation.metrics["value"], "wall_s": wall, "cpu_s": cpu, **{k: v for k, v in stages.items()},
+    return {"auc": evaluation.metrics["value"], "wall_s": wall, "cpu_s": cpu, **stages,
             "frames": int(sum(np.size(v.scores) for v in evaluation.videos))}
 
 
-def run_reference(workdir: Path) -> dict:
+def run_sweep(workdir: Path, annotations: Path) -> dict:
+    from vera.data.annotations import NORMAL_CLASS, load_test_annotations
+    from vera.scoring.steps import ScoringOptions
+    from vera.scoring.sweep import _scoring_part, sweep
+    from vera.scoring.tables import reproduce
+
+    videos = load_test_annotations(annotations, "ucf")
+    base = ScoringOptions()
+    start = time.perf_counter()
+    sweep(videos, workdir / "scores", workdir / "features", [base])
+    single = time.perf_counter() - start
+    classes = tuple(sorted({video.video_class for video in videos} - {NORMAL_CLASS}))
+    start_cpu, start = time.process_time(), time.perf_counter()
+    tables = reproduce(videos, base, classes, workdir / "scores", workdir / "features")
+    wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
+    from dataclasses import replace
+
+    settings = {(_scoring_part(replace(base, **{k: v for k, v in c.setting.items() if k != "scores"})),
+                 c.setting.get("classes"), c.setting.get("with_normal")) for t in tables for c in t.cells}
+    return {"single_setting_s": single, "all_tables_s": wall, "all_tables_cpu_s": cpu, "settings": len(settings),
+            "per_additional_setting_s": (wall - single) / (len(settings) - 1)}
+
+
+def run_cli(workdir: Path, annotations: Path) -> dict:
+    output = Path(tempfile.mkdtemp(prefix="vera-bench-out-"))
+    start = time.perf_counter()
+    subprocess.run([sys.executable, str(ROOT / "Inference" / "compute_auc.py"), "--dataset", "ucf", "--annotations",
+                    str(annotations), "--scores", str(workdir / "scores"), "--features", str(workdir / "features"),
+                    "--output", str(output)], check=True, capture_output=True)
+    wall = time.perf_counter() - start
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"wall_s": wall, "cpu_s": usage.ru_utime + usage.ru_stime, "child_max_rss_mb": usage.ru_maxrss / 1024}
+
+
+def run_floor_process(workdir: Path, annotations: Path) -> dict:
+    """A whole process that imports what a scoring run imports, reads the inputs and computes only the products."""
+    code = ("import sys, numpy as np; sys.path.insert(0, sys.argv[3]); from bench_scoring import run_floor; "
+            "import vera.scoring.evaluate; from pathlib import Path; run_floor(Path(sys.argv[1]), Path(sys.argv[2]))")
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code, str(workdir), str(annotations), str(Path(__file__).parent)],
+                   check=True, capture_output=True)
+    return {"wall_s": time.perf_counter() - start}
+
+
+def run_reference(workdir: Path, annotations: Path) -> dict:
     import numpy as np
     from sklearn.metrics import auc, roc_curve
 
     from released_reference import reference_labels, reference_video
 
-    entries = json.loads(ANNOTATIONS.read_text())
+    entries = json.loads(annotations.read_text())
     start_cpu, start = time.process_time(), time.perf_counter()
     all_scores, all_labels = [], []
     for entry in entries:
@@ -74,15 +142,21 @@ def run_reference(workdir: Path) -> dict:
     return {"auc": value, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu}
 
 
+CHILDREN = {"floor": run_floor, "floor_process": run_floor_process, "ours": run_ours, "cli": run_cli,
+            "sweep": run_sweep, "reference": run_reference}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=1024, help="feature width (ImageBind: 1024)")
     parser.add_argument("--workdir", type=Path, help="where generated inputs go (default: a temporary folder)")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--child", choices=["ours", "reference"], help=argparse.SUPPRESS)
+    parser.add_argument("--annotations", type=Path, default=ANNOTATIONS, help="UCF_Eval.json")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each measurement; the fastest counts")
+    parser.add_argument("--only", nargs="+", choices=list(CHILDREN), default=list(CHILDREN))
+    parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = (run_ours if args.child == "ours" else run_reference)(args.workdir)
+        result = CHILDREN[args.child](args.workdir, args.annotations)
         result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -91,14 +165,17 @@ def main() -> None:
         from vera.data.annotations import load_test_annotations
         from vera.scoring.synthetic import write_synthetic_inputs
 
-        write_synthetic_inputs(load_test_annotations(ANNOTATIONS, "ucf"), workdir / "scores", workdir / "features",
-                               width=args.width)
-    for child in ("ours", "reference"):
-        runs = [json.loads(subprocess.run([sys.executable, __file__, "--child", child, "--workdir", str(workdir)],
+        write_synthetic_inputs(load_test_annotations(args.annotations, "ucf"), workdir / "scores",
+                               workdir / "features", width=args.width)
+    print(f"load average before: {os.getloadavg()}")
+    for child in args.only:
+        runs = [json.loads(subprocess.run([sys.executable, __file__, "--child", child, "--workdir", str(workdir),
+                                           "--annotations", str(args.annotations)],
                                           check=True, capture_output=True, text=True).stdout)
-                for _ in range(args.repeats if child == "ours" else 1)]
-        best = min(runs, key=lambda r: r["wall_s"])
+                for _ in range(1 if child == "reference" else args.repeats)]
+        best = min(runs, key=lambda r: r.get("wall_s", r.get("all_tables_s", 0)))
         print(child, json.dumps({k: round(v, 3) if isinstance(v, float) and k != "auc" else v for k, v in best.items()}))
+    print(f"load average after: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

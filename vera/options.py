@@ -141,6 +141,67 @@ def model_ref(text: str) -> str:
     return text
 
 
+def _number(text: str, what: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}") from None
+    if math.isnan(value):
+        raise argparse.ArgumentTypeError(f"must be {what}, got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A share between 0 and 1 (``0.1`` for 10 %)."""
+    value = _number(text, "a fraction between 0 and 1 (0.1 for 10%)")
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction between 0 and 1 (0.1 for 10%), got {text}")
+    return value
+
+
+def positive_fraction(text: str) -> float:
+    value = fraction(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError(f"must be a fraction above 0 and at most 1, got {text}")
+    return value
+
+
+def positive_finite(text: str) -> float:
+    value = _number(text, "a positive number")
+    if not (0.0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {text}")
+    return value
+
+
+MIN_TEMPERATURE = 1e-30  # 1/τ must stay finite in float32 logits (similarities are float32 as released)
+
+
+def temperature(text: str) -> float:
+    """τ > 0; ``inf`` gives uniform weights."""
+    value = _number(text, "a positive number or inf")
+    if not value >= MIN_TEMPERATURE:
+        raise argparse.ArgumentTypeError(f"must be at least {MIN_TEMPERATURE:g} (or inf), got {text}")
+    return value
+
+
+def class_list(text: str) -> tuple[str, ...]:
+    """``A,B,…`` → ``("A", "B", …)``: non-empty names, each once."""
+    names = tuple(name.strip() for name in text.split(","))
+    if not all(names):
+        raise argparse.ArgumentTypeError(f"must be class names separated by commas, got {text!r}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"names a class twice: {text!r}")
+    return names
+
+
+def key_list(text: str) -> tuple[str, ...]:
+    """``KEY,KEY,…`` → video keys, each once."""
+    keys = tuple(key.strip() for key in text.split(","))
+    if not all(keys) or len(set(keys)) != len(keys):
+        raise argparse.ArgumentTypeError(f"must be distinct video keys separated by commas, got {text!r}")
+    return keys
+
+
 # -- types of the newcomer commands (make_annotations, download) --------------------------------
 
 def output_file(text: str) -> Path:
@@ -216,6 +277,7 @@ class Option:
     required: bool = False
     metavar: str | None = None
     dest: str | None = None
+    nargs: str | None = None
 
     def add_to(self, parser: argparse._ActionsContainer, required: bool | None = None) -> None:
         kwargs: dict[str, Any] = {"help": self.help}
@@ -225,6 +287,8 @@ class Option:
             kwargs["action"] = self.action
         else:
             kwargs.update(type=self.type, default=self.default, choices=self.choices, metavar=self.metavar)
+            if self.nargs:
+                kwargs["nargs"] = self.nargs
             if required if required is not None else self.required:
                 kwargs["required"] = True
         parser.add_argument(*self.flags, **kwargs)
@@ -426,6 +490,46 @@ OPTIONS: dict[str, Option] = {
                       help="machines, each running --devices processes (the command runs on each: started by "
                            "hand with Lightning's MASTER_ADDR/NODE_RANK, by torchrun or by SLURM; "
                            "default: %(default)s)"),
+    # scoring hyper-parameters (Steps 2-3), varied by the paper's Tables 11, 13-17; None = the protocol's value
+    "k_ratio": _opt("--k-ratio", type=fraction, metavar="R",
+                    help="Step 2: K/h, the share of a video's h segments that each segment retrieves (paper: K, "
+                         "Table 13, in %% of h); 0 = no retrieval. Default: 0.15 released (int(0.15·h), as the "
+                         "released scripts), 0.10 UCF / 0.15 XD paper"),
+    "random_k": _opt("--random-k", type=non_negative_int, metavar="SEED",
+                     help="Step 2 control (Table 13, 'random'): K segments drawn at random for each segment "
+                          "instead of the K most similar; the draw is seeded by SEED and the video key"),
+    "tau": _opt("--tau", type=temperature, metavar="T",
+                help="Step 2: softmax temperature τ (unitless; weights softmax(S/τ) over cosine similarities S, "
+                     "Table 16); inf = uniform weights. Default 0.1 in both protocols (the released softmax(10·S))"),
+    "window": _opt("--window", type=positive_int, metavar="W",
+                   help="Step 3: Gaussian filter size ω, in segments (Table 14). Default 15 released (both "
+                        "datasets); paper 15 UCF, 30 XD"),
+    "sigma1": _opt("--sigma1", type=positive_finite, metavar="S",
+                   help="Step 3: σ₁, the smoothing Gaussian's standard deviation, in segments (Table 15). Default "
+                        "10 released (both datasets); paper 10 UCF, 30 XD"),
+    "sigma2": _opt("--sigma2", type=positive_fraction, metavar="F",
+                   help="Step 3: σ₂ of the position weighting, as a fraction of the video's length in frames "
+                        "(Table 17: 0.25, 0.5, 0.75). Default 0.5, i.e. ⌊F/2⌋"),
+    "classes": _opt("--classes", type=class_list, metavar="A,B",
+                    help="evaluate only the videos of these classes (UCF folders such as RoadAccidents,Shoplifting; "
+                         "XD label codes such as B1,G), without normal videos unless --with-normal (Table 11)"),
+    "with_normal": _opt("--with-normal", action="store_true",
+                        help="with --classes: add every normal video to the evaluated set"),
+    "traffic_scores": _opt("--traffic-scores", type=existing_dir, metavar="DIR",
+                           help="Step 1 scores made with the traffic questions Q_traffic (Table 11's second row)"),
+    "store_scores": _opt("--store-scores", type=existing_dir, metavar="DIR",
+                         help="Step 1 scores made with the store questions Q_store (Table 11's third row)"),
+    # figures
+    "plot_run": _opt("--run", type=existing_dir, required=True, metavar="DIR",
+                     help="a compute_auc.py output (score curves) or a training.py output (training curves)"),
+    "plot_scores": _opt("--scores", type=existing_dir, metavar="DIR",
+                        help="Step 1 scores (<key>.json): segment answers from there instead of the run's stages.npz"),
+    "plot_annotations": _opt("--annotations", type=existing_file, metavar="FILE",
+                             help="test annotations, for the ground truth of score curves"),
+    "plot_videos": _opt("--videos", type=key_list, metavar="KEY,KEY",
+                        help="videos to draw (default: every video of the run)"),
+    "smooth": _opt("--smooth", type=positive_int, default=5, metavar="N",
+                   help="moving average over N validations in the training curve (default: %(default)s, as Fig. 9)"),
     # make_annotations (an annotation file for your own videos)
     "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
                             help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
@@ -450,6 +554,28 @@ OPTIONS: dict[str, Option] = {
                         help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
     "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
     "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
+    # report (Inference/report.py; detect.py writes one too)
+    "frame_scores": _opt("--frame-scores", type=existing_dir, metavar="DIR",
+                         help="a compute_auc.py output (frame_scores/ and stages.npz) or its frame_scores/ folder: "
+                              "final frame scores and the curves after each step (default: the Step 1 answers "
+                              "alone, each over its segment's frames)"),
+    "top_k": _opt("--top-k", type=positive_int, default=5, metavar="K",
+                  help="the K highest-scoring segments of each video get thumbnails and their explanation "
+                       "(default: %(default)s)"),
+    "max_explanations": _opt("--max-explanations", type=positive_int, default=30, metavar="N",
+                             help="at most N segments explained with their frames per video: the flagged ones "
+                                  "(answer 1) and the top K, highest scores first (default: %(default)s)"),
+    # detect.py (VERA on your own videos)
+    "detect_inputs": _opt("inputs", type=Path, nargs="+", metavar="VIDEO_OR_FOLDER",
+                          help="video files, or folders searched recursively for videos"),
+    "detect_model": _opt("--model", type=model_ref, metavar="PATH_OR_ID",
+                         help="local folder or Hugging Face id of the VLM (default: the paper's InternVL2-8B, "
+                              "downloaded and converted once into the cache; see the README)"),
+    "detect_features": _opt("--features", type=existing_file, metavar="FILE",
+                            help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
+    "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
+                           help="whose hyper-parameters Steps 2-3 use (paper protocol: ucf ω 15, σ₁ 10, K 10%%; "
+                                "xd ω 30, σ₁ 30, K 15%%; default: %(default)s)"),
 }
 
 

@@ -19,11 +19,15 @@ COMMANDS = {
     "extract-features": "extract_features",
     "generate-initial-score": "generate_initial_score",
     "compute-auc": "compute_auc",
+    "reproduce-tables": "reproduce_tables",
+    "plot": "plot",
     "train": "training",
     "tiny-model": "tiny_model",
     "make-annotations": "make_annotations",
     "download": "download",
     "convert-internvl2": "convert_internvl2",
+    "report": "report",
+    "detect": "detect",
 }
 
 
@@ -47,9 +51,13 @@ _SCRIPTS = {
     "extract-features": "Preprocessing/extract_features.py",
     "generate-initial-score": "Inference/generate_initial_score.py",
     "compute-auc": "Inference/compute_auc.py",
+    "reproduce-tables": "Inference/reproduce_tables.py",
+    "plot": "Inference/plot.py",
     "train": "training.py",
     "tiny-model": "-m vera.tiny_model",
     "make-annotations": "Data/make_annotations.py",
     "download": "Data/download.py",
     "convert-internvl2": "-m vera.convert_internvl2",
+    "report": "Inference/report.py",
+    "detect": "detect.py",
 }

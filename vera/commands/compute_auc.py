@@ -3,8 +3,12 @@
     python Inference/compute_auc.py --dataset ucf --annotations Data/UCF_Eval.json \\
         --scores Data/scores/ucf --features Data/features/ucf --output runs/ucf_auc
 
-Writes OUTPUT/metrics.json, OUTPUT/frame_scores/<key>.npy and ROC/PR curves.
-The default ``released`` protocol reproduces the authors' scripts bit for bit.
+Writes OUTPUT/metrics.json, OUTPUT/frame_scores/<key>.npy, ROC/PR curves and
+OUTPUT/stages.npz (each segment's value after every step, for Inference/plot.py).
+The default ``released`` protocol reproduces the authors' scripts bit for bit;
+--k-ratio, --random-k, --tau, --window, --sigma1 and --sigma2 change the
+paper's hyper-parameters (default: the protocol's values), --classes A,B
+evaluates a scenario subset.
 A rerun replaces every output of the previous one; OUTPUT/run.json records the
 options and inputs, and a folder made with others is refused unless --overwrite.
 """
@@ -16,7 +20,7 @@ from vera.options import Command
 COMMAND = Command(__doc__, [
     "dataset", "annotations", "scores", "features", "output", "metric", "protocol", "score_field", "gt_frames",
     "allow_missing", "merge_xd_duplicates", "skip_step2", "skip_smoothing", "skip_position_weighting", "no_curves",
-    "overwrite",
+    "k_ratio", "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal", "overwrite",
 ], prog="compute_auc.py")
 
 
@@ -26,15 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from vera.scoring.evaluate import evaluate, evaluation_folder, summary, write_outputs
     from vera.scoring.steps import ScoringOptions
 
-    options = ScoringOptions(
-        dataset=args.dataset,
-        metric=args.metric or ("auc" if args.dataset == "ucf" else "ap"),
-        protocol=args.protocol,
-        score_field=args.score_field,
-        skip_step2=args.skip_step2,
-        skip_smoothing=args.skip_smoothing,
-        skip_position_weighting=args.skip_position_weighting,
-    )
+    options = ScoringOptions.from_args(args)
     folder = evaluation_folder(args.output, options, annotations=args.annotations, scores_dir=args.scores,
                                features_dir=args.features, gt_frames=args.gt_frames,
                                merge_xd_duplicates=args.merge_xd_duplicates, overwrite=args.overwrite)

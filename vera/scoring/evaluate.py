@@ -9,8 +9,7 @@ video the previous run had and this one has not survives beside new metrics.
 from __future__ import annotations
 
 import math
-import os
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,9 +19,11 @@ from vera.data.annotations import NORMAL_CLASS, TestVideo, check_intervals
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
 from vera.runs import RunFolder
-from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, false_alarm_rate, pr_auc, roc_auc, save_curves
+from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, Ranking, false_alarm_rate, save_curves
 from vera.scoring.score_files import SegmentScores, read_segment_scores
-from vera.scoring.steps import ScoringOptions, frame_scores, ground_truth, released_ap_trim
+from vera.scoring.stages import STAGES_FILE, write_stages
+from vera.scoring.steps import ScoringOptions, ground_truth, released_ap_trim
+from vera.scoring.video import VideoSteps, frames_from_segments
 from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
@@ -38,6 +39,17 @@ class VideoResult:
     key: str
     video_class: str
     scores: np.ndarray
+    labels: np.ndarray
+    stages: dict[str, np.ndarray] | None = None  # per segment: answers, context, smoothed, values
+
+
+@dataclass
+class VideoInput:
+    """One video's checked inputs: segment scores, features (None without Step 2) and frame labels."""
+
+    video: TestVideo
+    segments: SegmentScores
+    features: np.ndarray | None
     labels: np.ndarray
 
 
@@ -95,6 +107,21 @@ def _check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
     return length
 
 
+def select_videos(videos: list[TestVideo], options: ScoringOptions) -> list[TestVideo]:
+    """The videos of ``options.classes`` (plus the normal ones with ``with_normal``), or all."""
+    if not options.classes:
+        return videos
+    known = sorted({video.video_class for video in videos} - {NORMAL_CLASS})
+    if NORMAL_CLASS in options.classes:
+        raise VeraError(f"--classes names anomaly classes; the {NORMAL_CLASS} videos come with --with-normal")
+    unknown = [name for name in options.classes if name not in known]
+    if unknown:
+        raise VeraError(f"--classes: no test video of class {', '.join(unknown)} in the annotations "
+                        f"(classes: {', '.join(known)})")
+    return [video for video in videos if video.video_class in options.classes
+            or (options.with_normal and video.video_class == NORMAL_CLASS)]
+
+
 def _read_gt_frames(path: Path, videos: list[TestVideo]) -> dict[str, np.ndarray]:
     """The ``--gt-frames`` labels of ``videos``, checked before any scoring: a list of 0/1 numbers each."""
     content = read_json(path, "--gt-frames file")
@@ -127,21 +154,26 @@ def _labels(video: TestVideo, length: int, gt_frames: dict[str, np.ndarray] | No
     return labels
 
 
-def evaluate(
+def read_inputs(
     videos: list[TestVideo],
     scores_dir: Path,
     features_dir: Path | None,
     options: ScoringOptions,
     gt_frames_path: Path | None = None,
     allow_missing: bool = False,
-) -> Evaluation:
-    """Score every video in annotation order and compute the metrics."""
+) -> tuple[Iterator[VideoInput], list[str]]:
+    """Check the folders and list missing files at once; then read and check each video when iterated.
+
+    Returns the videos' inputs in annotation order (read one at a time, so
+    that one video's features are in memory at a time) and the keys skipped
+    for missing files.
+    """
     scores_dir = Path(scores_dir)
     if not scores_dir.is_dir():
         raise VeraError(f"score folder not found: {scores_dir}")
-    if features_dir is None and not options.skip_step2:
+    if features_dir is None and options.retrieval:
         raise VeraError("--features is required unless --skip-step2")
-    features_dir = None if options.skip_step2 else Path(features_dir)
+    features_dir = None if not options.retrieval else Path(features_dir)
     if options.score_field != "score" and options.protocol == "released":
         raise VeraError(f"--score-field {options.score_field} gives soft scores; the released protocol takes 0/1 "
                         "answers (use --protocol paper)")
@@ -159,25 +191,51 @@ def evaluate(
     scored = [video for video in videos if video.key not in missing]
     gt_frames = _read_gt_frames(gt_frames_path, scored) if gt_frames_path else None
 
+    def inputs() -> Iterator[VideoInput]:
+        for video in videos:
+            if video.key in missing:
+                continue
+            score_path = scores_dir / f"{video.key}.json"
+            segments = read_segment_scores(score_path, binary=options.protocol == "released", field=options.score_field)
+            length = _check_length(video, segments, score_path)
+            features = (
+                None
+                if features_dir is None
+                else _load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
+            )
+            num_scores = released_ap_trim(length) if options.released_xd_ap else length
+            yield VideoInput(video, segments, features,
+                             _labels(video, length, gt_frames, gt_frames_path, num_scores, options))
+
+    return inputs(), list(missing)
+
+
+def score_input(item: VideoInput, options: ScoringOptions) -> VideoResult:
+    """Steps 2–3 of one video's checked inputs: its frame scores (as many as its labels) and its stages."""
+    segments = item.segments
+    stages = VideoSteps(segments.scores, item.features, segments.last_segment_frames, item.video.key).stages(options)
+    scores = frames_from_segments(stages["values"], segments.last_segment_frames, options)
+    return VideoResult(item.video.key, item.video.video_class, scores[: item.labels.size], item.labels, stages)
+
+
+def evaluate(
+    videos: list[TestVideo],
+    scores_dir: Path,
+    features_dir: Path | None,
+    options: ScoringOptions,
+    gt_frames_path: Path | None = None,
+    allow_missing: bool = False,
+) -> Evaluation:
+    """Score every video in annotation order and compute the metrics."""
+    videos = select_videos(videos, options)
+    inputs, skipped = read_inputs(videos, scores_dir, features_dir, options, gt_frames_path, allow_missing)
     results, fallbacks = [], 0
-    for video in videos:
-        if video.key in missing:
-            continue
-        score_path = scores_dir / f"{video.key}.json"
-        segments = read_segment_scores(score_path, binary=options.protocol == "released", field=options.score_field)
-        fallbacks += segments.fallbacks
-        length = _check_length(video, segments, score_path)
-        features = (
-            None
-            if features_dir is None
-            else _load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
-        )
-        scores = frame_scores(segments.scores, features, segments.last_segment_frames, options)
-        labels = _labels(video, length, gt_frames, gt_frames_path, scores.size, options)
-        results.append(VideoResult(video.key, video.video_class, scores[: labels.size], labels))
+    for item in inputs:
+        fallbacks += item.segments.fallbacks
+        results.append(score_input(item, options))
     if not results:
         raise VeraError("no video could be scored")
-    evaluation = Evaluation(options, results, skipped=list(missing), score_fallbacks=fallbacks)
+    evaluation = Evaluation(options, results, skipped=skipped, score_fallbacks=fallbacks)
     evaluation.metrics = compute_metrics(evaluation)
     return evaluation
 
@@ -187,24 +245,21 @@ def compute_metrics(evaluation: Evaluation) -> dict:
     options, videos = evaluation.options, evaluation.videos
     labels = np.concatenate([video.labels for video in videos])
     scores = np.concatenate([video.scores for video in videos])
-    overall_auc, overall_ap = roc_auc(labels, scores), pr_auc(labels, scores)
+    ranking = Ranking.of(labels, scores)  # one sort for every curve below
+    overall_auc, overall_ap = ranking.roc_auc(), ranking.pr_auc()
     value = overall_auc if options.metric == "auc" else overall_ap
     if value is None:
         raise VeraError("the ground truth of the scored videos holds one class only; the metric is undefined")
 
-    def pick(predicate) -> tuple[np.ndarray, np.ndarray]:
-        chosen = [video for video in videos if predicate(video)]
-        if not chosen:
-            return np.empty(0), np.empty(0)
-        return np.concatenate([v.labels for v in chosen]), np.concatenate([v.scores for v in chosen])
-
     classes = sorted({video.video_class for video in videos} - {NORMAL_CLASS})
-    subsets = [pick(lambda v: v.video_class != NORMAL_CLASS)]
-    subsets += [pick(lambda v, name=name: v.video_class in (name, NORMAL_CLASS)) for name in classes]
-    # Each subset's ROC is independent and numpy sorts without the GIL: one thread per core.
-    with ThreadPoolExecutor(min(os.cpu_count() or 1, len(subsets))) as pool:
-        auc_anomalous, *auc_per_class = pool.map(lambda pair: roc_auc(*pair), subsets)
-    normal_scores = pick(lambda v: v.video_class == NORMAL_CLASS)[1]
+    number = {name: index for index, name in enumerate(classes)}  # normal: -1
+    frame_class = np.repeat([number.get(video.video_class, -1) for video in videos],
+                            [video.scores.size for video in videos])
+    ranked_class = ranking.ranked(frame_class)  # the subsets' masks in ranked order: no re-sorting
+    ranked_normal = ranked_class == -1
+    auc_anomalous = ranking.where(~ranked_normal).roc_auc()
+    auc_per_class = [ranking.where(ranked_normal | (ranked_class == index)).roc_auc() for index in range(len(classes))]
+    normal_scores = scores[frame_class == -1]
     return {
         "dataset": options.dataset,
         "metric": options.metric,
@@ -217,6 +272,7 @@ def compute_metrics(evaluation: Evaluation) -> dict:
         "score_field": options.score_field,
         "score_fallbacks": evaluation.score_fallbacks,
         "options": asdict(options),
+        "hyperparameters": options.hyperparameters(),
         "auc": overall_auc,
         "ap": overall_ap,
         "auc_anomalous_videos": auc_anomalous,
@@ -234,17 +290,19 @@ def evaluation_folder(output_dir: Path, options: ScoringOptions, *, annotations:
         return None if path is None else str(Path(path).resolve())
 
     identity = {**asdict(options), "annotations": where(annotations), "scores": where(scores_dir),
-                "features": None if options.skip_step2 else where(features_dir), "gt_frames": where(gt_frames),
+                "features": None if not options.retrieval else where(features_dir), "gt_frames": where(gt_frames),
                 "merge_xd_duplicates": merge_xd_duplicates}
 
     def outputs(folder: Path) -> list[Path]:
-        return [folder / METRICS_FILE, folder / FRAME_SCORES_DIR, *(folder / name for name in CURVE_FILES)]
+        return [folder / METRICS_FILE, folder / FRAME_SCORES_DIR, *(folder / name for name in CURVE_FILES),
+                folder / STAGES_FILE]
 
     return RunFolder(output_dir, "evaluation", identity, overwrite=overwrite, outputs=outputs)
 
 
 def write_outputs(evaluation: Evaluation, folder: RunFolder, curves: bool = True) -> None:
-    """Replace the folder's outputs: ``metrics.json``, ``frame_scores/<key>.npy`` (float64), ROC/PR curves."""
+    """Replace the folder's outputs: ``metrics.json``, ``frame_scores/<key>.npy`` (float64), ROC/PR curves,
+    ``stages.npz`` (``vera.scoring.stages``)."""
 
     def write(staging: Path) -> None:
         for video in evaluation.videos:
@@ -254,6 +312,7 @@ def write_outputs(evaluation: Evaluation, folder: RunFolder, curves: bool = True
             scores = np.concatenate([video.scores for video in evaluation.videos])
             options = evaluation.options
             save_curves(labels, scores, staging, f"{options.dataset.upper()} ({options.protocol} protocol)")
+        write_stages(evaluation.videos, staging)
         write_json_atomic(staging / METRICS_FILE, evaluation.metrics)
 
     folder.replace_outputs(write, last=METRICS_FILE)
@@ -269,9 +328,14 @@ def summary(evaluation: Evaluation) -> str:
     options = evaluation.options
     skipped = [name for name, on in (("step2", options.skip_step2), ("smoothing", options.skip_smoothing),
                                      ("position weighting", options.skip_position_weighting)) if on]
+    changed = [f"{name} {getattr(options, name)}" for name in ("k_ratio", "random_k", "tau", "window", "sigma1",
+                                                                "sigma2") if getattr(options, name) is not None]
+    if options.classes:
+        changed.append(f"classes {','.join(options.classes)}" + (" with normal videos" if options.with_normal else ""))
     lines = [
         f"{m['dataset'].upper()} {m['metric'].upper()} ({m['protocol']} protocol"
-        + (f", without {', '.join(skipped)}" if skipped else "") + f"): {_fmt(m['value'])}  [{m['value']!r}]",
+        + (f", without {', '.join(skipped)}" if skipped else "") + "".join(f", {c}" for c in changed)
+        + f"): {_fmt(m['value'])}  [{m['value']!r}]",
         f"  videos {m['num_videos']}, frames {m['num_frames']}"
         + (f", skipped {m['num_skipped']} with missing files" if m["num_skipped"] else "")
         + (f", {m['score_fallbacks']} segments without {m['score_field']} scored 0/1" if m["score_fallbacks"] else ""),

@@ -13,30 +13,39 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
 from vera.data.segments import SEGMENT_STRIDE
+from vera.errors import VeraError
 from vera.options import METRICS, PROTOCOLS
 
 Protocol = Literal["released", "paper"]
 Metric = Literal["auc", "ap"]
 
 SIMILARITY_SCALE = 10.0  # softmax(10·S): the paper's temperature 0.1
+TEMPERATURE = 0.1  # τ; 1/τ is exactly SIMILARITY_SCALE in floating point
+RELEASED_NEIGHBOUR_FRACTION = 0.15  # the released scripts' int(0.15·h), on both datasets
 RELEASED_KERNEL_SIZE, RELEASED_KERNEL_SIGMA = 15, 10.0
+POSITION_SIGMA_FRACTION = 0.5  # σ₂ = ⌊F/2⌋
 # The paper's smoothing windows (ω, σ) and neighbour fractions per dataset.
 PAPER_KERNEL = {"ucf": (15, 10.0), "xd": (30, 30.0)}
 PAPER_NEIGHBOUR_FRACTION = {"ucf": 0.10, "xd": 0.15}
 # Below this many segments a full argsort is as cheap as the top-k search.
-_FULL_SORT_MAX_SEGMENTS = 64
+FULL_SORT_MAX_SEGMENTS = 64
 _BLOCK_ELEMENTS = 1 << 21  # similarity entries per block of rows (8 MiB of float32)
 
 
 @dataclass(frozen=True)
 class ScoringOptions:
-    """How one evaluation turns segment scores into frame scores."""
+    """How one evaluation turns segment scores into frame scores.
+
+    The hyper-parameters the paper varies (``k_ratio`` … ``sigma2``) are None
+    for "the protocol's value" (see ``hyperparameters``), so that the default
+    options of each protocol compute exactly what they always computed.
+    """
 
     dataset: str = "ucf"
     metric: Metric = "auc"
@@ -45,17 +54,82 @@ class ScoringOptions:
     skip_step2: bool = False
     skip_smoothing: bool = False
     skip_position_weighting: bool = False
+    k_ratio: float | None = None  # K/h; 0 = no retrieval
+    random_k: int | None = None  # seed: K random segments instead of the K most similar
+    tau: float | None = None  # softmax temperature; weights softmax(S/τ)
+    window: int | None = None  # ω, smoothing filter size in segments
+    sigma1: float | None = None  # σ₁, in segments
+    sigma2: float | None = None  # σ₂ as a fraction of the video's frames
+    classes: tuple[str, ...] | None = None  # evaluate only these classes' videos
+    with_normal: bool = False  # … plus every normal video
+
+    def __post_init__(self) -> None:
+        if self.protocol not in PROTOCOLS or self.metric not in METRICS or self.dataset not in PAPER_KERNEL:
+            raise VeraError(f"unknown scoring setting: {self.dataset}/{self.metric}/{self.protocol}")
+        if self.random_k is not None and not self.retrieval:
+            raise VeraError("--random-k draws K > 0 segments: it needs Step 2 (no --skip-step2, --k-ratio above 0)")
+        if self.sigma2 is not None and (self.released_xd_ap or self.skip_position_weighting):
+            raise VeraError("--sigma2 sets the position weighting, which this run does not apply "
+                            "(--skip-position-weighting, or the released XD-Violence AP script, which has none)")
+        if self.with_normal and not self.classes:
+            raise VeraError("--with-normal adds the normal videos to --classes; give --classes too")
+
+    @classmethod
+    def from_args(cls, args) -> ScoringOptions:
+        """The options of a parsed command line (``vera.options`` names); absent flags mean the defaults."""
+        given = vars(args)
+        fields = ("protocol", "score_field", "skip_step2", "skip_smoothing", "skip_position_weighting", "k_ratio",
+                  "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal")
+        return cls(dataset=args.dataset, metric=given.get("metric") or ("auc" if args.dataset == "ucf" else "ap"),
+                   **{name: given[name] for name in fields if given.get(name) is not None})
+
+    @property
+    def released(self) -> bool:
+        return self.protocol == "released"
 
     @property
     def released_xd_ap(self) -> bool:
         return self.protocol == "released" and self.dataset == "xd" and self.metric == "ap"
 
+    @property
+    def retrieval(self) -> bool:
+        """Whether Step 2 retrieves neighbours (``--k-ratio 0`` is the paper's "0 %": no retrieval)."""
+        return not self.skip_step2 and self.k_ratio != 0.0
+
+    def hyperparameters(self) -> dict:
+        """The values in effect: the options given, else the protocol's (README, "Scoring protocols")."""
+        released = self.released
+        window, sigma1 = (RELEASED_KERNEL_SIZE, RELEASED_KERNEL_SIGMA) if released else PAPER_KERNEL[self.dataset]
+        return {
+            "k_ratio": self.k_ratio if self.k_ratio is not None else (
+                RELEASED_NEIGHBOUR_FRACTION if released else PAPER_NEIGHBOUR_FRACTION[self.dataset]),
+            "random_k": self.random_k,
+            "tau": self.tau if self.tau is not None else TEMPERATURE,
+            "window": self.window if self.window is not None else window,
+            "sigma1": self.sigma1 if self.sigma1 is not None else sigma1,
+            "sigma2": None if self.released_xd_ap or self.skip_position_weighting else (
+                self.sigma2 if self.sigma2 is not None else POSITION_SIGMA_FRACTION),
+        }
+
+    def resolved(self) -> ScoringOptions:
+        """The same options with every hyper-parameter written out (they compute exactly the same scores)."""
+        values = self.hyperparameters()
+        return replace(self, **{name: values[name] for name in ("k_ratio", "tau", "window", "sigma1", "sigma2")})
+
+    def neighbour_count(self, num_segments: int) -> int:
+        """K for a video of ``num_segments`` segments, by the protocol's rule (0 → all, as released)."""
+        ratio = self.hyperparameters()["k_ratio"]
+        if self.released:
+            return released_neighbour_count(num_segments, self.dataset, self.metric, ratio)
+        return paper_neighbour_count(num_segments, self.dataset, ratio)
+
 
 # ---------------------------------------------------------------- Step 2
 
 
-def released_neighbour_count(num_segments: int, dataset: str, metric: Metric) -> int:
-    """k as released: int(0.15·h); XD keeps all h for short videos (h ≤ 10 for AUC, h ≤ 4 for AP).
+def released_neighbour_count(num_segments: int, dataset: str, metric: Metric,
+                             ratio: float = RELEASED_NEIGHBOUR_FRACTION) -> int:
+    """k as released: int(ratio·h), ratio 0.15; XD keeps all h for short videos (h ≤ 10 for AUC, h ≤ 4 for AP).
 
     k = 0 means *all* columns, because the released code slices ``[:, -0:]``.
     """
@@ -63,12 +137,12 @@ def released_neighbour_count(num_segments: int, dataset: str, metric: Metric) ->
         short = 4 if metric == "ap" else 10
         if num_segments <= short:
             return num_segments
-    return int(0.15 * num_segments)
+    return int(ratio * num_segments)
 
 
-def paper_neighbour_count(num_segments: int, dataset: str) -> int:
-    """k from the paper: 10 % of the segments (UCF) or 15 % (XD), at least one."""
-    return max(1, int(PAPER_NEIGHBOUR_FRACTION[dataset] * num_segments))
+def paper_neighbour_count(num_segments: int, dataset: str, ratio: float | None = None) -> int:
+    """k from the paper: 10 % of the segments (UCF) or 15 % (XD), or ``ratio``, at least one."""
+    return max(1, int((PAPER_NEIGHBOUR_FRACTION[dataset] if ratio is None else ratio) * num_segments))
 
 
 def cosine_similarity(features: np.ndarray) -> np.ndarray:
@@ -90,59 +164,129 @@ def released_neighbours(similarity: np.ndarray, k: int, scores: np.ndarray) -> n
     algorithm on the same input). Rows go in blocks, which bounds memory, over
     the CPU cores (numpy releases the GIL while it sorts).
     """
+    return released_neighbours_fast(similarity, k, scores, exact_order=True)[0]
+
+
+def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray, exact_order: bool = False,
+                             ranked: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``released_neighbours``, except that rows whose only tie lies *inside* the k keep the partition's order.
+
+    Such a row holds the same k segments as numpy's argsort, in another order
+    among equal similarities: its softmax weights are the same, and only the
+    order in which the weighted sum adds them differs, which moves Step 2's
+    value by float rounding only (see ``vera.scoring.video._ROUNDING_MARGIN``).
+    Ties across the k-th place change *which* segments are in, so those rows
+    still get numpy's argsort. Returns the neighbours and the indices of the
+    reordered rows, for ``VideoSteps`` to fix where the released rounding to
+    0.1 could notice. ``ranked``: ``rank_largest(similarity, K)`` for some
+    K > k, so that several k share one partition of the rows.
+    """
     h = similarity.shape[0]
-    if k == 0 or k >= h or h <= _FULL_SORT_MAX_SEGMENTS:
-        return np.argsort(similarity, axis=1)[:, -k:]
+    if k == 0 or k >= h or h <= FULL_SORT_MAX_SEGMENTS:
+        return np.argsort(similarity, axis=1)[:, -k:], np.empty(0, dtype=np.intp)
+    # One more than k: where the (k+1)-th value is below the k-th, no tie can cross the k-th place,
+    # and only the other rows need a look at their whole row.
+    indices, values = rank_largest(similarity, k + 1) if ranked is None else ranked
     scores = np.asarray(scores)
+
+    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        neighbours, reordered = _select_neighbours(similarity[rows], indices[rows], values[rows], k, scores,
+                                                   exact_order)
+        return neighbours, reordered + rows.start
+
+    parts = _over_row_blocks(h, block)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def rank_largest(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's k largest similarities and their columns, in ascending order (equal values in any order)."""
+    h = similarity.shape[0]
+
+    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        part = similarity[rows]
+        largest = np.argpartition(part, h - k, axis=1)[:, h - k :]
+        values = np.take_along_axis(part, largest, axis=1)
+        order = np.argsort(values, axis=1)
+        return np.take_along_axis(largest, order, axis=1), np.take_along_axis(values, order, axis=1)
+
+    parts = _over_row_blocks(h, block)
+    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+
+def _over_row_blocks(h: int, work) -> list:
+    """``work(rows)`` over blocks of rows of an h×h matrix (bounded memory), on the CPU cores.
+
+    numpy releases the GIL while it partitions and sorts, so threads run in parallel.
+    """
     rows_per_block = max(1, _BLOCK_ELEMENTS // h)
-    blocks = [similarity[first : first + rows_per_block] for first in range(0, h, rows_per_block)]
+    blocks = [slice(first, min(first + rows_per_block, h)) for first in range(0, h, rows_per_block)]
     workers = min(os.cpu_count() or 1, len(blocks))
     if workers < 2:
-        return np.concatenate([_block_neighbours(block, k, scores) for block in blocks])
+        return [work(rows) for rows in blocks]
     with ThreadPoolExecutor(workers) as pool:
-        return np.concatenate(list(pool.map(lambda block: _block_neighbours(block, k, scores), blocks)))
+        return list(pool.map(work, blocks))
 
 
-def _block_neighbours(block: np.ndarray, k: int, scores: np.ndarray) -> np.ndarray:
-    """``released_neighbours`` for a block of rows of the similarity matrix."""
-    h = block.shape[1]
-    rows = np.arange(block.shape[0])[:, None]
-    largest = np.argpartition(block, h - k, axis=1)[:, h - k :]
-    values = block[rows, largest]
-    order = np.argsort(values, axis=1)
-    neighbours, values = largest[rows, order], values[rows, order]
+def _select_neighbours(block: np.ndarray, ranked: np.ndarray, ranked_values: np.ndarray, k: int,
+                       scores: np.ndarray, exact_order: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The k neighbours of a block of rows from their K ≥ k largest, and the rows left in the partition's order."""
+    K = ranked.shape[1]
+    neighbours, values = ranked[:, K - k :].copy(), ranked_values[:, K - k :]
     neighbour_scores = scores[neighbours]
     # Ties inside the k: adjacent equal similarities whose scores differ.
-    unsafe = np.any((values[:, 1:] == values[:, :-1]) & (neighbour_scores[:, 1:] != neighbour_scores[:, :-1]), axis=1)
+    inside = np.any((values[:, 1:] == values[:, :-1]) & (neighbour_scores[:, 1:] != neighbour_scores[:, :-1]), axis=1)
     # Ties across the boundary: the k-th largest value also occurs outside the k,
     # so which of its segments got in matters unless they all share one score.
+    # Where the k-th value is above the K-th, all its ties are among the K.
     kth_largest = values[:, :1]
-    at_boundary = block == kth_largest
-    crossing = np.flatnonzero(np.count_nonzero(at_boundary, axis=1) > np.count_nonzero(values == kth_largest, axis=1))
+    tied_in = np.count_nonzero(values == kth_largest, axis=1)
+    tied_all = np.count_nonzero(ranked_values == kth_largest, axis=1)
+    edge = np.flatnonzero(ranked_values[:, 0] == kth_largest[:, 0])
+    if edge.size:
+        whole = block if edge.size == len(block) else block[edge]
+        tied_all[edge] = np.count_nonzero(whole == kth_largest[edge], axis=1)
+    crossing = np.flatnonzero(tied_all > tied_in)
+    across = np.zeros(len(block), dtype=bool)
     if crossing.size:
-        tied_scores = np.where(at_boundary[crossing], scores[None, :], np.nan)
-        unsafe[crossing] |= np.nanmin(tied_scores, axis=1) != np.nanmax(tied_scores, axis=1)
-    fallback = np.flatnonzero(unsafe)
+        tied_scores = np.where(block[crossing] == kth_largest[crossing], scores[None, :], np.nan)
+        across[crossing] = np.nanmin(tied_scores, axis=1) != np.nanmax(tied_scores, axis=1)
+    fallback = np.flatnonzero(across | inside if exact_order else across)
     if fallback.size:
         neighbours[fallback] = np.argsort(block[fallback], axis=1)[:, -k:]
-    return neighbours
+    reordered = np.empty(0, dtype=np.intp) if exact_order else np.flatnonzero(inside & ~across)
+    return neighbours, reordered
+
+
+def weighted_context(similarity: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, scale: float,
+                     released: bool) -> np.ndarray:
+    """ȳᵢ = softmax(scale·S[i, Nᵢ]) · y[Nᵢ], scale = 1/τ."""
+    return softmax_mean(np.take_along_axis(similarity, neighbours, axis=1), scores[neighbours], scale, released)
+
+
+def softmax_mean(neighbour_similarity: np.ndarray, neighbour_scores: np.ndarray, scale: float,
+                 released: bool) -> np.ndarray:
+    """Each row's softmax(scale·s)-weighted mean of its neighbours' scores (rows: S[i, Nᵢ] and y[Nᵢ]).
+
+    Released: the softmax stays in the similarity's dtype (float32 as stored)
+    and each row's weighted sum is a float64 BLAS dot (``matmul`` of 1×k by k×1
+    stacks dispatches to the same dot as the released per-segment loop).
+    ``scale`` must be a Python float, which numpy does not let widen float32.
+    """
+    logits = neighbour_similarity * float(scale)
+    logits -= np.max(logits, axis=1, keepdims=True)
+    weights = np.exp(logits, out=logits)
+    weights /= np.sum(weights, axis=1, keepdims=True)
+    if released:
+        weighted = np.matmul(weights.astype(np.float64)[:, None, :], neighbour_scores[:, :, None])
+        return weighted[:, 0, 0]
+    return np.sum(weights * neighbour_scores, axis=1)
 
 
 def released_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Step 2 as released: ȳᵢ = softmax(10·S[i, Nᵢ]) · y[Nᵢ] over the k most similar segments.
-
-    Mirrors the released per-segment loop operation for operation: the softmax
-    stays in the features' dtype, and the dot product is a float64 BLAS dot per
-    row (``matmul`` of 1×k by k×1 stacks dispatches to the same dot).
-    """
+    """Step 2 as released: ȳᵢ = softmax(10·S[i, Nᵢ]) · y[Nᵢ] over the k most similar segments."""
     scores = np.asarray(scores, dtype=np.float64)
     similarity = cosine_similarity(features)
-    neighbours = released_neighbours(similarity, k, scores)
-    logits = np.take_along_axis(similarity, neighbours, axis=1) * SIMILARITY_SCALE
-    weights = np.exp(logits - np.max(logits, axis=1, keepdims=True))
-    weights = weights / np.sum(weights, axis=1, keepdims=True)
-    weighted = np.matmul(weights.astype(np.float64)[:, None, :], scores[neighbours][:, :, None])
-    return weighted[:, 0, 0]
+    return weighted_context(similarity, released_neighbours(similarity, k, scores), scores, SIMILARITY_SCALE, True)
 
 
 def paper_similarity(features: np.ndarray) -> np.ndarray:
@@ -162,28 +306,41 @@ def paper_similarity(features: np.ndarray) -> np.ndarray:
     return cosine_similarity(rows[first])[np.ix_(inverse, inverse)]
 
 
-def paper_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-    """Step 2 of the paper: the same softmax-weighted mean, in float64, ties broken by index."""
-    similarity = paper_similarity(features)
-    neighbours = np.argsort(-similarity, axis=1, kind="stable")[:, :k]
-    logits = np.take_along_axis(similarity, neighbours, axis=1) * SIMILARITY_SCALE
-    weights = np.exp(logits - logits.max(axis=1, keepdims=True))
-    weights /= weights.sum(axis=1, keepdims=True)
-    return np.sum(weights * np.asarray(scores, dtype=np.float64)[neighbours], axis=1)
+def paper_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
+    """``np.argsort(-similarity, axis=1, kind="stable")[:, :k]`` (ties by index), without sorting whole rows.
+
+    A partition finds the k largest; sorting them by index and then stably by
+    value gives the stable order. Rows where the k-th value also occurs
+    outside the k (which tied segment is in depends on the index) are sorted in full.
+    """
+    h = similarity.shape[0]
+    if k >= h or h <= FULL_SORT_MAX_SEGMENTS:
+        return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
+    rows = np.arange(h)[:, None]
+    largest = np.sort(np.argpartition(similarity, h - k, axis=1)[:, h - k :], axis=1)
+    values = similarity[rows, largest]
+    neighbours = largest[rows, np.argsort(-values, axis=1, kind="stable")]
+    kth = values.min(axis=1, keepdims=True)
+    crossing = np.flatnonzero(np.count_nonzero(similarity >= kth, axis=1) > k)
+    if crossing.size:
+        neighbours[crossing] = np.argsort(-similarity[crossing], axis=1, kind="stable")[:, :k]
+    return neighbours
 
 
 # ---------------------------------------------------------------- Step 3
 
 
-def released_smoothing(values: np.ndarray) -> np.ndarray:
+def released_smoothing(values: np.ndarray, window: int = RELEASED_KERNEL_SIZE,
+                       sigma: float = RELEASED_KERNEL_SIGMA) -> np.ndarray:
     """Step 3a as released: a 15-tap Gaussian (σ = 10) on t = linspace(-8, 7, 15), "same" mode.
 
     ``-15 // 2`` is -8 (the minus applies first, then floor division rounds
     -7.5 down), so the 15 taps run from -8 to 7 in steps of 15/14 and the peak
     sits half a step left of centre. For fewer than 15 segments numpy's "same" output has 15 values;
-    the released code used the first h of them.
+    the released code used the first h of them. Another ``window`` ω or
+    ``sigma`` keeps that formula: ω taps on linspace(-ω // 2, ω // 2, ω).
     """
-    size, sigma = RELEASED_KERNEL_SIZE, RELEASED_KERNEL_SIGMA
+    size = window
     kernel = np.exp(-np.linspace(-size // 2, size // 2, size) ** 2 / (2 * sigma**2))
     kernel = kernel / kernel.sum()
     return np.convolve(np.asarray(values, dtype=np.float64), kernel, mode="same")[: len(values)]
@@ -211,17 +368,20 @@ def frames_per_segment(num_segments: int, last_segment_frames: int) -> np.ndarra
     return counts
 
 
-def released_position_weights(num_frames: int) -> np.ndarray:
-    """exp(-½((t − m)/m)²) with m = int(n/2), written as the released code computes it."""
+def released_position_weights(num_frames: int, fraction: float = POSITION_SIGMA_FRACTION) -> np.ndarray:
+    """exp(-½((t − m)/σ)²) with m = int(n/2), σ = int(fraction·n), written as the released code computes it.
+
+    The released code has σ = m = int(n/2), which is fraction 0.5 (``int(0.5·n)`` equals ``int(n/2)``).
+    """
     frame = np.arange(num_frames)
-    centre = sigma = int(num_frames / 2)
+    centre, sigma = int(num_frames / 2), max(int(fraction * num_frames), 1)
     return np.exp(-0.5 * ((frame - centre) / sigma) ** 2)
 
 
-def paper_position_weights(num_frames: int) -> np.ndarray:
-    """exp(-(t − c)²/(2σ²)) centred on the middle of the video, σ = ⌊F/2⌋."""
+def paper_position_weights(num_frames: int, fraction: float = POSITION_SIGMA_FRACTION) -> np.ndarray:
+    """exp(-(t − c)²/(2σ²)) centred on the middle of the video, σ = ⌊fraction·F⌋ (⌊F/2⌋ by default)."""
     frame = np.arange(num_frames, dtype=np.float64)
-    centre, sigma = (num_frames - 1) / 2.0, max(num_frames // 2, 1)
+    centre, sigma = (num_frames - 1) / 2.0, max(int(fraction * num_frames), 1)
     return np.exp(-((frame - centre) ** 2) / (2.0 * sigma**2))
 
 
@@ -238,39 +398,12 @@ def frame_scores(
     features: np.ndarray | None,
     last_segment_frames: int,
     options: ScoringOptions,
+    key: str = "",
 ) -> np.ndarray:
-    """Frame-level scores of one video from its segment scores and segment features."""
-    scores = np.asarray(scores, dtype=np.float64)
-    h = len(scores)
-    released = options.protocol == "released"
-    if options.skip_step2:
-        context = scores
-    elif released:
-        k = released_neighbour_count(h, options.dataset, options.metric)
-        context = released_scene_context(features, scores, k)
-    else:
-        context = paper_scene_context(features, scores, paper_neighbour_count(h, options.dataset))
+    """Frame-level scores of one video from its segment scores and segment features (``key`` seeds --random-k)."""
+    from vera.scoring.video import VideoSteps  # video.py builds on this module's steps
 
-    if options.skip_smoothing:
-        smoothed = np.asarray(context, dtype=np.float64)
-    elif released:
-        smoothed = released_smoothing(context)
-    else:
-        smoothed = paper_smoothing(context, *PAPER_KERNEL[options.dataset])
-
-    if options.released_xd_ap:
-        # Sigmoid and rounding act per frame; on repeated values they give the
-        # same numbers computed once per segment.
-        per_segment = np.round(1 / (1 + np.exp(-smoothed)), 1)
-        frames = np.repeat(per_segment, frames_per_segment(h, last_segment_frames))
-        return frames[: released_ap_trim(len(frames))]
-    if released:
-        smoothed = np.round(smoothed, 1)
-    frames = np.repeat(smoothed, frames_per_segment(h, last_segment_frames))
-    if not options.skip_position_weighting:
-        weights = released_position_weights(len(frames)) if released else paper_position_weights(len(frames))
-        frames = weights * frames
-    return frames
+    return VideoSteps(scores, features, last_segment_frames, key).frame_scores(options)
 
 
 def ground_truth(length: int, intervals: tuple[tuple[int, int], ...]) -> np.ndarray:
