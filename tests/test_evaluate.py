@@ -328,6 +328,8 @@ def test_a_rerun_replaces_every_output_and_other_settings_need_overwrite(tmp_pat
     with np.load(out / "stages.npz") as stages:
         assert sorted({name.split("/")[0] for name in stages.files}) == sorted(remaining)
     assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{key}.npy" for key in remaining)
+    with np.load(out / "stages.npz") as stages:
+        assert sorted({name.split("/")[0] for name in stages.files}) == sorted(remaining)
     metrics = (out / "metrics.json").read_bytes()
     assert json.loads(metrics)["num_videos"] == 3
     # Other settings: refused before scoring, the folder untouched; --overwrite replaces it.

@@ -240,7 +240,11 @@ def test_rows_reordered_inside_the_k_are_the_only_difference_from_argsort():
     similarity = np.dot(normalised, normalised.T)
     k = 22
     exact = np.argsort(similarity, axis=1)[:, -k:]
-    fast, reordered = released_neighbours_fast(similarity, k, scores)
+    found = released_neighbours_fast(similarity, k, scores)
+    fast, reordered = found.indices, found.reordered
+    # What Step 2 reads through the neighbours is gathered along with them.
+    assert np.array_equal(found.similarity, np.take_along_axis(similarity, fast, axis=1))
+    assert np.array_equal(found.scores, scores[fast])
     assert np.array_equal(released_neighbours(similarity, k, scores)[np.setdiff1d(np.arange(h), reordered)],
                           fast[np.setdiff1d(np.arange(h), reordered)])
     assert reordered.size > 0
@@ -293,8 +297,11 @@ def test_neighbours_from_a_larger_partition_are_those_of_their_own():
         similarity = np.dot(normalised, normalised.T)
         ranked = rank_largest(similarity, 60)
         for k in (5, 24, 36, 60):
-            shared, reordered = released_neighbours_fast(similarity, k, scores, ranked=ranked)
-            own, own_reordered = released_neighbours_fast(similarity, k, scores)
+            found = released_neighbours_fast(similarity, k, scores, ranked=ranked)
+            shared, reordered = found.indices, found.reordered
+            assert np.array_equal(found.similarity, np.take_along_axis(similarity, shared, axis=1))
+            assert np.array_equal(found.scores, scores[shared])
+            own_reordered = released_neighbours_fast(similarity, k, scores).reordered
             assert np.array_equal(np.sort(reordered), np.sort(own_reordered)), (distinct, k)
             exact = np.argsort(similarity, axis=1)[:, -k:]
             for row in range(h):  # equal to argsort up to swaps that change no sum, except the reordered rows
@@ -302,3 +309,19 @@ def test_neighbours_from_a_larger_partition_are_those_of_their_own():
                 assert row in reordered or np.array_equal(scores[shared[row]], scores[exact[row]])
             exact_rows = np.setdiff1d(np.arange(h), reordered)
             assert np.array_equal(released_neighbours(similarity, k, scores)[exact_rows], shared[exact_rows])
+
+
+def test_packed_keys_sort_float32_values_with_their_columns():
+    from vera.scoring.steps import _sorted_by_value
+
+    rng = np.random.default_rng(13)
+    values = rng.choice(np.array([-1.0, -0.5, -0.0, 0.0, 1e-30, 0.25, 0.25, 0.999, 1.0], dtype=np.float32), (50, 9))
+    values[:25] = rng.standard_normal((25, 9)).astype(np.float32)
+    columns = np.stack([rng.permutation(1000)[:9] for _ in range(50)])
+    got = _sorted_by_value(values, columns)
+    for row in range(50):
+        order = np.lexsort((columns[row], values[row]))  # by value, then column; -0.0 == 0.0 for lexsort
+        expected_values = values[row][order]
+        got_values = values[row][[list(columns[row]).index(c) for c in got[row]]]
+        assert np.array_equal(got_values, expected_values)  # ascending values (±0 compare equal)
+        assert sorted(got[row]) == sorted(columns[row])

@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> int:
     from vera.scoring.steps import ScoringOptions
 
     options = ScoringOptions.from_args(args)
+    if not args.no_curves:
+        from vera.scoring.metrics import preload_plotting
+
+        preload_plotting()
     folder = evaluation_folder(args.output, options, annotations=args.annotations, scores_dir=args.scores,
                                features_dir=args.features, gt_frames=args.gt_frames,
                                merge_xd_duplicates=args.merge_xd_duplicates, overwrite=args.overwrite)

@@ -16,6 +16,8 @@ operations in sklearn's order (tests/test_metrics.py checks both against sklearn
 
 from __future__ import annotations
 
+import importlib
+import threading
 from io import BytesIO
 from pathlib import Path
 
@@ -54,7 +56,7 @@ class Ranking:
     def subset(self, mask: np.ndarray) -> Ranking:
         """The ranking of the frames where ``mask`` (in the original frame order) is true."""
         keep = np.asarray(mask, dtype=bool)[self.order]
-        return Ranking(self.order[keep], self.scores[keep], self.labels[keep])
+        return Ranking(np.compress(keep, self.order), np.compress(keep, self.scores), np.compress(keep, self.labels))
 
     def ranked(self, values: np.ndarray) -> np.ndarray:
         """Per-frame ``values`` (original order) in this ranking's order, e.g. to build many masks for ``where``."""
@@ -62,7 +64,8 @@ class Ranking:
 
     def where(self, keep: np.ndarray) -> Ranking:
         """The ranking of the frames where ``keep``, given in ranked order, is true (its scores and labels only)."""
-        return Ranking(np.empty(0, dtype=np.intp), self.scores[keep], self.labels[keep])
+        # np.compress: the same elements as boolean indexing, several times faster on large arrays.
+        return Ranking(np.empty(0, dtype=np.intp), np.compress(keep, self.scores), np.compress(keep, self.labels))
 
     @property
     def defined(self) -> bool:
@@ -70,8 +73,10 @@ class Ranking:
 
     def _counts(self) -> tuple[np.ndarray, np.ndarray]:
         """True and false positives at each distinct threshold, as sklearn counts them (float64 integers)."""
-        thresholds = np.r_[np.flatnonzero(np.diff(self.scores)), self.scores.size - 1]
-        true_positives = np.cumsum(self.labels, dtype=np.float64)[thresholds]
+        # Where the next score differs (sklearn: np.diff(scores) != 0), then the last frame.
+        thresholds = np.r_[np.flatnonzero(self.scores[1:] != self.scores[:-1]), self.scores.size - 1]
+        # Integer counts, exactly the float64 values of sklearn's cumulative sum.
+        true_positives = np.cumsum(self.labels, dtype=np.int64)[thresholds].astype(np.float64)
         return true_positives, 1 + thresholds.astype(np.float64) - true_positives
 
     def roc(self) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +84,7 @@ class Ranking:
         tps, fps = self._counts()
         if fps.size > 2:  # drop points on a straight line between their neighbours
             keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-            tps, fps = tps[keep], fps[keep]
+            tps, fps = np.compress(keep, tps), np.compress(keep, fps)
         tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
         return fps / fps[-1], tps / tps[-1]
 
@@ -119,6 +124,11 @@ def _thinned(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return x, y
     keep = np.unique(np.r_[np.linspace(0, x.size - 1, _PLOT_POINTS).astype(np.int64), x.size - 1])
     return x[keep], y[keep]
+
+
+def preload_plotting() -> None:
+    """Import matplotlib in a background thread, while the scoring works (numpy releases the GIL)."""
+    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True).start()
 
 
 def save_curves(labels: np.ndarray, scores: np.ndarray, output_dir: Path, title: str) -> list[Path]:

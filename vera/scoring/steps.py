@@ -35,7 +35,9 @@ PAPER_KERNEL = {"ucf": (15, 10.0), "xd": (30, 30.0)}
 PAPER_NEIGHBOUR_FRACTION = {"ucf": 0.10, "xd": 0.15}
 # Below this many segments a full argsort is as cheap as the top-k search.
 FULL_SORT_MAX_SEGMENTS = 64
-_BLOCK_ELEMENTS = 1 << 21  # similarity entries per block of rows (8 MiB of float32)
+# Similarity entries per block of rows: 1 MiB of float32 (2 MiB of argpartition's int64 output), temporaries
+# small enough for the allocator to reuse instead of mapping and zeroing fresh pages for each block.
+_BLOCK_ELEMENTS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -164,11 +166,26 @@ def released_neighbours(similarity: np.ndarray, k: int, scores: np.ndarray) -> n
     algorithm on the same input). Rows go in blocks, which bounds memory, over
     the CPU cores (numpy releases the GIL while it sorts).
     """
-    return released_neighbours_fast(similarity, k, scores, exact_order=True)[0]
+    return released_neighbours_fast(similarity, k, scores, exact_order=True).indices
+
+
+@dataclass
+class Neighbourhood:
+    """Each segment's neighbours (a row per segment, ascending similarity) and what Step 2 reads through them."""
+
+    indices: np.ndarray
+    reordered: np.ndarray  # rows left in the partition's order among equal similarities (see below)
+    similarity: np.ndarray  # S[i, Nᵢ]
+    scores: np.ndarray  # y[Nᵢ]
+
+    @classmethod
+    def of(cls, similarity: np.ndarray, indices: np.ndarray, scores: np.ndarray) -> Neighbourhood:
+        return cls(indices, np.empty(0, dtype=np.intp), np.take_along_axis(similarity, indices, axis=1),
+                   np.asarray(scores)[indices])
 
 
 def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray, exact_order: bool = False,
-                             ranked: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                             ranked: tuple[np.ndarray, np.ndarray] | None = None) -> Neighbourhood:
     """``released_neighbours``, except that rows whose only tie lies *inside* the k keep the partition's order.
 
     Such a row holds the same k segments as numpy's argsort, in another order
@@ -176,41 +193,63 @@ def released_neighbours_fast(similarity: np.ndarray, k: int, scores: np.ndarray,
     order in which the weighted sum adds them differs, which moves Step 2's
     value by float rounding only (see ``vera.scoring.video._ROUNDING_MARGIN``).
     Ties across the k-th place change *which* segments are in, so those rows
-    still get numpy's argsort. Returns the neighbours and the indices of the
-    reordered rows, for ``VideoSteps`` to fix where the released rounding to
-    0.1 could notice. ``ranked``: ``rank_largest(similarity, K)`` for some
-    K > k, so that several k share one partition of the rows.
+    still get numpy's argsort. The reordered rows are listed for
+    ``VideoSteps`` to fix where the released rounding to 0.1 could notice.
+    ``ranked``: ``rank_largest(similarity, K)`` for some K > k, so that
+    several k share one partition of the rows.
     """
     h = similarity.shape[0]
     if k == 0 or k >= h or h <= FULL_SORT_MAX_SEGMENTS:
-        return np.argsort(similarity, axis=1)[:, -k:], np.empty(0, dtype=np.intp)
+        return Neighbourhood.of(similarity, np.argsort(similarity, axis=1)[:, -k:], scores)
     # One more than k: where the (k+1)-th value is below the k-th, no tie can cross the k-th place,
     # and only the other rows need a look at their whole row.
     indices, values = rank_largest(similarity, k + 1) if ranked is None else ranked
     scores = np.asarray(scores)
 
-    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
-        neighbours, reordered = _select_neighbours(similarity[rows], indices[rows], values[rows], k, scores,
-                                                   exact_order)
-        return neighbours, reordered + rows.start
+    # Each block writes its rows of the result (no concatenation of h·k arrays afterwards).
+    found = Neighbourhood(np.empty((h, k), dtype=np.intp), np.empty(0, dtype=np.intp),
+                          np.empty((h, k), dtype=similarity.dtype), np.empty((h, k), dtype=scores.dtype))
 
-    parts = _over_row_blocks(h, block)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    def block(rows: slice) -> np.ndarray:
+        out = Neighbourhood(found.indices[rows], found.reordered, found.similarity[rows], found.scores[rows])
+        return _select_neighbours(similarity[rows], indices[rows], values[rows], k, scores, exact_order, out) + rows.start
+
+    found.reordered = np.concatenate(_over_row_blocks(h, block))
+    return found
 
 
 def rank_largest(similarity: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k largest similarities and their columns, in ascending order (equal values in any order)."""
     h = similarity.shape[0]
 
-    def block(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+    indices, values = np.empty((h, k), dtype=np.intp), np.empty((h, k), dtype=similarity.dtype)
+
+    def block(rows: slice) -> None:
         part = similarity[rows]
         largest = np.argpartition(part, h - k, axis=1)[:, h - k :]
-        values = np.take_along_axis(part, largest, axis=1)
-        order = np.argsort(values, axis=1)
-        return np.take_along_axis(largest, order, axis=1), np.take_along_axis(values, order, axis=1)
+        found = np.take_along_axis(part, largest, axis=1)
+        if found.dtype == np.float32:  # the usual case: one sort of packed keys instead of an argsort
+            indices[rows] = _sorted_by_value(found, largest)
+        else:
+            indices[rows] = np.take_along_axis(largest, np.argsort(found, axis=1), axis=1)
+        values[rows] = np.take_along_axis(part, indices[rows], axis=1)
 
-    parts = _over_row_blocks(h, block)
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    _over_row_blocks(h, block)
+    return indices, values
+
+
+def _sorted_by_value(values: np.ndarray, columns: np.ndarray) -> np.ndarray:
+    """``columns`` of each row in ascending order of their float32 ``values`` (ties by column).
+
+    Each pair becomes one uint64: the value's bits mapped to an order-preserving
+    uint32 (sign bit flipped for positives, all bits for negatives) above the
+    column, so that numpy's (vectorised) sort of plain integers orders them.
+    """
+    bits = values.view(np.uint32)
+    ordered = np.where(bits >> 31, ~bits, bits | np.uint32(1 << 31)).astype(np.uint64)
+    keys = (ordered << np.uint64(32)) | columns.astype(np.uint64)
+    keys.sort(axis=1)
+    return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
 
 
 def _over_row_blocks(h: int, work) -> list:
@@ -228,11 +267,14 @@ def _over_row_blocks(h: int, work) -> list:
 
 
 def _select_neighbours(block: np.ndarray, ranked: np.ndarray, ranked_values: np.ndarray, k: int,
-                       scores: np.ndarray, exact_order: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The k neighbours of a block of rows from their K ≥ k largest, and the rows left in the partition's order."""
+                       scores: np.ndarray, exact_order: bool, out: Neighbourhood) -> np.ndarray:
+    """The k neighbours of a block of rows from their K ≥ k largest, written into ``out``; returns the rows
+    left in the partition's order."""
     K = ranked.shape[1]
-    neighbours, values = ranked[:, K - k :].copy(), ranked_values[:, K - k :]
-    neighbour_scores = scores[neighbours]
+    neighbours, values, neighbour_scores = out.indices, out.similarity, out.scores
+    neighbours[:] = ranked[:, K - k :]
+    values[:] = ranked_values[:, K - k :]
+    np.take(scores, neighbours, out=neighbour_scores)
     # Ties inside the k: adjacent equal similarities whose scores differ.
     inside = np.any((values[:, 1:] == values[:, :-1]) & (neighbour_scores[:, 1:] != neighbour_scores[:, :-1]), axis=1)
     # Ties across the boundary: the k-th largest value also occurs outside the k,
@@ -253,8 +295,9 @@ def _select_neighbours(block: np.ndarray, ranked: np.ndarray, ranked_values: np.
     fallback = np.flatnonzero(across | inside if exact_order else across)
     if fallback.size:
         neighbours[fallback] = np.argsort(block[fallback], axis=1)[:, -k:]
-    reordered = np.empty(0, dtype=np.intp) if exact_order else np.flatnonzero(inside & ~across)
-    return neighbours, reordered
+        values[fallback] = np.take_along_axis(block[fallback], neighbours[fallback], axis=1)
+        neighbour_scores[fallback] = scores[neighbours[fallback]]
+    return np.empty(0, dtype=np.intp) if exact_order else np.flatnonzero(inside & ~across)
 
 
 def weighted_context(similarity: np.ndarray, neighbours: np.ndarray, scores: np.ndarray, scale: float,

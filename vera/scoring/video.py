@@ -17,12 +17,12 @@ values, and the frame scores, are the released ones bit for bit.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
 from vera.scoring.steps import (
     FULL_SORT_MAX_SEGMENTS,
+    Neighbourhood,
     ScoringOptions,
     cosine_similarity,
     frames_per_segment,
@@ -90,16 +90,6 @@ def frames_from_segments(values: np.ndarray, last_segment_frames: int, options: 
     return weights * frames
 
 
-@dataclass
-class _Neighbours:
-    """One choice of neighbours (a row per segment) and what Step 2 reads through it, gathered once."""
-
-    indices: np.ndarray
-    reordered: np.ndarray  # rows left in the partition's order (released fast path)
-    similarity: np.ndarray  # S[i, Nᵢ]
-    scores: np.ndarray  # y[Nᵢ]
-
-
 class VideoSteps:
     """Steps 2–3 of one video (segment scores, segment features) for any ``ScoringOptions``."""
 
@@ -109,7 +99,7 @@ class VideoSteps:
         self.last_segment_frames = last_segment_frames
         self.key = key
         self._similarity: dict[bool, np.ndarray] = {}
-        self._neighbours: dict[tuple, _Neighbours] = {}  # the latest only: each holds h·K values
+        self._neighbours: dict[tuple, Neighbourhood] = {}  # the latest only: each holds h·K values
         self._context: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
         self._largest: tuple[np.ndarray, np.ndarray] | None = None
 
@@ -123,23 +113,22 @@ class VideoSteps:
             self._similarity[released] = cosine_similarity(self.features) if released else paper_similarity(self.features)
         return self._similarity[released]
 
-    def neighbours(self, options: ScoringOptions) -> _Neighbours:
+    def neighbours(self, options: ScoringOptions) -> Neighbourhood:
         """Each segment's neighbours under ``options`` (K, random or most similar, protocol)."""
         k = options.neighbour_count(self.num_segments)
         key = (options.released, k, options.random_k)
         if key not in self._neighbours:
             similarity = self.similarity(options.released)
-            reordered = _NO_ROWS
             if options.random_k is not None:  # k = 0 is the released "all segments"
                 rng = video_rng(options.random_k, self.key)
-                indices = random_neighbours(self.num_segments, k or self.num_segments, rng)
+                found = Neighbourhood.of(similarity, random_neighbours(self.num_segments, k or self.num_segments, rng),
+                                         self.scores)
             elif options.released:
-                indices, reordered = released_neighbours_fast(similarity, k, self.scores, ranked=self._ranked(k))
+                found = released_neighbours_fast(similarity, k, self.scores, ranked=self._ranked(k))
             else:
-                indices = paper_neighbours(similarity, k)
+                found = Neighbourhood.of(similarity, paper_neighbours(similarity, k), self.scores)
             self._neighbours.clear()
-            self._neighbours[key] = _Neighbours(indices, reordered, np.take_along_axis(similarity, indices, axis=1),
-                                                self.scores[indices])
+            self._neighbours[key] = found
         return self._neighbours[key]
 
     def _ranked(self, k: int) -> tuple[np.ndarray, np.ndarray] | None:
