@@ -81,3 +81,13 @@ def test_xd_ap_takes_the_authors_frame_labels_only_for_ap(data):
         args = argparse.Namespace(dataset="xd", metric=metric, gt_frames=None)
         fill_defaults(args, {"gt_frames"})
         assert args.gt_frames == expected, metric
+
+
+def test_the_two_command_reproduction_writes_into_runs(data, tmp_path, monkeypatch, capsys):
+    """`compute_auc.py --dataset ucf` alone: inputs from Data/, output runs/ucf_auc_released."""
+    _ucf_release(data)
+    monkeypatch.chdir(tmp_path)
+    assert run("compute_auc", ["--dataset", "ucf", "--no-curves"]) == 0
+    metrics = json.loads((tmp_path / "runs" / "ucf_auc_released" / "metrics.json").read_text())
+    assert metrics["num_videos"] == 2 and metrics["protocol"] == "released"
+    assert "wrote runs/ucf_auc_released/metrics.json" in capsys.readouterr().out

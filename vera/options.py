@@ -329,6 +329,8 @@ OPTIONS: dict[str, Option] = {
                                        "(its frames are read up to the annotated length)"),
     # outputs and runs
     "output": _opt("--output", type=output_dir, required=True, metavar="DIR", help="output folder"),
+    "scoring_output": _opt("--output", type=output_dir, metavar="DIR",
+                           help="output folder (default: runs/<dataset>_<metric>_<protocol>)"),
     "overwrite": _opt("--overwrite", action="store_true",
                       help="replace what the output folder holds from a run with other settings"),
     "no_progress": _opt("--no-progress", action="store_true",
