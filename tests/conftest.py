@@ -1,4 +1,5 @@
-"""Shared test fixtures: where the real data lives, and a guard against network access."""
+"""Shared test fixtures: where the real data lives, the tiny models, one torch thread, and a guard against network
+access."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+# Commands take unnamed inputs from Data/ (vera.data.layout); tests name theirs, whatever a developer downloaded.
+os.environ["VERA_DATA"] = tempfile.mkdtemp(prefix="vera-tests-no-data-")
+os.chmod(os.environ["VERA_DATA"], 0o755)  # the read-only-folder tests run commands as an unprivileged user
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -50,3 +54,15 @@ def tiny_models():
     """Shared tiny models for every test that needs one; the folder is removed when the run ends."""
     with tempfile.TemporaryDirectory(prefix="vera-tiny-models-") as root:
         yield TinyModels(Path(root))
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test: the tiny models run fastest so on a shared CPU, and the arithmetic equals
+    that of processes started with ``OMP_NUM_THREADS=1``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

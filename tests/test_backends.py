@@ -19,13 +19,7 @@ from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_l
 ARCHS = ("internvl", "qwen2_vl")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The tiny models run fastest single-threaded on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _frames(seed: int, count: int = 8) -> list[np.ndarray]:

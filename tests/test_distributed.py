@@ -17,6 +17,8 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 
 import cv2
@@ -25,8 +27,9 @@ import pytest
 import torch
 from video_fixtures import index_frame
 
-from vera.distributed import Ranks, check_device_options, launch
+from vera.distributed import Ranks, check_device_options, launch, make_fabric
 from vera.errors import VeraError, run_cli
+from vera.vlm.step1 import Step1Summary
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four short videos (3, 2, 3 and 2 segments): rank 0 of 2 takes a and c, rank 1 takes b and d.
@@ -46,13 +49,6 @@ def clips(tmp_path_factory) -> dict:
     annotations.write_text(json.dumps([{"video": f"frames/Normal/{key}.mp4", "temporal_label": [-1, -1, -1, -1],
                                         "length": length} for key, length in LENGTHS.items()]))
     return {"frames": root / "frames", "annotations": annotations}
-
-
-def _one_thread():
-    """Same arithmetic in the reference (this process) and in the ranks (OMP_NUM_THREADS=1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    return threads
 
 
 def _environment() -> dict:
@@ -75,30 +71,38 @@ def _per_video(folder: Path, suffix: str) -> dict[str, bytes]:
     return {path.stem: path.read_bytes() for path in sorted(folder.glob(f"*{suffix}")) if path.stem in LENGTHS}
 
 
+def _one_process(command: str, argv: list[str], reference: Path, suffix: str) -> dict[str, bytes]:
+    """The reference: ``vera.commands.<command>`` in this process (on one torch thread, as the ranks run with
+    OMP_NUM_THREADS=1) into ``reference``; its per-video files."""
+    assert importlib.import_module(f"vera.commands.{command}").main(argv + ["--output", str(reference)]) == 0
+    expected = _per_video(reference, suffix)
+    assert set(expected) == set(LENGTHS)
+    return expected
+
+
+def _killed_run(reference: Path, out: Path, suffix: str) -> None:
+    """What a killed run leaves in ``out``: run.json recorded, b finished, an empty .partial/ for a's saved work."""
+    out.mkdir()
+    shutil.copy(reference / "run.json", out / "run.json")
+    shutil.copy(reference / f"b{suffix}", out / f"b{suffix}")
+    (out / ".partial").mkdir()
+
+
 # -- Step 1: Lightning's launcher ----------------------------------------------------------------
 
+@pytest.mark.usefixtures("one_thread")
 def test_step1_in_two_processes_resumes_and_equals_one_process(clips, tiny_models, tmp_path):
     common = ["--dataset", "ucf", "--annotations", str(clips["annotations"]), "--frames", str(clips["frames"]),
               "--model", str(tiny_models.path("internvl")), "--preset", "ucf", "--batch-size", "1",
               "--max-new-tokens", "4", "--no-progress"]
     reference = tmp_path / "one"
-    threads = _one_thread()
-    try:
-        assert importlib.import_module("vera.commands.generate_initial_score").main(
-            common + ["--output", str(reference)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    expected = _per_video(reference, ".json")
-    assert set(expected) == set(LENGTHS)
+    expected = _one_process("generate_initial_score", common, reference, ".json")
 
-    # What a killed run leaves: b finished, a with its first answer saved, run.json recorded.
+    # And a with its first answer saved.
     out = tmp_path / "two"
-    out.mkdir()
-    shutil.copy(reference / "run.json", out / "run.json")
-    shutil.copy(reference / "b.json", out / "b.json")
+    _killed_run(reference, out, ".json")
     run = json.loads((reference / "run.json").read_text())
     first = dict(list(json.loads(expected["a"]).items())[:1])
-    (out / ".partial").mkdir()
     (out / ".partial" / "a.json").write_text(json.dumps(
         {"fingerprint": run["fingerprint"], "value": {"length": LENGTHS["a"], "segments": first}}))
 
@@ -114,30 +118,25 @@ def test_step1_in_two_processes_resumes_and_equals_one_process(clips, tiny_model
     # Rank 0 answered a (2 left) and c (3); rank 1 skipped the finished b and answered d (2).
     assert [(r["rank"], r["videos"], r["videos_skipped_as_finished"], r["segments_generated"]) for r in ranks] == [
         (0, 2, 0, 5), (1, 2, 1, 2)]
+    statuses = set(ranks[0]["by_status"]) | set(ranks[1]["by_status"])
+    assert merged["by_status"] == {s: ranks[0]["by_status"].get(s, 0) + ranks[1]["by_status"].get(s, 0)
+                                   for s in statuses}
+    assert sum(merged["by_status"].values()) == 10
     assert json.loads((out / "run.json").read_text())["identity"] == run["identity"]
     assert not (out / ".partial").exists()
 
 
 # -- features: torchrun --------------------------------------------------------------------------
 
+@pytest.mark.usefixtures("one_thread")
 def test_features_under_torchrun_resume_equal_one_process_and_report_every_rank(clips, tmp_path):
     common = ["--annotations", str(clips["annotations"]), "--frames", str(clips["frames"]),
               "--random-init", "--tiny", "--no-progress"]
     reference = tmp_path / "one"
-    threads = _one_thread()
-    try:
-        assert importlib.import_module("vera.commands.extract_features").main(
-            common + ["--output", str(reference)]) == 0
-    finally:
-        torch.set_num_threads(threads)
-    expected = _per_video(reference, ".npy")
-    assert set(expected) == set(LENGTHS)
+    expected = _one_process("extract_features", common, reference, ".npy")
 
     out = tmp_path / "two"
-    out.mkdir()
-    shutil.copy(reference / "run.json", out / "run.json")
-    shutil.copy(reference / "b.npy", out / "b.npy")
-    (out / ".partial").mkdir()
+    _killed_run(reference, out, ".npy")
     np.save(out / ".partial" / "a.npy", np.load(reference / "a.npy")[:1])  # a's first segment, saved before a kill
 
     # And d's frames are missing: the video fails on rank 1, and rank 0 reports it for the whole run.
@@ -161,15 +160,17 @@ def test_features_under_torchrun_resume_equal_one_process_and_report_every_rank(
     assert not (out / ".partial").exists()
 
 
-def test_a_rank_that_crashes_stops_the_others_instead_of_leaving_them_waiting(tmp_path):
-    script = tmp_path / "crash.py"
+def test_ranks_exchange_values_and_a_crash_on_one_stops_all(tmp_path):
+    """Under torchrun, through ``launch``: values of different lengths gathered, rank 0's result given to all,
+    and a rank that crashes stops the others (each hears of it) instead of leaving them waiting."""
+    script = tmp_path / "ranks.py"
     script.write_text(
-        "import sys\n"
-        "import torch.distributed as dist\n"
-        "from vera.distributed import Ranks\n"
+        "import json, sys\n"
+        "from vera.distributed import launch\n"
         "from vera.errors import VeraError\n"
-        "dist.init_process_group('gloo')\n"
-        "ranks = Ranks(rank=dist.get_rank(), world_size=dist.get_world_size())\n"
+        "ranks = launch('cpu', 2, 1)\n"
+        "seen = {'gathered': ranks.gather({'rank': ranks.rank, 'text': 'é' * 5 * ranks.rank}),\n"
+        "        'from_main': ranks.on_main(lambda: ['rank', ranks.rank])}\n"
         "def work():\n"
         "    if ranks.rank == 1:\n"
         "        raise ValueError('boom')\n"
@@ -177,13 +178,15 @@ def test_a_rank_that_crashes_stops_the_others_instead_of_leaving_them_waiting(tm
         "try:\n"
         "    ranks.together(work)\n"
         "except VeraError as error:\n"
-        "    open(f'{sys.argv[1]}/rank{ranks.rank}.txt', 'w').write(str(error))\n"
-        "dist.destroy_process_group()\n")
+        "    seen['error'] = str(error)\n"
+        "open(f'{sys.argv[1]}/rank{ranks.rank}.json', 'w').write(json.dumps(seen))\n")
     done = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                  "--master-port", str(_free_port()), str(script), str(tmp_path)])
     assert done.returncode == 0, done.stderr[-3000:]
     for rank in range(2):
-        assert (tmp_path / f"rank{rank}.txt").read_text() == "rank 1 failed: ValueError: boom"
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {
+            "gathered": [{"rank": 0, "text": ""}, {"rank": 1, "text": "ééééé"}], "from_main": ["rank", 0],
+            "error": "rank 1 failed: ValueError: boom"}
     assert "Traceback" in done.stderr and "ValueError: boom" in done.stderr  # the crash's own traceback is shown
 
 
@@ -219,5 +222,28 @@ def test_ranks_split_every_world_size_th_item_and_name_their_summaries():
     shares = [Ranks(rank=rank, world_size=3).share(items) for rank in range(3)]
     assert shares == [["a", "d", "g"], ["b", "e"], ["c", "f"]]
     assert Ranks().share(items) == items
+    assert Ranks(world_size=3).merge(shares) == items
     assert Ranks(rank=2, world_size=3).summary_name("summary.shard-0-of-2.json") == \
         "summary.shard-0-of-2.rank-2-of-3.json"
+
+
+def test_a_lone_process_merges_its_own_summary_unchanged():
+    mine = Step1Summary(videos=2, videos_skipped=1, segments=5, by_status=Counter(ok=4, no_output=1),
+                        failed={"c": "video c: broken"}, warnings=["w"], seconds=1.25)
+    assert Ranks().merged_summary(Step1Summary, lambda: mine) == mine
+
+
+def test_processes_wait_a_week_for_each_other_not_lightnings_half_hour():
+    """Ranks finish hours apart: the process group's timeout (which Lightning's DDPStrategy gives
+    init_process_group) is a week, in every stage (all build their Fabric with make_fabric)."""
+    from lightning.fabric.strategies import DDPStrategy, SingleDeviceStrategy
+
+    fabric = make_fabric("cpu", 2, 1)
+    assert isinstance(fabric.strategy, DDPStrategy)
+    assert (fabric.strategy._timeout, fabric.strategy._start_method) == (timedelta(days=7), "popen")
+    assert make_fabric("cpu", 1, 2, start_method="fork").strategy._start_method == "fork"
+    assert isinstance(make_fabric("cpu", 1, 1).strategy, SingleDeviceStrategy)
+    if not torch.cuda.is_available():
+        with pytest.raises(VeraError, match=r"^--accelerator cuda --devices 2 --num-nodes 1: `CUDAAccelerator` can "
+                                            r"not run on your system[^\n]*$"):
+            make_fabric("cuda", 2, 1)

@@ -325,6 +325,8 @@ def test_a_rerun_replaces_every_output_and_other_settings_need_overwrite(tmp_pat
     assert _cli(tmp_path, annotation, "--allow-missing", "--no-curves") == 0
     assert sorted(os.listdir(out)) == ["frame_scores", "metrics.json", "run.json", "stages.npz"]
     remaining = [video.key for video in videos if video.key != "Arson002_x264"]
+    with np.load(out / "stages.npz") as stages:
+        assert sorted({name.split("/")[0] for name in stages.files}) == sorted(remaining)
     assert sorted(os.listdir(out / "frame_scores")) == sorted(f"{key}.npy" for key in remaining)
     with np.load(out / "stages.npz") as stages:
         assert sorted({name.split("/")[0] for name in stages.files}) == sorted(remaining)

@@ -313,13 +313,19 @@ def test_video_reader_turns_rotated_videos_upright_like_opencv(tmp_path: Path) -
             np.testing.assert_array_equal(video.read(indices), reference[indices])
 
 
-def test_a_truncated_video_is_read_up_to_its_break(tmp_path: Path) -> None:
+def _cut_video(tmp_path: Path) -> tuple[Path, int]:
+    """``videos/cut.mp4``: a 200-frame video cut to two thirds of its bytes, and how many frames decode from it."""
     whole = write_h264_index_video(tmp_path / "whole.mp4", 200, faststart=True)
     cut = tmp_path / "videos" / "cut.mp4"
     cut.parent.mkdir()
     cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
     decodable = len(sequential_decode(cut))
     assert 50 < decodable < 200
+    return cut, decodable
+
+
+def test_a_truncated_video_is_read_up_to_its_break(tmp_path: Path) -> None:
+    cut, decodable = _cut_video(tmp_path)
     with VideoFileFrames(cut) as video:
         assert decode_index(video.read([decodable - 1])[0]) == decodable - 1
         with pytest.raises(VeraError, match=rf"video cut: cannot decode frame {video.num_frames - 1}: "
@@ -329,12 +335,7 @@ def test_a_truncated_video_is_read_up_to_its_break(tmp_path: Path) -> None:
 
 
 def test_a_video_that_decodes_short_fails_unless_allowed(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    whole = write_h264_index_video(tmp_path / "whole.mp4", 200, faststart=True)
-    cut = tmp_path / "videos" / "cut.mp4"
-    cut.parent.mkdir()
-    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
-    decodable = len(sequential_decode(cut))
-    assert 50 < decodable < 200
+    cut, decodable = _cut_video(tmp_path)
     report = extract_videos([cut], tmp_path / "frames", progress=False)
     assert report.of("failed")[0].message == (
         f"video cut: decoded {decodable} of the 200 frames {cut} declares (cut short or corrupt?); "

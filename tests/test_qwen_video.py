@@ -38,12 +38,7 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 FIGHTING = "Fighting033_x264_570_841"  # 320×240
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # -- the authors' construction, written from its description -----------------------------------

@@ -425,7 +425,7 @@ def test_ranks_share_the_work_and_only_rank_0_optimizes(ucf: dict, tmp_path: Pat
     seen = tmp_path / "seen"
     seen.mkdir()
     state = train(_options(ucf, out), lambda device: _RankRecorder(seen), accelerator="cpu",
-                  devices=2, strategy="ddp_fork", progress=False)
+                  devices=2, start_method="fork", progress=False)
     assert state.questions == GOOD and state.best.questions == GOOD and state.step == 4
     keys = [(seen / f"rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
     assert [k for k in keys[0] if k.startswith("optimizer")] == ["optimizer step 3", "optimizer step 4"]

@@ -186,7 +186,7 @@ def test_two_ranks_draw_the_same_tsn_frames_as_one(ucf: dict, tmp_path: Path) ->
     seen.mkdir()
     out = tmp_path / "ddp"
     train(_options(ucf, out, frame_sampling="tsn", num_frames=4), lambda device: _OptimizerImages(seen),
-          accelerator="cpu", devices=2, strategy="ddp_fork", progress=False)
+          accelerator="cpu", devices=2, start_method="fork", progress=False)
     for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE):
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
     optimizer = json.loads((seen / "rank0.json").read_text())

@@ -53,13 +53,17 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def score_curve(video: TestVideo, stages: dict[str, np.ndarray], frames: np.ndarray, path: Path,
-                answers: np.ndarray | None = None) -> Path:
-    """One video's curves at every step (``stages`` from ``vera.scoring.stages``), ground truth shaded."""
+                answers: np.ndarray | None = None, title: str | None = None) -> Path:
+    """One video's curves at every step (``stages`` from ``vera.scoring.stages``), ground truth shaded.
+
+    ``stages`` may hold the answers alone (no Steps 2-3 run): then only they
+    and the final frame scores are drawn.
+    """
     from matplotlib.figure import Figure
 
     answers = stages["answers"] if answers is None else answers
     length = video.length if video.length is not None else len(frames)
-    h = len(stages["context"])
+    h = len(answers)
     edges = np.minimum(np.r_[np.arange(h) * SEGMENT_STRIDE, length], length)  # segment u stands for frames 16u …
     figure = Figure(figsize=(9, 3.6), dpi=110)
     axes = figure.subplots()
@@ -67,11 +71,12 @@ def score_curve(video: TestVideo, stages: dict[str, np.ndarray], frames: np.ndar
         axes.axvspan(start, min(end, length), color=_COLOURS["truth"], alpha=0.15, lw=0,
                      label="ground truth" if number == 0 else None)
     axes.stairs(answers, edges, color=_COLOURS["answers"], fill=True, alpha=0.35, lw=0, label="Step 1 answers (0/1)")
-    axes.stairs(stages["context"], edges, color=_COLOURS["context"], lw=1.2, label="after Step 2")
-    axes.stairs(stages["smoothed"], edges, color=_COLOURS["smoothed"], lw=1.2, label="after smoothing")
+    for name, label in (("context", "after Step 2"), ("smoothed", "after smoothing")):
+        if name in stages:
+            axes.stairs(stages[name], edges, color=_COLOURS[name], lw=1.2, label=label)
     axes.plot(np.arange(len(frames)), frames, color=_COLOURS["final"], lw=1.8, label="final frame scores")
     axes.set(xlim=(0, length), ylim=(-0.03, 1.08), xlabel="frame", ylabel="anomaly score",
-             title=f"{video.key} ({video.video_class}, {length} frames)")
+             title=title or f"{video.key} ({video.video_class}, {length} frames)")
     axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     figure.tight_layout()
     return _save(figure, path)

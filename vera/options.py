@@ -65,12 +65,16 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def _number(text: str, unit: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of {unit}, got {text!r}") from None
+
+
 def frame_rate(text: str) -> float:
     """A frame rate whose 10-second window keeps at least one frame each side of a centre."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of frames per second, got {text!r}") from None
+    value = _number(text, "frames per second")
     if not math.isfinite(value) or round(5.0 * value) < 1:
         raise argparse.ArgumentTypeError(
             f"must be a finite frame rate of at least 0.1 (one frame each side of a segment centre), got {text}")
@@ -88,18 +92,19 @@ def shard(text: str) -> tuple[int, int]:
     return index, count
 
 
-def existing_file(text: str) -> Path:
+def _existing(text: str, kind: str, is_kind: Callable[[Path], bool]) -> Path:
     path = Path(text)
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f"file not found: {path}" if not path.exists() else f"not a file: {path}")
+    if not is_kind(path):
+        raise argparse.ArgumentTypeError(f"{kind} not found: {path}" if not path.exists() else f"not a {kind}: {path}")
     return path
+
+
+def existing_file(text: str) -> Path:
+    return _existing(text, "file", Path.is_file)
 
 
 def existing_dir(text: str) -> Path:
-    path = Path(text)
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f"folder not found: {path}" if not path.exists() else f"not a folder: {path}")
-    return path
+    return _existing(text, "folder", Path.is_dir)
 
 
 def output_dir(text: str) -> Path:
@@ -251,10 +256,7 @@ def served_model_name(text: str) -> str:
 
 
 def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    value = _number(text, "seconds")
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
@@ -275,6 +277,7 @@ class Option:
     required: bool = False
     metavar: str | None = None
     dest: str | None = None
+    nargs: str | None = None
 
     def add_to(self, parser: argparse._ActionsContainer, required: bool | None = None) -> None:
         kwargs: dict[str, Any] = {"help": self.help}
@@ -284,6 +287,8 @@ class Option:
             kwargs["action"] = self.action
         else:
             kwargs.update(type=self.type, default=self.default, choices=self.choices, metavar=self.metavar)
+            if self.nargs:
+                kwargs["nargs"] = self.nargs
             if required if required is not None else self.required:
                 kwargs["required"] = True
         parser.add_argument(*self.flags, **kwargs)
@@ -307,9 +312,9 @@ OPTIONS: dict[str, Option] = {
                     help="ucf (UCF-Crime) or xd (XD-Violence); decides the key rule and the normal label"),
     "dataset_optional": _opt("--dataset", choices=DATASETS,
                              help="ucf or xd (default: inferred from the annotation file)"),
-    "annotations": _opt("--annotations", type=existing_file, required=True, metavar="FILE",
+    "annotations": _opt("--annotations", type=existing_file, metavar="FILE",
                         help="test annotations: UCF_Eval.json, xd_test_800.json (or the official UCF txt where "
-                             "lengths are not needed)"),
+                             "lengths are not needed); default: Data/ (see Data/README.md)"),
     "frames": _opt("--frames", type=existing_dir, metavar="DIR",
                    help="folder of <key>/%%06d.jpg frame folders (Preprocessing/extract_frames.py)"),
     "videos": _opt("--videos", type=existing_dir, metavar="DIR",
@@ -324,6 +329,8 @@ OPTIONS: dict[str, Option] = {
                                        "(its frames are read up to the annotated length)"),
     # outputs and runs
     "output": _opt("--output", type=output_dir, required=True, metavar="DIR", help="output folder"),
+    "scoring_output": _opt("--output", type=output_dir, metavar="DIR",
+                           help="output folder (default: runs/<dataset>_<metric>_<protocol>)"),
     "overwrite": _opt("--overwrite", action="store_true",
                       help="replace what the output folder holds from a run with other settings"),
     "no_progress": _opt("--no-progress", action="store_true",
@@ -366,8 +373,8 @@ OPTIONS: dict[str, Option] = {
     "preset": _opt("--preset", choices=PRESETS,
                    help="the published questions (ucf, xd, ucf-qwen) or training's two initial ones (initial)"),
     "prompt_file": _opt("--prompt-file", type=existing_file, metavar="FILE",
-                        help="learner template with $Data and 'Based on the analysis above' (e.g. the authors' "
-                             "VERA_learner_instruct.txt); default: the project's own"),
+                        help="learner template with $Data and 'Based on the analysis above'; default: the "
+                             "authors' Data/VERA_learner_instruct.txt where it exists, else the project's own"),
     "frame_layout": _opt("--frame-layout", choices=FRAME_LAYOUTS,
                          help="released: all frames at the first <image> (as the authors fed InternVL2); "
                               "per-frame: one frame per Frame line; qwen-video: the frames as one video at "
@@ -414,10 +421,11 @@ OPTIONS: dict[str, Option] = {
     "allow_short": _opt("--allow-short", action="store_true",
                         help="accept a video that decodes fewer frames than its container declares"),
     # scoring
-    "scores": _opt("--scores", type=existing_dir, required=True, metavar="DIR",
-                   help="folder of <key>.json segment scores (Step 1)"),
+    "scores": _opt("--scores", type=existing_dir, metavar="DIR",
+                   help="folder of <key>.json segment scores (Step 1); default: Data/scores/<dataset>"),
     "features": _opt("--features", type=existing_dir, metavar="DIR",
-                      help="folder of <key>.npy segment features (needed for Step 2)"),
+                      help="folder of <key>.npy segment features (needed for Step 2); default: "
+                           "Data/features/<dataset> where it exists"),
     "metric": _opt("--metric", choices=METRICS, help="default: auc for ucf, ap for xd"),
     "protocol": _opt("--protocol", choices=PROTOCOLS, default="released",
                      help="released: the authors' scripts bit for bit; paper: the paper's text (default: %(default)s)"),
@@ -425,8 +433,8 @@ OPTIONS: dict[str, Option] = {
                         help="segment value to score by: the 0/1 'score' (default) or a soft one such as Step 1's "
                              "'label_prob' (paper protocol; null values fall back to 'score')"),
     "gt_frames": _opt("--gt-frames", type=existing_file, metavar="FILE",
-                      help="XD-Violence frame labels of Wu et al. ({key: [0/1, …]}), e.g. the authors' "
-                           "Data/name_gt_pair.json"),
+                      help="XD-Violence frame labels of Wu et al. ({key: [0/1, …]}); default for XD AP: the "
+                           "authors' Data/name_gt_pair.json where it exists"),
     "allow_missing": _opt("--allow-missing", action="store_true",
                           help="skip videos whose score or feature file is absent"),
     "merge_xd_duplicates": _opt("--merge-xd-duplicates", action="store_true",
@@ -437,10 +445,10 @@ OPTIONS: dict[str, Option] = {
                                     help="ablation: no position weighting"),
     "no_curves": _opt("--no-curves", action="store_true", help="do not draw roc.png / pr.png"),
     # training
-    "train": _opt("--train", type=existing_file, required=True, metavar="FILE",
-                  help="training list (UCF_Instruct_train.json, xd_train.json)"),
-    "val": _opt("--val", type=existing_file, required=True, metavar="FILE",
-                help="validation list (UCF_Instruct_val.json, xd_val.json)"),
+    "train": _opt("--train", type=existing_file, metavar="FILE",
+                  help="training list (UCF_Instruct_train.json, xd_train.json); default: Data/"),
+    "val": _opt("--val", type=existing_file, metavar="FILE",
+                help="validation list (UCF_Instruct_val.json, xd_val.json); default: Data/"),
     "epochs": _opt("--epochs", type=positive_int, default=10, metavar="N", help="default: %(default)s"),
     "train_batch_size": _opt("--batch-size", type=positive_int, default=2, metavar="N",
                              help="training videos per step (default: %(default)s)"),
@@ -459,7 +467,8 @@ OPTIONS: dict[str, Option] = {
                               help="initial questions, one per line (default: the released two), or 'none' "
                                    "to start from the bare prompt"),
     "optimizer_prompt_file": _opt("--optimizer-prompt-file", type=existing_file, metavar="FILE",
-                                  help="optimizer template (e.g. the authors' VERA_optimizer_instruct.txt)"),
+                                  help="optimizer template; default: the authors' Data/VERA_optimizer_instruct.txt "
+                                       "where it exists, else the project's own"),
     "seed": _opt("--seed", type=non_negative_int, default=0, metavar="N",
                  help="seed of the per-epoch shuffling (default: %(default)s)"),
     "skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
@@ -479,6 +488,10 @@ OPTIONS: dict[str, Option] = {
     "devices": _opt("--devices", type=positive_int, default=1, metavar="N",
                     help="processes, one per GPU; more than 1 runs DDP (default: %(default)s)"),
     "accelerator": _opt("--accelerator", choices=ACCELERATORS, default="auto", help="default: %(default)s"),
+    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="M",
+                      help="machines, each running --devices processes (the command runs on each: started by "
+                           "hand with Lightning's MASTER_ADDR/NODE_RANK, by torchrun or by SLURM; "
+                           "default: %(default)s)"),
     # scoring hyper-parameters (Steps 2-3), varied by the paper's Tables 11, 13-17; None = the protocol's value
     "k_ratio": _opt("--k-ratio", type=fraction, metavar="R",
                     help="Step 2: K/h, the share of a video's h segments that each segment retrieves (paper: K, "
@@ -519,9 +532,6 @@ OPTIONS: dict[str, Option] = {
                         help="videos to draw (default: every video of the run)"),
     "smooth": _opt("--smooth", type=positive_int, default=5, metavar="N",
                    help="moving average over N validations in the training curve (default: %(default)s, as Fig. 9)"),
-    "num_nodes": _opt("--num-nodes", type=positive_int, default=1, metavar="M",
-                      help="machines, each running --devices processes (run the command on each: Lightning's "
-                           "launcher, torchrun or SLURM; default: %(default)s)"),
     # make_annotations (an annotation file for your own videos)
     "annotations_out": _opt("--output", type=output_file, required=True, metavar="FILE",
                             help="annotation file to write (JSON, the format of UCF_Eval.json / xd_test_800.json)"),
@@ -546,6 +556,28 @@ OPTIONS: dict[str, Option] = {
                         help="original InternVL2 checkpoint folder (config.json of InternVLChatModel)"),
     "convert_dst": _opt("dst", type=output_dir, metavar="DST", help="folder for the converted checkpoint"),
     "convert_overwrite": _opt("--overwrite", action="store_true", help="replace what DST holds"),
+    # report (Inference/report.py; detect.py writes one too)
+    "frame_scores": _opt("--frame-scores", type=existing_dir, metavar="DIR",
+                         help="a compute_auc.py output (frame_scores/ and stages.npz) or its frame_scores/ folder: "
+                              "final frame scores and the curves after each step (default: the Step 1 answers "
+                              "alone, each over its segment's frames)"),
+    "top_k": _opt("--top-k", type=positive_int, default=5, metavar="K",
+                  help="the K highest-scoring segments of each video get thumbnails and their explanation "
+                       "(default: %(default)s)"),
+    "max_explanations": _opt("--max-explanations", type=positive_int, default=30, metavar="N",
+                             help="at most N segments explained with their frames per video: the flagged ones "
+                                  "(answer 1) and the top K, highest scores first (default: %(default)s)"),
+    # detect.py (VERA on your own videos)
+    "detect_inputs": _opt("inputs", type=Path, nargs="+", metavar="VIDEO_OR_FOLDER",
+                          help="video files, or folders searched recursively for videos"),
+    "detect_model": _opt("--model", type=model_ref, metavar="PATH_OR_ID",
+                         help="local folder or Hugging Face id of the VLM (default: the paper's InternVL2-8B, "
+                              "downloaded and converted once into the cache; see the README)"),
+    "detect_features": _opt("--features", type=existing_file, metavar="FILE",
+                            help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
+    "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
+                           help="whose hyper-parameters Steps 2-3 use (paper protocol: ucf ω 15, σ₁ 10, K 10%%; "
+                                "xd ω 30, σ₁ 30, K 15%%; default: %(default)s)"),
 }
 
 
@@ -602,4 +634,11 @@ class Command:
         return build_parser(self.description, self.items, self.prog)
 
     def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
-        return self.parser().parse_args(argv)
+        """Parse ``argv``; inputs not named are taken from ``Data/`` where it holds them (``vera.data.layout``)."""
+        from vera.data.layout import fill_defaults
+
+        args = self.parser().parse_args(argv)
+        names = {name for item in self.items for name in (item.names if isinstance(item, OneOf) else (item,))}
+        for line in fill_defaults(args, names):
+            print(f"using {line}")
+        return args

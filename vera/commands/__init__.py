@@ -26,6 +26,8 @@ COMMANDS = {
     "make-annotations": "make_annotations",
     "download": "download",
     "convert-internvl2": "convert_internvl2",
+    "report": "report",
+    "detect": "detect",
 }
 
 
@@ -56,4 +58,6 @@ _SCRIPTS = {
     "make-annotations": "Data/make_annotations.py",
     "download": "Data/download.py",
     "convert-internvl2": "-m vera.convert_internvl2",
+    "report": "Inference/report.py",
+    "detect": "detect.py",
 }

@@ -1,5 +1,6 @@
 """Steps 2 and 3 of VERA, then the frame-level evaluation.
 
+    python Inference/compute_auc.py --dataset ucf      # inputs from Data/ (python Data/download.py)
     python Inference/compute_auc.py --dataset ucf --annotations Data/UCF_Eval.json \\
         --scores Data/scores/ucf --features Data/features/ucf --output runs/ucf_auc
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 from vera.options import Command
 
 COMMAND = Command(__doc__, [
-    "dataset", "annotations", "scores", "features", "output", "metric", "protocol", "score_field", "gt_frames",
+    "dataset", "annotations", "scores", "features", "scoring_output", "metric", "protocol", "score_field", "gt_frames",
     "allow_missing", "merge_xd_duplicates", "skip_step2", "skip_smoothing", "skip_position_weighting", "no_curves",
     "k_ratio", "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal", "overwrite",
 ], prog="compute_auc.py")
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from vera.scoring.steps import ScoringOptions
 
     options = ScoringOptions.from_args(args)
+    if args.output is None:
+        from pathlib import Path
+
+        args.output = Path("runs") / f"{options.dataset}_{options.metric}_{options.protocol}"
     if not args.no_curves:
         from vera.scoring.metrics import preload_plotting
 

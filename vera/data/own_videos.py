@@ -19,7 +19,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from vera.data.annotations import NORMAL_CLASS, Dataset, TestVideo, load_test_annotations
+from vera.data.annotations import NORMAL_CLASS, VIDEO_EXTENSIONS, Dataset, TestVideo, load_test_annotations
 # The key rule: the file name without its last extension. The one place this
 # module decides keys; switch it here when the project's shared rule changes.
 from vera.data.annotations import video_key
@@ -68,6 +68,30 @@ def measure_videos(videos_dir: Path, workers: int = 1) -> list[MeasuredVideo]:
     paths = list_videos(videos_dir)
     if not paths:
         raise VeraError(f"no video files in {videos_dir} or below")
+    return measure_files(paths, workers)
+
+
+def video_files(inputs: list[Path]) -> list[Path]:
+    """The video files named in ``inputs``: files as given, folders searched recursively; each file once."""
+    found: dict[Path, Path] = {}
+    for path in map(Path, inputs):
+        if path.is_dir():
+            listed = list_videos(path)
+            if not listed:
+                raise VeraError(f"no video files in {path} or below")
+        elif path.is_file():
+            if path.suffix.lower() not in VIDEO_EXTENSIONS:
+                raise VeraError(f"{path} is not a video file (extensions: {' '.join(VIDEO_EXTENSIONS)})")
+            listed = [path]
+        else:
+            raise VeraError(f"video or folder not found: {path}")
+        for video in listed:
+            found.setdefault(video.resolve(), video)
+    return list(found.values())
+
+
+def measure_files(paths: list[Path], workers: int = 1) -> list[MeasuredVideo]:
+    """These video files, measured; keys must be distinct, and all failures are reported together."""
     by_key: dict[str, list[Path]] = {}
     for path in paths:
         by_key.setdefault(video_key(path), []).append(path)

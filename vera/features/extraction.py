@@ -75,19 +75,6 @@ class FeatureReport:
     videos: int = 0  # videos this run was given
     processes: int = 1
 
-    @classmethod
-    def merged(cls, parts: list[FeatureReport]) -> FeatureReport:
-        """The report of a run whose processes each produced one of ``parts`` (its time: the slowest one's)."""
-        total = cls(processes=len(parts))
-        for part in parts:
-            total.written += part.written
-            total.skipped += part.skipped
-            total.failed.update(part.failed)
-            total.segments += part.segments
-            total.seconds = max(total.seconds, part.seconds)
-            total.videos += part.videos
-        return total
-
     def as_dict(self) -> dict:
         return {"videos": self.videos, "written": self.written, "skipped": self.skipped, "failed": self.failed,
                 "segments": self.segments, "seconds": round(self.seconds, 3), "processes": self.processes}
@@ -280,8 +267,7 @@ def extract_features(
                                  {**report.as_dict(), "rank": ranks.rank, "processes": ranks.world_size})
         return report
 
-    parts = ranks.gather_checked(run_share)
-    report = FeatureReport.merged(parts) if ranks.active else parts[0]
+    report = ranks.merged_summary(FeatureReport, run_share)
     order = {video.key: position for position, video in enumerate(videos)}
     report.written.sort(key=order.__getitem__)  # the annotation order, whatever the split
     report.skipped.sort(key=order.__getitem__)

@@ -6,6 +6,6 @@
   resumable, and why it runs on Lightning Fabric rather than the ``Trainer``.
 - ``sampling``: which frames of a training video the learner sees (uniform,
   random, TSN), drawn reproducibly.
-- ``distributed``: the Fabric plumbing: processes and collectives, JSON
-  checkpoints, one CSV log per run.
+- ``fabric_io``: what the loop's Lightning Fabric writes: JSON checkpoints,
+  one CSV log per run (processes and collectives: ``vera.distributed``).
 """

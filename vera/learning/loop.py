@@ -39,7 +39,8 @@ the ``Trainer`` cannot give the exact resume this loop has.
 Fabric does all the distributed work: it launches the processes (``--devices``,
 ``--num-nodes``), moves answers between ranks (``all_gather``, ``broadcast``),
 writes the checkpoint (``save``, as JSON), and logs (one CSV log per run,
-continued on resume); see ``vera.learning.distributed``.
+continued on resume); see ``vera.distributed`` (processes and collectives, shared
+with Step 1 and features) and ``vera.learning.fabric_io`` (checkpoint and log).
 """
 
 from __future__ import annotations
@@ -58,9 +59,10 @@ from tqdm import tqdm
 
 from vera.data.annotations import TrainVideo, load_train_annotations
 from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames
+from vera.distributed import Ranks, make_fabric
 from vera.errors import VeraError
 from vera.io import read_json, sha256_text, write_text_atomic
-from vera.learning.distributed import LOG_NAME, Ranks, make_fabric, trim_metrics
+from vera.learning.fabric_io import LOG_NAME, JSONCheckpointIO, RunCSVLogger, trim_metrics
 from vera.learning.optimizer_prompt import (
     build_optimizer_prompt,
     extract_new_questions,
@@ -667,7 +669,8 @@ class VerbalizedLearning:
                                    step=self.state.step)
 
     def _save(self) -> None:
-        self.ranks.save(self.output / CHECKPOINT_FILE, self.state.to_dict(self.fingerprint))
+        # Fabric writes on rank 0 and holds every rank until it is written.
+        self.ranks.fabric.save(self.output / CHECKPOINT_FILE, self.state.to_dict(self.fingerprint))
 
     # -- the run
 
@@ -713,24 +716,24 @@ class VerbalizedLearning:
 
 
 def train(options: TrainingOptions, make_backend: Callable[[str], VLMBackend], *, accelerator: str = "auto",
-          devices: int = 1, num_nodes: int = 1, strategy: str | None = None, progress: bool = True) -> TrainingState:
+          devices: int = 1, num_nodes: int = 1, start_method: str = "popen", progress: bool = True) -> TrainingState:
     """Run (or resume) verbalized learning into ``options.output``; returns the final state (rank 0's).
 
     Launches ``devices`` processes per node through Lightning Fabric (DDP when
-    more than one in all; ``strategy`` names another Fabric launcher, such as
-    ``ddp_fork``). Options, lists and the output folder are checked before
+    more than one in all; ``start_method`` as in ``vera.distributed.make_fabric``,
+    e.g. ``fork``). Options, lists and the output folder are checked before
     ``make_backend`` loads the model on this process's device (``cuda:1``, ``cpu`` …).
     """
     options.check()
-    fabric = make_fabric(Path(options.output), accelerator=accelerator, devices=devices, num_nodes=num_nodes,
-                         strategy=strategy)
+    fabric = make_fabric(accelerator, devices, num_nodes, start_method=start_method,
+                         plugins=[JSONCheckpointIO()], loggers=[RunCSVLogger(Path(options.output))])
     return fabric.launch(_train_process, options, make_backend, progress)
 
 
 def _train_process(fabric: Fabric, options: TrainingOptions, make_backend: Callable[[str], VLMBackend],
                    progress: bool) -> TrainingState:
     """What each process runs, once Fabric has started them all."""
-    learning = VerbalizedLearning(options, Ranks(fabric), progress=progress)
+    learning = VerbalizedLearning(options, Ranks.of(fabric), progress=progress)
     state = learning.run(make_backend(str(fabric.device)))
     for logger in fabric.loggers:
         logger.finalize("success")

@@ -210,6 +210,14 @@ def read_inputs(
     return inputs(), list(missing)
 
 
+def score_input(item: VideoInput, options: ScoringOptions) -> VideoResult:
+    """Steps 2–3 of one video's checked inputs: its frame scores (as many as its labels) and its stages."""
+    segments = item.segments
+    stages = VideoSteps(segments.scores, item.features, segments.last_segment_frames, item.video.key).stages(options)
+    scores = frames_from_segments(stages["values"], segments.last_segment_frames, options)
+    return VideoResult(item.video.key, item.video.video_class, scores[: item.labels.size], item.labels, stages)
+
+
 def evaluate(
     videos: list[TestVideo],
     scores_dir: Path,
@@ -224,11 +232,7 @@ def evaluate(
     results, fallbacks = [], 0
     for item in inputs:
         fallbacks += item.segments.fallbacks
-        steps = VideoSteps(item.segments.scores, item.features, item.segments.last_segment_frames, item.video.key)
-        stages = steps.stages(options)
-        scores = frames_from_segments(stages["values"], item.segments.last_segment_frames, options)
-        results.append(VideoResult(item.video.key, item.video.video_class, scores[: item.labels.size], item.labels,
-                                   stages))
+        results.append(score_input(item, options))
     if not results:
         raise VeraError("no video could be scored")
     evaluation = Evaluation(options, results, skipped=skipped, score_fallbacks=fallbacks)

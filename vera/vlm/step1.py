@@ -120,21 +120,6 @@ class Step1Summary:
     seconds: float = 0.0
     processes: int = 1
 
-    @classmethod
-    def merged(cls, parts: list[Step1Summary]) -> Step1Summary:
-        """The summary of a run whose processes each produced one of ``parts`` (its time: the slowest one's)."""
-        total = cls(processes=len(parts))
-        for part in parts:
-            total.videos += part.videos
-            total.videos_skipped += part.videos_skipped
-            total.segments += part.segments
-            total.segments_generated += part.segments_generated
-            total.by_status.update(part.by_status)
-            total.failed.update(part.failed)
-            total.warnings.extend(part.warnings)
-            total.seconds = max(total.seconds, part.seconds)
-        return total
-
     @property
     def not_well_formed(self) -> int:
         return sum(count for status, count in self.by_status.items() if status != "ok")
@@ -346,8 +331,7 @@ class Step1Runner:
         # Outputs are the score files of every annotated video, so that --overwrite also removes those of
         # videos this shard or --limit does not redo: they must not pass for results of this configuration.
         self.folder = ranks.open_folder(step1_folder(self.settings, self.identity, all_videos, self.record))
-        parts = ranks.gather_checked(lambda: self._run_share(videos, ranks, started))
-        summary = Step1Summary.merged(parts) if ranks.active else parts[0]
+        summary = ranks.merged_summary(Step1Summary, lambda: self._run_share(videos, ranks, started))
         if ranks.is_main:
             self.folder.write_summary(self._summary_name(), summary.as_dict())
             self.folder.tidy()  # only now: other processes may still have had work in progress
