@@ -65,16 +65,12 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
-def _number(text: str, unit: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of {unit}, got {text!r}") from None
-
-
 def frame_rate(text: str) -> float:
     """A frame rate whose 10-second window keeps at least one frame each side of a centre."""
-    value = _number(text, "frames per second")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
     if not math.isfinite(value) or round(5.0 * value) < 1:
         raise argparse.ArgumentTypeError(
             f"must be a finite frame rate of at least 0.1 (one frame each side of a segment centre), got {text}")
@@ -256,7 +252,7 @@ def served_model_name(text: str) -> str:
 
 
 def positive_seconds(text: str) -> float:
-    value = _number(text, "seconds")
+    value = _number(text, "a number of seconds")
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
