@@ -38,3 +38,10 @@ def test_help_answers_without_importing_the_heavy_libraries():
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
     assert time.monotonic() - started < 10
+
+
+def test_no_module_level_name_is_defined_twice():
+    # Two helpers of one name (merged from two branches) silently shadow each other.
+    tree = ast.parse(Path(options.__file__).read_text())
+    names = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
+    assert len(names) == len(set(names)), sorted({name for name in names if names.count(name) > 1})

@@ -225,4 +225,18 @@ def launch(accelerator: str = "auto", devices: int = 1, num_nodes: int = 1, devi
         return Ranks(device=device if device != "auto" else accelerator)
     fabric = make_fabric(accelerator, devices, num_nodes)
     fabric.launch()
+    release_at_exit()
     return Ranks.of(fabric)
+
+
+def release_at_exit() -> None:
+    """Destroy this process's process group when it exits.
+
+    Lightning does so only for NCCL; a gloo group left to the interpreter's
+    shutdown can abort a rank after its work is done (seen under torchrun).
+    """
+    import atexit
+
+    from lightning.fabric.utilities.distributed import _destroy_dist_connection
+
+    atexit.register(_destroy_dist_connection)

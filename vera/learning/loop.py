@@ -59,7 +59,7 @@ from tqdm import tqdm
 
 from vera.data.annotations import TrainVideo, load_train_annotations
 from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames
-from vera.distributed import Ranks, make_fabric
+from vera.distributed import Ranks, make_fabric, release_at_exit
 from vera.errors import VeraError
 from vera.io import read_json, sha256_text, write_text_atomic
 from vera.learning.fabric_io import LOG_NAME, JSONCheckpointIO, RunCSVLogger, trim_metrics
@@ -733,6 +733,8 @@ def train(options: TrainingOptions, make_backend: Callable[[str], VLMBackend], *
 def _train_process(fabric: Fabric, options: TrainingOptions, make_backend: Callable[[str], VLMBackend],
                    progress: bool) -> TrainingState:
     """What each process runs, once Fabric has started them all."""
+    if fabric.world_size > 1:
+        release_at_exit()
     learning = VerbalizedLearning(options, Ranks.of(fabric), progress=progress)
     state = learning.run(make_backend(str(fabric.device)))
     for logger in fabric.loggers:
