@@ -91,3 +91,30 @@ def test_the_two_command_reproduction_writes_into_runs(data, tmp_path, monkeypat
     metrics = json.loads((tmp_path / "runs" / "ucf_auc_released" / "metrics.json").read_text())
     assert metrics["num_videos"] == 2 and metrics["protocol"] == "released"
     assert "wrote runs/ucf_auc_released/metrics.json" in capsys.readouterr().out
+
+
+def test_merging_the_xd_duplicates_says_what_it_changed(tmp_path, capsys):
+    """xd_annotations.json's '<key>.mp4' entries: the videos they turn violent and the metric both ways."""
+    entries = [{"video": "v=a__#1_label_A", "temporal_label": [-1, -1], "length": 64, "label": "0"},
+               {"video": "v=b__#1_label_B1-0-0", "temporal_label": [0, 32], "length": 64, "label": "1"},
+               {"video": "v=a__#1_label_A.mp4", "temporal_label": [16, 48], "length": 0, "label": "1"}]
+    annotations = tmp_path / "xd.json"
+    annotations.write_text(json.dumps(entries))
+    scores = tmp_path / "scores"
+    scores.mkdir()
+    answers = {"v=a__#1_label_A": [0, 1, 1, 0], "v=b__#1_label_B1-0-0": [1, 1, 0, 0]}
+    for key, values in answers.items():
+        (scores / f"{key}.json").write_text(json.dumps(
+            {str(16 * i): {"start": 0.0, "end": 64.0, "score": v} for i, v in enumerate(values)}))
+    common = ["--dataset", "xd", "--metric", "auc", "--annotations", str(annotations), "--scores", str(scores),
+              "--skip-step2", "--no-curves"]
+    assert run("compute_auc", [*common, "--output", str(tmp_path / "plain")]) == 0
+    plain = json.loads((tmp_path / "plain" / "metrics.json").read_text())["value"]
+    capsys.readouterr()
+    assert run("compute_auc", [*common, "--merge-xd-duplicates", "--output", str(tmp_path / "merged")]) == 0
+    out = capsys.readouterr().out
+    merged = json.loads((tmp_path / "merged" / "metrics.json").read_text())["value"]
+    assert merged != plain
+    assert "--merge-xd-duplicates changed 1 videos (normal → violent, the intervals of their '<key>.mp4' " \
+           "entries): v=a__#1_label_A" in out
+    assert f"AUC without merging: {100 * plain:.4f} %; with: {100 * merged:.4f} %" in out

@@ -48,5 +48,24 @@ def main(argv: list[str] | None = None) -> int:
     evaluation = evaluate(videos, args.scores, args.features, options, args.gt_frames, args.allow_missing)
     write_outputs(evaluation, folder.open(), curves=not args.no_curves)
     print(summary(evaluation))
+    if args.merge_xd_duplicates:
+        print(merge_report(args, videos, evaluation, options))
     print(f"wrote {args.output / 'metrics.json'}")
     return 0
+
+
+def merge_report(args, merged: list, evaluation, options) -> str:
+    """What --merge-xd-duplicates changed: the videos whose labels it changed, and the metric without it."""
+    from vera.data.annotations import load_test_annotations
+    from vera.scoring.evaluate import evaluate
+
+    plain = {video.key: video for video in load_test_annotations(args.annotations, args.dataset)}
+    changed = [video for video in merged if plain.get(video.key) != video]
+    if not changed:
+        return "--merge-xd-duplicates changed no video"
+    without = evaluate(list(plain.values()), args.scores, args.features, options, args.gt_frames, args.allow_missing)
+    lines = [f"--merge-xd-duplicates changed {len(changed)} videos (normal → violent, the intervals of their "
+             f"'<key>.mp4' entries): {', '.join(video.key for video in changed)}",
+             f"{options.metric.upper()} without merging: {100 * without.metrics['value']:.4f} %; "
+             f"with: {100 * evaluation.metrics['value']:.4f} %"]
+    return "\n".join(lines)
