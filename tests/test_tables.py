@@ -62,14 +62,20 @@ def test_a_sweep_equals_separate_evaluations_bit_for_bit(small_set, protocol):
         assert value == evaluate(videos, root / "scores", root / "features", options).metrics["value"], options
 
 
-def test_a_sweep_of_xd_ap_settings(small_set, tmp_path):
+def _xd_set(small_set, tmp_path, code: str) -> list:
+    """The small UCF set as XD-Violence entries (anomalous ones labelled ``code``), with synthetic inputs."""
     entries = json.loads(small_set[0].read_text())
-    xd = [{"video": f"clip{n}__#1_label_{'A' if 'Normal' in e['video'] else 'B1-0-0'}", "label": "0" if
+    xd = [{"video": f"clip{n}__#1_label_{'A' if 'Normal' in e['video'] else code}", "label": "0" if
            "Normal" in e["video"] else "1", "temporal_label": e["temporal_label"][:2], "length": e["length"]}
           for n, e in enumerate(entries)]
     (tmp_path / "xd.json").write_text(json.dumps(xd))
     videos = load_test_annotations(tmp_path / "xd.json", "xd")
     write_synthetic_inputs(videos, tmp_path / "s", tmp_path / "f", width=8, seed=1)
+    return videos
+
+
+def test_a_sweep_of_xd_ap_settings(small_set, tmp_path):
+    videos = _xd_set(small_set, tmp_path, "B1-0-0")
     settings = [ScoringOptions("xd", "ap", **s) for s in ({}, {"k_ratio": 0.25}, {"tau": 1.0}, {"window": 30})]
     swept = sweep(videos, tmp_path / "s", tmp_path / "f", settings)
     assert swept == [evaluate(videos, tmp_path / "s", tmp_path / "f", o).metrics["value"] for o in settings]
@@ -137,13 +143,7 @@ def test_table_files_are_shaped_like_the_paper(small_set, tmp_path):
 
 
 def test_xd_tables_have_no_paper_ablation_values_and_no_scenarios(small_set, tmp_path):
-    entries = json.loads(small_set[0].read_text())
-    xd = [{"video": f"clip{n}__#1_label_{'A' if 'Normal' in e['video'] else 'G-0-0'}", "label": "0" if
-           "Normal" in e["video"] else "1", "temporal_label": e["temporal_label"][:2], "length": e["length"]}
-          for n, e in enumerate(entries)]
-    (tmp_path / "xd.json").write_text(json.dumps(xd))
-    videos = load_test_annotations(tmp_path / "xd.json", "xd")
-    write_synthetic_inputs(videos, tmp_path / "s", tmp_path / "f", width=8, seed=1)
+    _xd_set(small_set, tmp_path, "G-0-0")
     reproduce_tables.main(["--dataset", "xd", "--annotations", str(tmp_path / "xd.json"), "--scores",
                            str(tmp_path / "s"), "--features", str(tmp_path / "f"), "--output", str(tmp_path / "o")])
     tables = json.loads((tmp_path / "o" / "tables.json").read_text())
