@@ -26,6 +26,24 @@ def _frames_text(num_videos: int, num_frames: int) -> str:
     return "[" + "".join("[" + one_video + "] " for _ in range(num_videos)) + "]\n"
 
 
+def expected_authors_prompt(authors: str, questions: list[str], predictions: str, targets: str,
+                            frame_block: str | None) -> str:
+    """The authors' optimizer prompt assembled line by line from their file: ``frame_block`` (if any) before
+    "** Model Descriptions: **", the questions before "Based on the analysis above", the lists replaced."""
+    expected = []
+    for line in authors.splitlines(keepends=True):
+        if frame_block is not None and line.startswith("** Model Descriptions: **"):
+            expected.append(frame_block)
+        if line.startswith("Based on the analysis above"):
+            expected.extend(question + "\n" for question in questions)
+        if line.startswith("[[$Prediction]"):
+            line = predictions + "\n"
+        if line.startswith("[[$GroundTruth]"):
+            line = targets + "\n"
+        expected.append(line)
+    return "".join(expected)
+
+
 def test_authors_prompt_is_built_as_released(shared_data: Path) -> None:
     """From the issue: lists replace the placeholder lists, the frame block goes before
     "** Model Descriptions: **" with the newline before it repeated, the questions before
@@ -35,19 +53,7 @@ def test_authors_prompt_is_built_as_released(shared_data: Path) -> None:
     built = build_optimizer_prompt(load_optimizer_template(path), QUESTIONS, [1, 0], [1, 1], num_frames=8)
 
     # The expected text, assembled line by line from the file.
-    lines = authors.splitlines(keepends=True)
-    expected = []
-    for line in lines:
-        if line.startswith("** Model Descriptions: **"):
-            expected.append(_frames_text(2, 8) + "\n")
-        if line.startswith("Based on the analysis above"):
-            expected.extend(question + "\n" for question in QUESTIONS)
-        if line.startswith("[[$Prediction]"):
-            line = "[1, 0]\n"
-        if line.startswith("[[$GroundTruth]"):
-            line = "[1, 1]\n"
-        expected.append(line)
-    assert built == "".join(expected)
+    assert built == expected_authors_prompt(authors, QUESTIONS, "[1, 0]", "[1, 1]", _frames_text(2, 8) + "\n")
 
     assert "** Inputs (a batch of i.i.d. video frames): **\n[[Frame1: <image>\nFrame2: <image>\n" in built
     assert "Frame8: <image>\n] [Frame1: <image>\n" in built

@@ -10,6 +10,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from test_optimizer import expected_authors_prompt
 from test_training import (  # noqa: F401 - ucf is a fixture
     ANSWERS,
     GOOD,
@@ -352,16 +353,7 @@ def test_optimizer_prompt_without_frames_is_the_template_untouched_there(shared_
     path = shared_data / "prompts" / "VERA_optimizer_instruct.txt"
     built = build_optimizer_prompt(path.read_text(encoding="utf-8"), QUESTIONS, [1, 0], [1, 1], num_frames=8,
                                    with_frames=False)
-    expected = []
-    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
-        if line.startswith("Based on the analysis above"):
-            expected.extend(question + "\n" for question in QUESTIONS)
-        if line.startswith("[[$Prediction]"):
-            line = "[1, 0]\n"
-        if line.startswith("[[$GroundTruth]"):
-            line = "[1, 1]\n"
-        expected.append(line)
-    assert built == "".join(expected)
+    assert built == expected_authors_prompt(path.read_text(encoding="utf-8"), QUESTIONS, "[1, 0]", "[1, 1]", None)
     assert "** Inputs (a batch of i.i.d. video frames): **\n** Model Descriptions: **\n" in built
     assert "<image>" not in built
 
