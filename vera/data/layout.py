@@ -29,19 +29,15 @@ def data_root() -> Path:
     return Path(os.environ.get("VERA_DATA", "Data"))
 
 
-def _file(name: str) -> Path | None:
-    path = data_root() / name
-    return path if path.is_file() else None
-
-
-def _folder(name: str) -> Path | None:
-    path = data_root() / name
-    return path if path.is_dir() else None
-
-
-def _missing(flag: str, path: Path, what: str) -> VeraError:
-    return VeraError(f"argument {flag}: not given, and {path} is absent ({what}; python Data/download.py "
-                     "fetches the authors' files into Data/)")
+# Required inputs of a dataset: option name → (flag, its path under Data/ per dataset, what it is).
+REQUIRED = {
+    "annotations": ("--annotations", TEST_ANNOTATIONS, "the test annotations"),
+    "train": ("--train", TRAIN_LISTS, "the training list"),
+    "val": ("--val", VAL_LISTS, "the validation list"),
+    "scores": ("--scores", {"ucf": "scores/ucf", "xd": "scores/xd"}, "Step 1's segment scores"),
+}
+PROMPTS = {"prompt_file": ("--prompt-file", LEARNER_PROMPT),
+           "optimizer_prompt_file": ("--optimizer-prompt-file", OPTIMIZER_PROMPT)}
 
 
 def fill_defaults(args: argparse.Namespace, names: set[str]) -> list[str]:
@@ -49,45 +45,36 @@ def fill_defaults(args: argparse.Namespace, names: set[str]) -> list[str]:
 
     ``names`` are the option names the command takes (``vera.options``).
     """
-    dataset = getattr(args, "dataset", None)
+    root, dataset = data_root(), getattr(args, "dataset", None)
     taken: list[str] = []
 
-    def take(dest: str, flag: str, path: Path | None, required: bool, fallback: Path, what: str) -> None:
-        if getattr(args, dest, None) is not None:
-            return
-        if path is None:
-            if required:
-                raise _missing(flag, fallback, what)
-            return
+    def unnamed(dest: str) -> bool:
+        return dest in names and getattr(args, dest, None) is None
+
+    def take(dest: str, flag: str, path: Path) -> None:
         setattr(args, dest, path)
-        taken.append(f"{flag} {path} (default from {data_root()}/)")
+        taken.append(f"{flag} {path} (default from {root}/)")
 
-    def need_dataset(flag: str) -> str:
-        if dataset is None:
-            raise VeraError(f"argument {flag}: required (or --dataset, to take it from {data_root()}/)")
-        return dataset
-
-    if "annotations" in names and getattr(args, "annotations", None) is None:
-        name = TEST_ANNOTATIONS[need_dataset("--annotations")]
-        take("annotations", "--annotations", _file(name), True, data_root() / name, "the test annotations")
-    if "train" in names and getattr(args, "train", None) is None:
-        name = TRAIN_LISTS[need_dataset("--train")]
-        take("train", "--train", _file(name), True, data_root() / name, "the training list")
-    if "val" in names and getattr(args, "val", None) is None:
-        name = VAL_LISTS[need_dataset("--val")]
-        take("val", "--val", _file(name), True, data_root() / name, "the validation list")
-    if "scores" in names and getattr(args, "scores", None) is None:
-        name = f"scores/{need_dataset('--scores')}"
-        take("scores", "--scores", _folder(name), True, data_root() / name, "Step 1's segment scores")
-    if "features" in names and dataset is not None:
-        take("features", "--features", _folder(f"features/{dataset}"), False, data_root(), "")
-    if "gt_frames" in names and dataset == "xd" and getattr(args, "metric", None) in (None, "ap"):
-        take("gt_frames", "--gt-frames", _file(XD_GT_FRAMES), False, data_root(), "")
-    for dest, flag, name in (("prompt_file", "--prompt-file", LEARNER_PROMPT),
-                             ("optimizer_prompt_file", "--optimizer-prompt-file", OPTIMIZER_PROMPT)):
-        if dest in names and getattr(args, dest, None) is None:
-            take(dest, flag, _file(name), False, data_root(), "")
-            if getattr(args, dest) is None:
-                taken.append(f"the project's own template for {flag} ({data_root() / name} is absent; "
+    for dest, (flag, per_dataset, what) in REQUIRED.items():
+        if unnamed(dest):
+            if dataset is None:
+                raise VeraError(f"argument {flag}: required (or --dataset, to take it from {root}/)")
+            path = root / per_dataset[dataset]
+            if not (path.is_dir() if dest == "scores" else path.is_file()):
+                raise VeraError(f"argument {flag}: not given, and {path} is absent ({what}; python "
+                                "Data/download.py fetches the authors' files into Data/)")
+            take(dest, flag, path)
+    optional = {"features": ("--features", root / f"features/{dataset}", dataset is not None, Path.is_dir),
+                "gt_frames": ("--gt-frames", root / XD_GT_FRAMES,
+                              dataset == "xd" and getattr(args, "metric", None) in (None, "ap"), Path.is_file)}
+    for dest, (flag, path, applies, exists) in optional.items():
+        if unnamed(dest) and applies and exists(path):
+            take(dest, flag, path)
+    for dest, (flag, name) in PROMPTS.items():
+        if unnamed(dest):
+            if (root / name).is_file():
+                take(dest, flag, root / name)
+            else:
+                taken.append(f"the project's own template for {flag} ({root / name} is absent; "
                              "python Data/download.py --what prompts fetches the authors')")
     return taken
