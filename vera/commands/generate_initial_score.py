@@ -29,13 +29,12 @@ def main(argv: list[str] | None = None) -> int:
 
     check_backend_options(args)
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
-    from vera.vlm.backends.hub import locate_model
+    from vera.vlm.backends import choose_model, load_backend, server_settings
 
-    # A Hub id that cannot be had (offline, not cached) fails in seconds, before any folder is made.
-    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
+    chosen = choose_model(args)
+    model, local_files_only = chosen.name, chosen.local_files_only
     from vera.data.annotations import load_test_annotations
     from vera.distributed import launch
-    from vera.vlm.backends import load_backend, model_type_of, server_settings
     from vera.vlm.prompts import (
         build_learner_prompt,
         load_template,
@@ -48,11 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)
     template = load_template(args.prompt_file)
     videos = load_test_annotations(args.annotations, args.dataset)
-    # A served model's architecture is not known here: its layout is the one asked for.
-    model_type = model_type_of(model, local_files_only=local_files_only) if args.backend == "hf" else None
     settings = Step1Settings(
         output=args.output, frames_dir=args.frames, videos_dir=args.videos,
-        frame_layout=resolve_frame_layout(args.frame_layout, model_type, template),
+        frame_layout=resolve_frame_layout(args.frame_layout, chosen.model_type(), template),
         fps=args.fps, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens,
         shard=args.shard, limit=args.limit, overwrite=args.overwrite,
         allow_length_mismatch=args.allow_length_mismatch,

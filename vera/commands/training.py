@@ -28,15 +28,14 @@ COMMAND = Command(__doc__, [
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     check_backend_options(args)
-    from vera.vlm.backends.hub import locate_model
+    from vera.vlm.backends import choose_model, load_backend, server_settings
 
-    # Before Lightning is imported and processes start: a Hub id that cannot be had fails in seconds.
-    model, local_files_only = locate_model(args.model) if args.backend == "hf" else (args.served_model, False)
+    chosen = choose_model(args)  # before Lightning is imported and processes start
+    model, local_files_only = chosen.name, chosen.local_files_only
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vera.errors import VeraError
     from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
-    from vera.vlm.backends import load_backend, model_type_of, server_settings
     from vera.vlm.input_dump import enable_input_dumps
     from vera.vlm.prompts import load_template, questions_from, resolve_frame_layout
 
@@ -46,9 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         epochs=args.epochs, batch_size=args.batch_size, num_frames=args.num_frames, val_every=args.val_every,
         max_steps=args.max_steps, limit_val=args.limit_val, val_batch_size=args.val_batch_size,
         select_by=args.select_by, prompt_file=args.prompt_file, optimizer_prompt_file=args.optimizer_prompt_file,
-        frame_layout=resolve_frame_layout(
-            args.frame_layout, model_type_of(model, local_files_only=local_files_only) if args.backend == "hf"
-            else None, load_template(args.prompt_file)),
+        frame_layout=resolve_frame_layout(args.frame_layout, chosen.model_type(), load_template(args.prompt_file)),
         max_new_tokens=args.max_new_tokens,
         seed=args.seed, skip_bad_videos=args.skip_bad_videos, overwrite=args.overwrite,
         initial_questions=questions_from(args.questions) if args.questions else list(INITIAL_QUESTIONS),

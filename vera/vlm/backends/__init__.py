@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 from vera.vlm.backends.base import VLMBackend
@@ -64,3 +65,26 @@ def model_type_of(model: str, *, local_files_only: bool = False) -> str:
     if not isinstance(content, dict) or not isinstance(content.get("model_type"), str):
         raise VeraError(f"model config {config} has no model_type")
     return content["model_type"]
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The model a command runs: what to load (or the served name), and how."""
+
+    name: str
+    local_files_only: bool
+    served: bool
+
+    def model_type(self) -> str | None:
+        """Its ``model_type`` from config.json; None for a served model, whose architecture is not known here."""
+        return None if self.served else model_type_of(self.name, local_files_only=self.local_files_only)
+
+
+def choose_model(args: argparse.Namespace) -> ModelChoice:
+    """The model of a Step 1 or training command line, checked within seconds: a Hub id that cannot be had
+    fails here, before any folder is made or process started."""
+    if args.backend != "hf":
+        return ModelChoice(args.served_model, False, served=True)
+    from vera.vlm.backends.hub import locate_model
+
+    return ModelChoice(*locate_model(args.model), served=False)
