@@ -282,7 +282,7 @@ def test_label_probability_and_truncation_reach_the_answer(servers):
 # -- dispatch, retries, backoff -----------------------------------------------------------------
 
 def test_several_servers_share_a_batch_with_bounded_concurrency(servers):
-    fast, slow = servers(delay=0.02), servers(delay=0.05)
+    fast, slow = servers(delay=0.1), servers(delay=0.25)  # long enough to overlap on a busy machine
     requests = noise_requests(24)
     client = backend(fast.url, slow.url, concurrency=3)
     answers = client.generate(requests)
