@@ -163,18 +163,18 @@ def place(archive: Archive, mapping: Mapping, sizes: dict[str, int], folder: Pat
 
 def _check_scores(video: TestVideo, path: Path) -> bool:
     """Raise VeraError as compute_auc would; return whether the scores are all 0/1 (the released protocol)."""
-    from vera.scoring.evaluate import _check_length  # the very check compute_auc applies
+    from vera.scoring.evaluate import check_length  # the very check compute_auc applies
     from vera.scoring.score_files import read_segment_scores
 
     segments = read_segment_scores(path, binary=False)
-    _check_length(video, segments, path)
+    check_length(video, segments, path)
     return bool(np.all((segments.scores == 0) | (segments.scores == 1)))
 
 
 def _check_features(video: TestVideo, path: Path) -> None:
-    from vera.scoring.evaluate import _load_features  # the very check compute_auc applies
+    from vera.scoring.evaluate import load_features  # the very check compute_auc applies
 
-    _load_features(path, video.key, num_segments(video.length))
+    load_features(path, video.key, num_segments(video.length))
 
 
 def check_folder(videos: list[TestVideo], folder: Path, kind: str) -> tuple[list[str], dict[str, str], int]:

@@ -74,7 +74,7 @@ def _missing_files(videos: list[TestVideo], scores_dir: Path, features_dir: Path
     return missing
 
 
-def _load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
+def load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
     try:
         features = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as error:
@@ -92,7 +92,7 @@ def _load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
     return features
 
 
-def _check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
+def check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
     length = video.length if video.length is not None else segments.num_frames
     if segments.num_segments != num_segments(length) or segments.num_frames != length:
         raise VeraError(
@@ -197,11 +197,11 @@ def read_inputs(
                 continue
             score_path = scores_dir / f"{video.key}.json"
             segments = read_segment_scores(score_path, binary=options.protocol == "released", field=options.score_field)
-            length = _check_length(video, segments, score_path)
+            length = check_length(video, segments, score_path)
             features = (
                 None
                 if features_dir is None
-                else _load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
+                else load_features(features_dir / f"{video.key}.npy", video.key, segments.num_segments)
             )
             num_scores = released_ap_trim(length) if options.released_xd_ap else length
             yield VideoInput(video, segments, features,
