@@ -46,7 +46,6 @@ from vera.features.imagebind import (  # noqa: E402
     HUGE, NUM_CROPS, TINY, VIEW_SIZE, crop_views, load_vision_encoder, prepare_frames, randomly_initialised,
     segment_clips,
 )
-from video_fixtures import decode_to_jpegs  # noqa: E402
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
 UCF_TEST_SEGMENTS = 69_634
@@ -90,12 +89,12 @@ def clip_plan(lengths: dict[str, int], segments: int) -> list[tuple[str, int]]:
     return plan
 
 
-def end_to_end(encoder, plan, frames_dir: Path, batch_size: int, device: torch.device) -> tuple[int, float, float]:
+def end_to_end(encoder, plan, source: dict, batch_size: int, device: torch.device) -> tuple[int, float, float]:
     reset_peak(device)
     started = time.perf_counter()
     segments = 0
     for key, length in plan:
-        with open_frames(key, frames_dir=frames_dir) as frames:
+        with open_frames(key, **source) as frames:
             video_features(encoder, frames, length, batch_size=batch_size)
         segments += num_segments(length)
     synchronize(device)
@@ -173,6 +172,9 @@ def main() -> None:
                         "CPU 60 tiny, 2 huge)")
     parser.add_argument("--batch-size", type=int, default=48, help="views per forward pass (default: 48)")
     parser.add_argument("--clips", type=Path, default=CLIPS)
+    parser.add_argument("--frames-from", choices=("jpeg", "videos"), default="jpeg",
+                        help="end to end from JPEG folders decoded from the clips first (OpenCV), or from the "
+                             "clips themselves (PyAV; no OpenCV needed) (default: %(default)s)")
     parser.add_argument("--parity-huge", action="store_true")
     parser.add_argument("--json", type=Path, help="write the results here too")
     args = parser.parse_args()
@@ -188,12 +190,21 @@ def main() -> None:
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}), flush=True)
 
     with tempfile.TemporaryDirectory() as temporary:
-        frames_dir = Path(temporary)
         keys = sorted(path.stem for path in args.clips.glob("*.mp4"))
-        lengths = {key: decode_to_jpegs(args.clips / f"{key}.mp4", frames_dir / key) for key in keys}
-        results["input_only_one_core"] = {
-            name: input_only(lengths, source)
-            for name, source in (("video files", {"videos_dir": args.clips}), ("JPEG folders", {"frames_dir": frames_dir}))}
+        sources = {"video files": {"videos_dir": args.clips}}
+        if args.frames_from == "jpeg":
+            from video_fixtures import decode_to_jpegs  # OpenCV: only where JPEG folders are wanted
+
+            lengths = {key: decode_to_jpegs(args.clips / f"{key}.mp4", Path(temporary) / key) for key in keys}
+            sources["JPEG folders"] = {"frames_dir": Path(temporary)}
+        else:
+            lengths = {}
+            for key in keys:
+                with open_frames(key, videos_dir=args.clips) as frames:
+                    lengths[key] = frames.num_frames
+        source = sources["JPEG folders" if args.frames_from == "jpeg" else "video files"]
+        results["end_to_end_from"] = args.frames_from
+        results["input_only_one_core"] = {name: input_only(lengths, where) for name, where in sources.items()}
         print(json.dumps(results["input_only_one_core"]), flush=True)
         started = time.perf_counter()
         base = randomly_initialised(HUGE if args.shape == "huge" else TINY)
@@ -203,8 +214,8 @@ def main() -> None:
             # In place: later precisions start from the earlier ones' rounded weights (random anyway).
             encoder = base.to(device=device, dtype=DTYPES[name]).eval().requires_grad_(False)
             try:
-                end_to_end(encoder, clip_plan(lengths, 1), frames_dir, args.batch_size, device)  # warm-up
-                done, seconds, memory = end_to_end(encoder, plan, frames_dir, args.batch_size, device)
+                end_to_end(encoder, clip_plan(lengths, 1), source, args.batch_size, device)  # warm-up
+                done, seconds, memory = end_to_end(encoder, plan, source, args.batch_size, device)
                 views, model_s, model_memory = model_only(encoder, args.batch_size, segments, device, DTYPES[name])
             except RuntimeError as error:  # e.g. a precision this device does not compute
                 results["rows"].append({"dtype": name, "error": str(error).splitlines()[0]})

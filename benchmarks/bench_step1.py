@@ -62,26 +62,6 @@ INTERNVL2_8B_VISION = dict(hidden_size=1024, num_hidden_layers=24, num_attention
                            layer_norm_eps=1e-6)
 
 
-class GenerateSpy:
-    """Wraps ``model.generate`` to keep the inputs and the answer lengths of each call."""
-
-    def __init__(self, model):
-        self.model = model
-        self.original = model.generate
-        self.keep_inputs = False
-        self.inputs: dict | None = None
-        self.new_tokens: list[int] = []
-
-    def __call__(self, *args, **kwargs):
-        output = self.original(*args, **kwargs)
-        sequences = output.sequences if hasattr(output, "sequences") else output
-        self.new_tokens.append(int(sequences.shape[1] - kwargs["input_ids"].shape[1]))
-        if self.keep_inputs:
-            self.inputs = {name: kwargs[name] for name in ("input_ids", "attention_mask", "pixel_values")
-                           if name in kwargs}
-        return output
-
-
 def forced_length(model, tokens: int) -> None:
     """Forbid the end token until an answer has ``tokens`` tokens (with max_new_tokens = tokens: exactly that many)."""
     model.generation_config.min_new_tokens = tokens
@@ -148,16 +128,12 @@ def requests_for(prompt: str, count: int, image_size: int, seed: int = 0) -> lis
                             f"segment {index}", "released") for index in range(count)]
 
 
-def fit_prompt(backend, spy: GenerateSpy, base: str, target: int, image_size: int) -> tuple[str, int]:
+def fit_prompt(backend, base: str, target: int, image_size: int) -> tuple[str, int]:
     """The learner prompt with filler words appended until the model sees exactly ``target`` tokens."""
     words = 0
     for _ in range(6):
         prompt = base + ("\n" + " ".join(["video"] * words) if words else "")
-        spy.new_tokens.clear()
-        spy.keep_inputs = True
-        backend.generate(requests_for(prompt, 1, image_size), max_new_tokens=1)
-        spy.keep_inputs = False
-        length = int(spy.inputs["input_ids"].shape[1])
+        length = int(backend._batch(requests_for(prompt, 1, image_size)).inputs["input_ids"].shape[1])
         if length == target:
             return prompt, length
         words = max(0, words + target - length)
@@ -214,16 +190,18 @@ def input_pipeline(clips: Path, image_size: int = 448) -> list[dict]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=("tiny", "internvl2-8b"), default="tiny")
-    parser.add_argument("--batch-size", type=int, default=None, help="segments per batched call (default: 48 on a "
-                        "GPU, 8 on a CPU)")
+    parser.add_argument("--batch-size", type=int, default=None, help="segments per batched generate call (default: "
+                        "48 on a GPU, 8 on a CPU)")
+    parser.add_argument("--loop-batch-sizes", type=int, nargs="+", help="batch sizes for the project's greedy loop "
+                        "and the label-only mode (default: the --batch-size, then 96 and 128 on a GPU)")
     parser.add_argument("--answer-tokens", type=int, default=160)
     parser.add_argument("--prompt-tokens", type=int, help="default: 8 × image tokens + 2 + 448 (2,498 for "
                         "InternVL2-8B)")
-    parser.add_argument("--released-segments", type=int, default=3, help="segments timed one per call")
+    parser.add_argument("--released-segments", type=int, default=2, help="segments timed one per call")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--clips", type=Path, default=CLIPS, help="real clips for the input pipeline")
     parser.add_argument("--skip-input", action="store_true", help="no input-pipeline measurement")
-    parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--json", type=Path, help="write the results here too (rewritten after every row)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -236,12 +214,18 @@ def main() -> int:
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)
     batch_size = args.batch_size or (48 if device.type == "cuda" else 8)
+    loop_sizes = args.loop_batch_sizes or ([batch_size, 96, 128] if device.type == "cuda" else [batch_size])
     machine = (torch.cuda.get_device_name(device) if device.type == "cuda"
                else f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads")
     results: dict = {"shape": args.shape, "device": machine, "dtype": str(dtype).removeprefix("torch."),
                      "torch": torch.__version__, "transformers": transformers.__version__,
                      "batch_size": batch_size, "answer_tokens": args.answer_tokens,
-                     "load_average": os.getloadavg()[0]}
+                     "load_average": os.getloadavg()[0], "rows": []}
+
+    def save() -> None:
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=1) + "\n")
+
     with tempfile.TemporaryDirectory(prefix="bench-step1-") as temporary:
         folder = Path(temporary) / args.shape
         config, image_size = build_folder(args.shape, folder)
@@ -256,54 +240,84 @@ def main() -> int:
         with mock.patch.object(transformers.AutoModelForImageTextToText, "from_pretrained", return_value=model):
             backend = load_backend("hf", str(folder), device=str(device), dtype=results["dtype"],
                                    max_batch_size=batch_size, local_files_only=True)
-        spy = GenerateSpy(model)
-        model.generate = spy
 
         image_tokens = 8 * config.image_seq_length + 2  # one <img>…</img> block of 8 tiles
         target = args.prompt_tokens or image_tokens + TEXT_TOKENS - 2
         base = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"])
-        forced_length(model, 1)
-        prompt, length = fit_prompt(backend, spy, base, target, image_size)
+        prompt, length = fit_prompt(backend, base, target, image_size)
         results["prompt_tokens"] = length
-        print(json.dumps(results), flush=True)
+        print(json.dumps({k: v for k, v in results.items() if k != "rows"}), flush=True)
+        save()
 
         # Frames are made before the clock starts; the backend's own work on them (the processor) is timed.
-        segments = requests_for(prompt, max(batch_size, args.released_segments), image_size)
+        segments = requests_for(prompt, max([batch_size, args.released_segments, *loop_sizes]), image_size)
+        answers: dict[str, list] = {}
 
-        def released(count: int, tokens: int):
-            return lambda: [backend.generate([request], tokens) for request in segments[:count]]
+        def measure(name: str, decoder: str, count: int, per_call: int, label: bool = False) -> None:
+            """``count`` segments through the backend in calls of ``per_call``, after an untimed warm-up."""
+            backend.decoder = decoder
+            backend.max_batch_size = per_call
 
-        def batched(count: int, tokens: int):
-            return lambda: backend.generate(segments[:count], tokens)  # one call: the backend batches them
+            def run(tokens: int, how_many: int):
+                done = []
+                for start in range(0, how_many, per_call):
+                    chunk = segments[start:min(start + per_call, how_many)]
+                    done += backend.score_labels(chunk) if label else backend.generate(chunk, tokens)
+                return done
 
-        rows = []
-        for name, make, count in (("released: one segment per generate", released, args.released_segments),
-                                  (f"project: batched generate ({batch_size})", batched, batch_size)):
-            forced_length(model, 2)
-            make(1 if make is released else count, 2)()  # warm-up, untimed
-            forced_length(model, args.answer_tokens)
-            spy.new_tokens.clear()
-            spy.keep_inputs = make is batched
-            seconds, memory = time_calls(device, make(count, args.answer_tokens))
-            spy.keep_inputs = False
-            lengths = sorted(set(spy.new_tokens))
-            rows.append({"pattern": name, "segments": count, "seconds": round(seconds, 3),
-                         "segments_per_s": round(count / seconds, 4), "peak_gib": round(memory, 2),
-                         "answer_tokens_seen": lengths or "not via model.generate"})
-            print(json.dumps(rows[-1]), flush=True)
+            try:
+                forced_length(model, 2)
+                run(2, per_call)  # warm-up: kernels, allocator, cuDNN plans
+                forced_length(model, args.answer_tokens)
+                reset_peak(device)
+                started = time.perf_counter()
+                done = run(args.answer_tokens, count)
+                synchronize(device)
+                seconds = time.perf_counter() - started
+            except (RuntimeError, torch.OutOfMemoryError) as error:  # e.g. out of memory at this batch size
+                results["rows"].append({"pattern": name, "error": str(error).strip().splitlines()[0]})
+            else:
+                answers[name] = done
+                row = {"pattern": name, "segments": count, "batch": per_call, "seconds": round(seconds, 3),
+                       "segments_per_s": round(count / seconds, 4), "peak_gib": round(peak_memory(device), 2),
+                       "answer_tokens_seen": sorted({a.extra.get("new_tokens", 0) for a in done})}
+                if backend.max_batch_size != per_call:
+                    row["note"] = f"out of memory: the backend went down to batches of {backend.max_batch_size}"
+                results["rows"].append(row)
+            print(json.dumps(results["rows"][-1]), flush=True)
+            save()
 
-        if spy.inputs is not None:
-            inputs = spy.inputs
+        measure("released: one segment per generate", "generate", args.released_segments, 1)
+        measure(f"generate, batch {batch_size}", "generate", batch_size, batch_size)
+        for size in loop_sizes:
+            measure(f"project greedy loop, batch {size}", "auto", size, size)
+        reference, ours = answers.get(f"generate, batch {batch_size}"), answers.get(
+            f"project greedy loop, batch {batch_size}")
+        if reference and ours:
+            results["loop_answers_equal_to_generate"] = sum(a.text == b.text for a, b in zip(reference, ours))
+            results["loop_answers_compared"] = len(reference)
+
+        inputs = backend._batch(segments[:batch_size]).inputs
+        try:
             with torch.inference_mode():
                 model(**inputs, logits_to_keep=1)  # warm-up
                 seconds, memory = time_calls(device, lambda: model(**inputs, logits_to_keep=1))
-            count = int(inputs["input_ids"].shape[0])
-            rows.append({"pattern": f"prefill only ({count}), logits at the last position", "segments": count,
-                         "seconds": round(seconds, 3), "segments_per_s": round(count / seconds, 4),
-                         "peak_gib": round(memory, 2), "answer_tokens_seen": [0]})
-            print(json.dumps(rows[-1]), flush=True)
-        results["rows"] = rows
-        results["speed_up"] = round(rows[1]["segments_per_s"] / rows[0]["segments_per_s"], 2)
+            results["rows"].append({"pattern": f"prefill only, batch {batch_size}", "segments": batch_size,
+                                    "batch": batch_size, "seconds": round(seconds, 3),
+                                    "segments_per_s": round(batch_size / seconds, 4), "peak_gib": round(memory, 2),
+                                    "answer_tokens_seen": [0]})
+        except (RuntimeError, torch.OutOfMemoryError) as error:
+            results["rows"].append({"pattern": "prefill only", "error": str(error).strip().splitlines()[0]})
+        print(json.dumps(results["rows"][-1]), flush=True)
+        del inputs
+        for size in loop_sizes:
+            measure(f"label-only mode, batch {size}", "auto", size, size, label=True)
+        timed = {row["pattern"]: row for row in results["rows"] if "error" not in row}
+        released = timed.get("released: one segment per generate")
+        if released:
+            for row in timed.values():
+                row["times_released"] = round(row["segments_per_s"] / released["segments_per_s"], 1)
+        save()
 
     if not args.skip_input and args.clips.is_dir():
         results["input_pipeline"] = input_pipeline(args.clips)
@@ -312,16 +326,20 @@ def main() -> int:
 
     print(f"\n{results['shape']} on {results['device']} ({results['dtype']}), prompt {results['prompt_tokens']} "
           f"tokens, answers {results['answer_tokens']} tokens\n")
-    print("| pattern | segments | seconds | segments/s | peak memory (GiB) |\n|---|---|---|---|---|")
+    print("| pattern | segments | seconds | segments/s | × released | peak memory (GiB) |\n|---|---|---|---|---|---|")
     for row in results["rows"]:
-        print(f"| {row['pattern']} | {row['segments']} | {row['seconds']:.2f} | {row['segments_per_s']:.3f} | "
-              f"{row['peak_gib']:.2f} |")
-    print(f"\nbatched / released: {results['speed_up']}×")
+        if "error" in row:
+            print(f"| {row['pattern']} | {row['error']} | | | | |")
+        else:
+            print(f"| {row['pattern']} | {row['segments']} | {row['seconds']:.2f} | {row['segments_per_s']:.3f} | "
+                  f"{row.get('times_released', '–')} | {row['peak_gib']:.2f} |")
+    if "loop_answers_compared" in results:
+        print(f"\nloop answers equal to generate's: {results['loop_answers_equal_to_generate']} of "
+              f"{results['loop_answers_compared']}")
     for row in results.get("input_pipeline", []):
         print(f"input pipeline, one core, {row['source']}: read+resize {row['read_resize_per_s']:.1f}/s, "
               f"normalise {row['normalise_per_s']:.1f}/s, together {row['total_per_s']:.1f} segments/s")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=1) + "\n")
+    save()
     return 0
 
 

@@ -263,8 +263,9 @@ def test_score_mode_and_cache_options_on_the_command_line(tmp_path, capsys, tiny
     annotation.write_text(json.dumps([{"video": "v.mp4", "temporal_label": [-1, -1, -1, -1], "length": 20}]))
     base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path / "frames"),
             "--model", str(tiny_models.path("internvl")), "--preset", "ucf", "--device", "cpu", "--no-progress"]
+    capsys.readouterr()  # the tiny model may have been written (with progress on stderr) just now
     args = cli.COMMAND.parse(base + ["--output", "x"])
-    assert (args.score_mode, args.static_cache, args.compile) == ("generate", False, False)
+    assert (args.score_mode, args.static_cache, args.compile, args.decoder) == ("generate", False, False, "auto")
     assert run_cli(cli.main, base + ["--output", "x", "--score-mode", "logits"]) == 2
     assert capsys.readouterr().err.startswith("error: argument --score-mode: invalid choice: 'logits'")
 
@@ -274,6 +275,7 @@ def test_score_mode_and_cache_options_on_the_command_line(tmp_path, capsys, tiny
     assert cli.main(base + ["--output", str(tmp_path / "static"), "--static-cache", "--max-new-tokens", "3"]) == 0
     record = json.loads((tmp_path / "static" / "run.json").read_text())
     assert record["identity"]["score_mode"] == "generate"
-    assert record["backend"]["decoding"] == {"do_sample": False, "num_beams": 1, "cache": "static", "compile": False}
+    assert record["backend"]["decoding"] == {"do_sample": False, "num_beams": 1, "cache": "static", "compile": False,
+                                             "decoder": "generate"}  # the static cache is generate's
     generated = json.loads((tmp_path / "static" / "v.json").read_text())
     assert all(e["parse_status"] != "label-only" for e in generated.values())

@@ -206,7 +206,8 @@ def test_video_requests_decode_with_the_checkpoint_generation_config(monkeypatch
                             "qwen-video")
     images = learner_request(build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, ["1. Q?"], 8), frames, "i", "released")
     monkeypatch.setattr(backend.model, "generate", spy)
-    backend.generate([video], max_new_tokens=2)
+    backend.generate([video], max_new_tokens=2)  # generate even where the greedy loop could decode (decoder auto)
+    monkeypatch.setattr(backend, "decoder", "generate")  # the other layouts would take the greedy loop
     backend.generate([images], max_new_tokens=2)
     assert seen == [["logits_processor", "max_new_tokens"],
                     ["do_sample", "logits_processor", "max_new_tokens", "num_beams", "pad_token_id"]]

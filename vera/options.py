@@ -393,6 +393,10 @@ OPTIONS: dict[str, Option] = {
     "static_cache": _opt("--static-cache", action="store_true",
                          help="pre-allocate the key-value cache for generation (transformers' static cache); "
                               "same answers, less allocation per token"),
+    "decoder": _opt("--decoder", choices=("auto", "generate"), default="auto",
+                    help="auto: the project's greedy loop (vera.vlm.greedy; same answers as generate, faster) "
+                         "wherever it reproduces generate, else generate; generate: transformers' generate always "
+                         "(default: %(default)s)"),
     "compile": _opt("--compile", action="store_true",
                     help="compile the decoding step (torch.compile, CUDA graphs on a GPU; implies --static-cache); "
                          "the first batch takes minutes to compile"),

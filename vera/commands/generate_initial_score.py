@@ -18,7 +18,7 @@ COMMAND = Command(__doc__, [
     "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
-    "score_mode", "static_cache", "compile", "devices", "num_nodes", "accelerator",
+    "score_mode", "decoder", "static_cache", "compile", "devices", "num_nodes", "accelerator",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     backend = ranks.together(lambda: load_backend(
         args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
         local_files_only=local_files_only, server=server_settings(args), static_cache=args.static_cache,
-        compile=args.compile))
+        compile=args.compile, decoder=args.decoder))
     summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
     if not ranks.is_main:
         # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.

@@ -26,7 +26,7 @@ def server_settings(args: argparse.Namespace) -> ServerSettings | None:
 def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
                  max_batch_size: int | None = None, local_files_only: bool = False,
                  server: ServerSettings | None = None, static_cache: bool = False,
-                 compile: bool = False) -> VLMBackend:
+                 compile: bool = False, decoder: str = "auto") -> VLMBackend:
     """A backend by name: ``hf`` (transformers image-text-to-text models, ``model`` a folder or Hub id) or
     ``openai`` (OpenAI-compatible servers given by ``server``, ``model`` the served name).
 
@@ -45,7 +45,7 @@ def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "a
         from vera.vlm.backends.hf import HFBackend  # imports transformers: only when asked for
 
         return HFBackend(model, device=device, dtype=dtype, max_batch_size=max_batch_size,
-                         local_files_only=local_files_only, static_cache=static_cache, compile=compile)
+                         local_files_only=local_files_only, static_cache=static_cache, compile=compile, decoder=decoder)
     raise VeraError(f"unknown backend {name!r}; choose one of {', '.join(BACKENDS)}")
 
 

@@ -38,7 +38,7 @@ import transformers
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor, LogitsProcessorList
 
-from vera.vlm import decoding, qwen_video
+from vera.vlm import decoding, greedy, qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMAnswer, VLMRequest
 from vera.vlm.input_dump import write_input_dumps
 from vera.vlm.parsing import answer_prefix
@@ -64,7 +64,7 @@ class HFBackend:
 
     def __init__(self, model: str, *, device: str = "auto", dtype: str = "auto", max_batch_size: int | None = None,
                  local_files_only: bool = False, attn_implementation: str | None = None,
-                 static_cache: bool = False, compile: bool = False):
+                 static_cache: bool = False, compile: bool = False, decoder: str = "auto"):
         self.model_id = str(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -72,6 +72,9 @@ class HFBackend:
         self.dump_inputs = None  # a folder: write every request's model inputs there (vera.vlm.input_dump)
         self.static_cache = static_cache or compile  # compiling the decoding step needs the static cache
         self.compile = compile
+        if decoder not in ("auto", "generate"):
+            raise VeraError(f"unknown decoder {decoder!r}; choose auto or generate")
+        self.decoder = decoder
         load_options: dict = {"local_files_only": local_files_only}
         try:
             self.processor = AutoProcessor.from_pretrained(self.model_id, **load_options)
@@ -140,18 +143,24 @@ class HFBackend:
     def _internvl_tiles(self, images: list[np.ndarray]) -> torch.Tensor:
         """One tile per image, as InternVL's ``load_image`` built it: PIL bicubic resize to the tile size (none
         for frames already that size), then ``ToTensor`` and ``Normalize`` in float32. The image processor's
-        fused rescale-and-normalise differs from that in the last bit of most values."""
+        fused rescale-and-normalise differs from that in the last bit of most values.
+
+        The arithmetic runs on the model's device, on the uint8 pixels (a quarter of float32's bytes to copy, and
+        no float work left on the CPU between batches). Every divisor is a tensor on that device: PyTorch's CUDA
+        division by a host scalar multiplies by its reciprocal, which is not always the same float; division
+        by a tensor is IEEE division there as on the CPU, so the values are the same on every device."""
         image_processor = self.processor.image_processor
         size = (image_processor.size["width"], image_processor.size["height"])
-        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None, None]
         tiles = []
         for image in images:
             picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
             if picture.size != size:
                 picture = picture.resize(size, Image.Resampling.BICUBIC)
-            tiles.append(torch.from_numpy(np.array(picture)).permute(2, 0, 1).float().div(255).sub(mean).div(std))
-        return torch.stack(tiles)
+            tiles.append(torch.from_numpy(np.array(picture)))
+        pixels = torch.stack(tiles).to(self.device).permute(0, 3, 1, 2).float()
+        mean, std, scale = (torch.tensor(values, dtype=torch.float32, device=self.device).reshape(-1, 1, 1)
+                            for values in (image_processor.image_mean, image_processor.image_std, [255.0]))
+        return pixels.div(scale).sub(mean).div(std)
 
     def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
         """Other models: text and image items of one user turn, through the model's chat template."""
@@ -209,17 +218,22 @@ class HFBackend:
         zero_ids, one_ids = self.label_token_ids["0"], self.label_token_ids["1"]
         recorder = decoding.LabelLogits(zero_ids + one_ids)
         # qwen-video decodes with the checkpoint's own generation config, as the authors' Qwen2-VL script did
-        greedy = {} if batch.checkpoint_decoding else {
+        greedy_options = {} if batch.checkpoint_decoding else {
             "do_sample": False, "num_beams": 1, "pad_token_id": self.tokenizer.pad_token_id}
-        with torch.inference_mode():
-            output = self.model.generate(
-                **batch.inputs, max_new_tokens=max_new_tokens,
-                logits_processor=LogitsProcessorList([recorder]) if recorder.token_ids else None, **greedy,
-                **decoding.generate_options(self.static_cache, self.compile),
-            )
-        new_tokens = output[:, batch.prompt_length:].cpu()
+        if self._uses_greedy_loop(batch):
+            new_tokens, label_logits = greedy.greedy_decode(
+                self.model, batch.inputs, max_new_tokens, self.eos_token_ids, self.tokenizer.pad_token_id,
+                recorder.token_ids, min_new_tokens=self.model.generation_config.min_new_tokens or 0)
+        else:
+            with torch.inference_mode():
+                output = self.model.generate(
+                    **batch.inputs, max_new_tokens=max_new_tokens,
+                    logits_processor=LogitsProcessorList([recorder]) if recorder.token_ids else None, **greedy_options,
+                    **decoding.generate_options(self.static_cache, self.compile),
+                )
+            new_tokens = output[:, batch.prompt_length:].cpu()
+            label_logits = recorder.collect()  # (batch, steps, labels)
         texts = self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        label_logits = recorder.collect()  # (batch, steps, labels)
         answers = []
         for row, text in enumerate(texts):
             tokens = new_tokens[row].tolist()
@@ -229,6 +243,18 @@ class HFBackend:
             answers.append(VLMAnswer(text=text, label_prob=label_prob,
                                      extra={"truncated": not finished, "new_tokens": len(tokens)}))
         return answers
+
+    def _uses_greedy_loop(self, batch: _Batch) -> bool:
+        """Whether ``vera.vlm.greedy`` decodes this batch (as ``generate`` would, faster) rather than ``generate``.
+
+        Not for the qwen-video layout (the checkpoint's own generation config
+        decides there), not with the static-cache or compile options (those
+        are ``generate``'s), not when ``decoder`` says so, and not where the
+        loop cannot reproduce ``generate`` (``greedy.supports``: padding, a
+        generation config that does more than argmax)."""
+        if self.decoder == "generate" or batch.checkpoint_decoding or self.static_cache:
+            return False
+        return greedy.supports(self.model, batch.inputs) is None
 
     def _label_batch(self, requests: list[VLMRequest]) -> list[VLMAnswer]:
         """Label-only mode (``vera.vlm.decoding``): one forward pass over prompt plus forced answer prefix."""
@@ -242,8 +268,11 @@ class HFBackend:
         answers: list[VLMAnswer | None] = [None] * len(requests)
         context = self._chat_text([{"type": "text", "text": "x"}])  # ends where every answer starts
         for prefix, indices in groups.items():
-            inputs = self._batch([requests[index] for index in indices]).inputs
+            group = [requests[index] for index in indices]
+            inputs = self._batch(group).inputs
             inputs = decoding.append_tokens(inputs, decoding.continuation_ids(self.tokenizer, context, prefix))
+            if self.dump_inputs is not None:  # what the forward pass sees: the prompt and the forced prefix
+                write_input_dumps(self.dump_inputs, group, inputs, self.tokenizer)
             with torch.inference_mode():
                 logits = self.model(**decoding.without_full_mask(inputs), use_cache=False, logits_to_keep=1).logits
             label_logits = logits[:, -1, zero_ids + one_ids].float().cpu()
@@ -294,7 +323,7 @@ class HFBackend:
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
             "decoding": {"do_sample": False, "num_beams": 1, "cache": "static" if self.static_cache else "dynamic",
-                         "compile": self.compile},
+                         "compile": self.compile, "decoder": "generate" if self.static_cache else self.decoder},
             # What the qwen-video layout decodes with (the authors' Qwen2-VL scripts did not override it).
             "checkpoint_generation_config": self.model.generation_config.to_diff_dict(),
             "label_token_ids": self.label_token_ids,
