@@ -42,6 +42,8 @@ SCORE_MODES = ("generate", "label")  # Step 1: the generated answer's label, or 
 HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
 FRAME_SAMPLINGS = ("uniform", "random", "tsn")  # the learner's training frames (the paper's sampling table)
 DEFAULT_NUM_QUESTIONS = 5  # the paper's m: at most this many guiding questions per optimizer proposal
+DEFAULT_EPOCHS = 10  # the authors' InternVL2 training (training.py)
+QWEN_VIDEO_EPOCHS = 50  # their Qwen2-VL training (vera_qwen_train.py): the default in the qwen-video layout
 NO_QUESTIONS = "none"  # --questions none: the bare prompt, without guiding questions
 
 
@@ -449,7 +451,9 @@ OPTIONS: dict[str, Option] = {
                   help="training list (UCF_Instruct_train.json, xd_train.json); default: Data/"),
     "val": _opt("--val", type=existing_file, metavar="FILE",
                 help="validation list (UCF_Instruct_val.json, xd_val.json); default: Data/"),
-    "epochs": _opt("--epochs", type=positive_int, default=10, metavar="N", help="default: %(default)s"),
+    "epochs": _opt("--epochs", type=positive_int, metavar="N",
+                   help=f"default: {DEFAULT_EPOCHS}, or {QWEN_VIDEO_EPOCHS} in the qwen-video frame layout (the "
+                        "authors' Qwen2-VL training)"),
     "train_batch_size": _opt("--batch-size", type=positive_int, default=2, metavar="N",
                              help="training videos per step (default: %(default)s)"),
     "num_frames": _opt("--num-frames", type=positive_int, default=8, metavar="N",

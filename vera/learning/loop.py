@@ -70,11 +70,11 @@ from vera.learning.optimizer_prompt import (
     state_question_limit,
 )
 from vera.learning.sampling import training_frame_indices
-from vera.options import DEFAULT_NUM_QUESTIONS, FRAME_SAMPLINGS, SELECT_BY
+from vera.options import DEFAULT_EPOCHS, DEFAULT_NUM_QUESTIONS, FRAME_SAMPLINGS, QWEN_VIDEO_EPOCHS, SELECT_BY
 from vera.runs import RunFolder
 from vera.scoring.metrics import roc_auc
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
-from vera.vlm.parsing import parse_answer
+from vera.vlm.parsing import UNREADABLE, last_character_label, parse_answer
 from vera.vlm.prompts import (
     DEFAULT_FRAME_LAYOUT,
     FRAME_LAYOUTS,
@@ -106,7 +106,7 @@ class TrainingOptions:
     frames_dir: Path | None = None
     videos_dir: Path | None = None
     model: str = ""
-    epochs: int = 10
+    epochs: int | None = None  # None: default_epochs(frame_layout)
     batch_size: int = 2
     num_frames: int = 8
     image_size: int = VLM_IMAGE_SIZE
@@ -128,6 +128,10 @@ class TrainingOptions:
     num_questions: int = DEFAULT_NUM_QUESTIONS
     optimizer_frames: bool = True
 
+    def __post_init__(self) -> None:
+        if self.epochs is None:
+            self.epochs = default_epochs(self.frame_layout)
+
     def check(self) -> None:
         if (self.frames_dir is None) == (self.videos_dir is None):
             raise VeraError("give exactly one of --frames DIR or --videos DIR")
@@ -146,6 +150,19 @@ class TrainingOptions:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise VeraError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+
+
+def default_epochs(frame_layout: str) -> int:
+    """The epochs of the authors' run for this layout: their Qwen2-VL script trained for 50
+    (``vera_qwen_train.py``), their InternVL2 script for 10. The one place ``--epochs`` gets its default."""
+    return QWEN_VIDEO_EPOCHS if frame_layout == "qwen-video" else DEFAULT_EPOCHS
+
+
+def validation_rule(frame_layout: str) -> str:
+    """How validation reads a label from an answer: the authors' Qwen2-VL script looked at the answer's last
+    character (``last-character``); their InternVL2 script, at its published commit, used Step 1's ``output``
+    rule, as the learner's training answers are read in every layout."""
+    return "last-character" if frame_layout == "qwen-video" else "output"
 
 
 # --------------------------------------------------------------------------- data
@@ -289,7 +306,17 @@ def run_identity(options: TrainingOptions, train: list[TrainVideo], val: list[Tr
         "learner_template": sha256_text(learner_template), "optimizer_template": sha256_text(optimizer_template),
         "initial_questions": list(options.initial_questions),
         **_study_settings(options),
+        **_qwen_video_settings(options),
     }
+
+
+def _qwen_video_settings(options: TrainingOptions) -> dict:
+    """What the qwen-video layout does differently in training (one optimizer video, the validation rule). In the
+    identity so that a qwen-video run begun before training followed the authors' Qwen2-VL script is not
+    continued with other inputs; other layouts' identities are unchanged."""
+    if options.frame_layout != "qwen-video":
+        return {}
+    return {"optimizer_input": "one video", "validation_rule": validation_rule(options.frame_layout)}
 
 
 def _study_settings(options: TrainingOptions) -> dict:
@@ -429,11 +456,13 @@ def _accuracy(predictions: list[int], labels: list[int]) -> float | None:
     return float(np.mean(np.asarray(predictions) == np.asarray(labels)))
 
 
-def _answer_record(loaded: Loaded, answer: VLMAnswer) -> dict:
+def _answer_record(loaded: Loaded, answer: VLMAnswer, rule: str = "output") -> dict:
+    """One answer: ``prediction`` by ``rule`` (``validation_rule``); ``well_formed``/``status`` by Step 1's parse."""
     parsed = parse_answer(answer.text)
+    prediction = last_character_label(answer.text) if rule == "last-character" else parsed.score
     return {
         "key": loaded.video.key, "label": loaded.video.label, "frames": loaded.indices,
-        "prediction": int(parsed.score),
+        "prediction": int(prediction),
         "well_formed": bool(parsed.well_formed), "status": parsed.status,
         "label_prob": answer.label_prob, "truncated": bool(answer.extra.get("truncated", False)),
         "response": answer.text,
@@ -510,15 +539,16 @@ class VerbalizedLearning:
 
     # -- model calls
 
-    def _answer(self, loaded: list[Loaded], questions: list[str]) -> list[dict]:
-        """The learner's answers for the readable videos of ``loaded`` (errors recorded, not answered)."""
+    def _answer(self, loaded: list[Loaded], questions: list[str], rule: str = "output") -> list[dict]:
+        """The learner's answers for the readable videos of ``loaded`` (errors recorded, not answered), labels read
+        by ``rule``."""
         usable = [item for item in loaded if item.frames is not None]
         prompt = build_learner_prompt(self.learner_template, questions, self.options.num_frames,
                                       self.options.frame_layout)
         requests = [learner_request(prompt, list(item.frames), item.video.key, self.options.frame_layout)
                     for item in usable]
         answers = iter(self.backend.generate(requests, self.options.max_new_tokens) if requests else [])
-        return [_answer_record(item, next(answers)) if item.frames is not None
+        return [_answer_record(item, next(answers), rule) if item.frames is not None
                 else {"key": item.video.key, "label": item.video.label, "error": item.error}
                 for item in loaded]
 
@@ -527,11 +557,13 @@ class VerbalizedLearning:
         (``--no-optimizer-frames``)."""
         predictions = [record["prediction"] for record in records]
         targets = [record["label"] for record in records]
+        layout = self.options.frame_layout
         prompt = build_optimizer_prompt(self.optimizer_template, questions, predictions, targets,
-                                        self.options.num_frames, with_frames=loaded is not None)
+                                        self.options.num_frames, with_frames=loaded is not None, frame_layout=layout)
         images = [frame for item in loaded or [] for frame in item.frames]
+        # qwen-video: the batch's frames in order as one video, in the authors' chat string (vera.vlm.qwen_video)
         request = VLMRequest(prompt, images, key=f"optimizer step {step}",
-                             image_block=bool(images) and self.options.frame_layout == "released")
+                             image_block=bool(images) and layout == "released", video=layout == "qwen-video")
         answer = self.backend.generate([request], self.options.max_new_tokens)[0]
         proposal = extract_new_questions(answer.text, self.options.num_questions)
         return {"response": answer.text, "truncated": bool(answer.extra.get("truncated", False)),
@@ -603,11 +635,12 @@ class VerbalizedLearning:
         questions = list(self.state.questions)
         mine = self.ranks.share(self.val)
         bar = self.progress.validation_bar(len(self.val), self.state.step)
+        rule = validation_rule(self.options.frame_layout)
 
         def answer_my_share() -> list[dict]:
             records: list[dict] = []
             for chunk in self.frames.chunks(mine, self.options.val_batch_size):
-                records.extend(self._answer(chunk, questions))
+                records.extend(self._answer(chunk, questions, rule))
                 if bar is not None:
                     bar.update(len(chunk) * self.ranks.world_size)
             return records
@@ -624,11 +657,13 @@ class VerbalizedLearning:
         predictions = np.asarray([record["prediction"] for record in answered])
         soft = [record["label_prob"] for record in answered]
         use_soft = all(value is not None for value in soft)
-        auc = roc_auc(labels, np.asarray(soft, dtype=float) if use_soft else predictions)
+        # An unreadable answer (last-character rule) is wrong, in the AUC as in the accuracy.
+        hard = np.where(predictions == UNREADABLE, 1 - labels, predictions)
+        auc = roc_auc(labels, np.asarray(soft, dtype=float) if use_soft else hard)
         return {
             "step": self.state.step, "questions": questions,
             "accuracy": _accuracy(predictions.tolist(), labels.tolist()), "auc": auc,
-            "auc_from": "label_prob" if use_soft else "labels",
+            "auc_from": "label_prob" if use_soft else "labels", "rule": rule,
             "videos": len(answered), "well_formed": int(sum(r["well_formed"] for r in answered)),
             "skipped": [{"key": r["key"], "error": r["error"]} for r in records if "error" in r],
             "predictions": answered,

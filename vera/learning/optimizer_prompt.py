@@ -23,9 +23,21 @@ number word in each such phrase is replaced ("no more than seven questions",
 authors' file gives the released prompt character for character. A template
 that does not state the limit so can be used only with m = 5.
 
+In the ``qwen-video`` frame layout (``vera_qwen_train.py``) the frame block
+is Qwen2-VL's video slot ``<|vision_start|><|video_pad|><|vision_end|>``
+alone, inserted with the same slice (the character before the anchor still
+repeated after it), and the frames are one video of every frame of the batch
+(``vera.vlm.qwen_video``). A template must not open with the anchor (the
+released slice would then copy the template's last character), so the slice is
+always well defined.
+
 Without frames (``--no-optimizer-frames``, the paper's optimizer without
-V_batch) no frame block is inserted: the template's text at the anchor stays
-as it is.
+V_batch) no frame block is inserted, in any layout: the template's text at
+the anchor stays as it is (in ``qwen-video``, then, no video slot either).
+
+The questions are inserted one per line, each ending with a newline. The
+InternVL2 script inserted an accepted answer's text as it came; its Qwen2-VL
+twin added a newline, so its last question too ends in one, as here.
 """
 
 from __future__ import annotations
@@ -37,6 +49,7 @@ from pathlib import Path
 from vera.errors import VeraError
 from vera.options import DEFAULT_NUM_QUESTIONS
 from vera.vlm.prompts import QUESTIONS_ANCHOR, check_questions, frame_lines
+from vera.vlm.qwen_video import VIDEO_SLOT
 
 PREDICTION_PLACEHOLDER = "[" + " ".join(["[$Prediction]"] * 10) + "]"
 TARGET_PLACEHOLDER = "[" + " ".join(["[$GroundTruth]"] * 10) + "]"
@@ -118,17 +131,19 @@ def batch_frame_block(num_videos: int, num_frames: int) -> str:
 
 
 def build_optimizer_prompt(template: str, questions: list[str], predictions: list[int],
-                           targets: list[int], num_frames: int = 8, with_frames: bool = True) -> str:
+                           targets: list[int], num_frames: int = 8, with_frames: bool = True,
+                           frame_layout: str = "released") -> str:
     """The optimizer's prompt for one batch (``len(predictions)`` videos of ``num_frames`` frames, or no frame
-    block at all without frames)."""
+    block at all without frames); in the ``qwen-video`` layout the block is the one video slot."""
     if len(predictions) != len(targets):
         raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
     text = template.replace(PREDICTION_PLACEHOLDER, str([int(p) for p in predictions]))
     text = text.replace(TARGET_PLACEHOLDER, str([int(t) for t in targets]))
     if with_frames:
-        at = text.find(FRAMES_ANCHOR)
+        at = text.find(FRAMES_ANCHOR)  # > 0: check_optimizer_template refuses a template without it or opening with it
+        block = VIDEO_SLOT if frame_layout == "qwen-video" else batch_frame_block(len(predictions), num_frames)
         # ``at - 1``: the released slice, which repeats the character before the anchor.
-        text = text[:at] + batch_frame_block(len(predictions), num_frames) + text[at - 1:]
+        text = text[:at] + block + text[at - 1:]
     at = text.find(QUESTIONS_ANCHOR)
     return text[:at] + "".join(question + "\n" for question in questions) + text[at:]
 

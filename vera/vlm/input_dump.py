@@ -41,7 +41,7 @@ def dump_name(request: VLMRequest) -> str:
 def _items(request: VLMRequest, kind: str) -> int:
     """How many images or videos the request contributes to the batch."""
     if kind == "videos":
-        return 1 if request.video else 0
+        return 1 if request.video and request.images else 0  # a video request without frames is text only
     return 0 if request.video else len(request.images)
 
 

@@ -5,6 +5,8 @@ and take 0 if a ``0`` appears in the last piece, else 1. So an answer without
 the marker is judged on its whole text, and an empty, truncated or garbled
 answer usually counts as anomalous. Alongside the score we record whether the
 answer was well formed, so a run can say how many answers the rule had to guess.
+Training's validation in the qwen-video layout reads the last character
+instead, as the authors' Qwen2-VL training script did (``last_character_label``).
 """
 
 from __future__ import annotations
@@ -36,6 +38,16 @@ class ParsedAnswer:
 def released_score(text: str) -> int:
     """0 if a ``0`` appears after the last ``Output`` (the whole text when there is none), else 1."""
     return 0 if "0" in text.split(OUTPUT_MARKER)[-1] else 1
+
+
+UNREADABLE = 2  # the last-character rule's label for an answer that ends in neither digit: never right
+
+
+def last_character_label(text: str) -> int:
+    """The validation rule of the authors' Qwen2-VL training script: 1 or 0 if the answer's last character is that
+    digit, else ``UNREADABLE`` (an empty answer too), which matches no label."""
+    last = text[-1:]
+    return int(last) if last in LABEL_DIGITS else UNREADABLE
 
 
 def parse_answer(text: str) -> ParsedAnswer:

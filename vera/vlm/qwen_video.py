@@ -33,6 +33,15 @@ float32) and let the processor only cut the frames into patches.
 Frame sources: from a JPEG folder the frames are decoded by PIL, as
 qwen-vl-utils decodes the file paths the authors passed; from a video file
 they are the decoded RGB frames.
+
+Training's optimizer (``vera_qwen_train.py``) sees the whole batch as ONE
+video item: every frame of the batch in order (video 1's, then video 2's …),
+at the optimizer template's video slot (``vera.learning.optimizer_prompt``).
+Videos of different sizes end up in one video there: qwen-vl-utils resizes
+each frame on its own, and the image processor of that era then resized every
+frame of a video to the size of its first frame (PIL bicubic, the released
+checkpoints' ``resample``); we do the same. A request with neither slot nor frames (the
+optimizer with ``--no-optimizer-frames``) is the same chat string, text only.
 """
 
 from __future__ import annotations
@@ -101,20 +110,31 @@ def processor_inputs(processor, requests: list[VLMRequest]) -> dict:
     if not all(request.video for request in requests):
         raise VeraError("a batch mixes qwen-video requests with other frame layouts")
     for request in requests:
-        if request.prompt.count(VIDEO_SLOT) != 1 or not request.images:
-            raise VeraError(f"{request.key}: a qwen-video request needs one {VIDEO_SLOT} slot and its frames")
-    _, videos = process_vision_info([video_message(request.images) for request in requests])
+        if (request.prompt.count(VIDEO_SLOT), bool(request.images)) not in ((1, True), (0, False)):
+            raise VeraError(f"{request.key}: a qwen-video request needs one {VIDEO_SLOT} slot and its frames "
+                            "(or, text only, neither)")
+    texts = [chat_text(request.prompt) for request in requests]
+    messages = [video_message(request.images) for request in requests if request.images]
+    if not messages:
+        return dict(processor(text=texts, padding=True, return_tensors="pt"))
+    _, videos = process_vision_info(messages)
     video_processor = processor.video_processor
     options: dict = {"do_resize": False, "do_rescale": False, "do_normalize": False}
     if hasattr(video_processor, "cap_pixels_per_frame"):
         options["cap_pixels_per_frame"] = False  # only acts when resizing; set to silence its warning
-    texts = [chat_text(request.prompt) for request in requests]
     normalised = [authors_era_normalisation(frames, video_processor) for frames in videos]
     return dict(processor(text=texts, videos=normalised, padding=True, return_tensors="pt", **options))
 
 
 def authors_era_normalisation(frames: Sequence[Image.Image], video_processor) -> torch.Tensor:
-    """``(T, 3, H, W)`` float32 as transformers' numpy image processor computed it (see the module docstring)."""
+    """``(T, 3, H, W)`` float32 as transformers' numpy image processor computed it (see the module docstring).
+
+    That processor resized every frame of a video to its first frame's size: a no-op within one segment, where
+    qwen-vl-utils gives all frames one size, but not for the optimizer's batch of videos of different sizes.
+    """
+    size = frames[0].size
+    # bicubic: the ``resample`` of the released Qwen2-VL checkpoints' preprocessor_config.json (3)
+    frames = [frame if frame.size == size else frame.resize(size, Image.Resampling.BICUBIC) for frame in frames]
     video = torch.from_numpy(np.stack([np.asarray(frame.convert("RGB")) for frame in frames])).permute(0, 3, 1, 2)
     if video_processor.do_rescale:
         video = (video.double() * video_processor.rescale_factor).float()
