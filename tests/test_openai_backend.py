@@ -383,8 +383,13 @@ def test_step1_cli_with_two_servers_records_each_segment_once(servers, tmp_path,
     run = json.loads((out / "run.json").read_text())
     assert run["identity"]["backend"] == "openai" and run["identity"]["model"] == "fake"
     assert run["backend"]["servers"] == [one.url, two.url]
+    assert run["identity"]["image_format"] == "png"
     assert cli.main(argv) == 0  # a rerun finds everything done and sends nothing
     assert "(2 already finished), 10 segments, 0 generated" in capsys.readouterr().out
+    assert len(one.bodies) + len(two.bodies) == 10
+    # JPEG frames are other pixels: the folder is refused before anything is sent, naming the setting.
+    assert run_cli(cli.main, argv + ["--image-format", "jpeg"]) == 2
+    assert "image_format" in capsys.readouterr().err
     assert len(one.bodies) + len(two.bodies) == 10
 
 

@@ -58,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)
-    step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings), videos).check()
+    image_format = args.image_format if args.backend == "openai" else None  # as the backend's describe() gives it
+    step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings, image_format),
+                 videos).check()
     ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
     backend = ranks.together(lambda: load_backend(
         args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,

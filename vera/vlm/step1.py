@@ -148,16 +148,22 @@ class Step1Summary:
 
 
 def step1_identity(backend: str, model: str | None, questions: list[str], prompt: str,
-                   settings: Step1Settings) -> dict:
+                   settings: Step1Settings, image_format: str | None = None) -> dict:
     """What decides the answers; a run into a folder made with other values is refused without --overwrite.
 
     Built from names alone (the backend's name and the model as given), so
     that a command can check the output folder before it loads the model.
+    ``image_format``: how the ``openai`` backend encodes frames for the
+    server (JPEG changes the pixels the model sees); None for in-process
+    backends, whose identities then stay as they were.
     """
     s = settings
-    return {"backend": backend, "model": model, "questions": list(questions), "prompt_sha256": sha256_text(prompt),
-            "frame_layout": s.frame_layout, "half_window": half_window(s.fps), "num_frames": s.num_frames,
-            "image_size": s.image_size, "max_new_tokens": s.max_new_tokens, "score_mode": s.score_mode}
+    identity = {"backend": backend, "model": model, "questions": list(questions), "prompt_sha256": sha256_text(prompt),
+                "frame_layout": s.frame_layout, "half_window": half_window(s.fps), "num_frames": s.num_frames,
+                "image_size": s.image_size, "max_new_tokens": s.max_new_tokens, "score_mode": s.score_mode}
+    if image_format is not None:
+        identity["image_format"] = image_format
+    return identity
 
 
 def step1_folder(settings: Step1Settings, identity: dict, videos: list[TestVideo] | None = None,
@@ -217,7 +223,8 @@ class Step1Runner:
         self.half = half_window(settings.fps)
         self.output = Path(settings.output)
         description = backend.describe()
-        self.identity = step1_identity(backend.name, description.get("model"), self.questions, self.prompt, settings)
+        self.identity = step1_identity(backend.name, description.get("model"), self.questions, self.prompt, settings,
+                                       description.get("image_format"))
         self.record = {"prompt": self.prompt, "template_source": settings.template_source, "fps": settings.fps,
                        "backend": description}
         if settings.score_mode == "label":
