@@ -173,3 +173,17 @@ def test_label_mode_dumps_the_prompt_and_the_forced_prefix(arch, tiny_models, tm
                 np.load(tmp_path / "label" / f"{request.key}.npz") as label:
             assert label["input_ids"].tolist() == generated["input_ids"].tolist() + prefix
             assert np.array_equal(label["pixel_values"], generated["pixel_values"])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_batch_answers_as_its_segments_one_at_a_time(arch, tiny_models):
+    """Issue #11's check of the fast path: batched answers equal the released one-segment-per-call answers."""
+    backend = tiny_models.backend(arch)
+    requests = _same_length_requests(6)
+    batched = backend.generate(requests, ANSWER)
+    singles = [backend.generate([request], ANSWER)[0] for request in requests]
+    assert [a.text for a in batched] == [a.text for a in singles]
+    for a, b in zip(batched, singles, strict=True):
+        assert (a.label_prob is None) == (b.label_prob is None)
+        if a.label_prob is not None:
+            assert a.label_prob == pytest.approx(b.label_prob, abs=1e-5)
