@@ -111,8 +111,9 @@ def project_side(dst: Path, question_a: str, questions_b: list[str], frames: dic
     backend.model.generate = recorder
     out: dict[str, np.ndarray] = {}
 
-    backend.generate([learner_request(question_a, list(frames["frames_a"]), "a", "released")], max_new_tokens=1)
-    call = recorder.calls[-1]
+    # One request: its inputs as the backend builds them (it would decode them with its own greedy loop, not
+    # generate); the padded pair below goes through generate, whose inputs the recorder keeps.
+    call = backend._batch([learner_request(question_a, list(frames["frames_a"]), "a", "released")]).inputs
     with torch.inference_mode():
         logits = backend.model(input_ids=call["input_ids"], attention_mask=call["attention_mask"],
                                pixel_values=call["pixel_values"]).logits
