@@ -140,18 +140,27 @@ class HFBackend:
     def _internvl_tiles(self, images: list[np.ndarray]) -> torch.Tensor:
         """One tile per image, as InternVL's ``load_image`` built it: PIL bicubic resize to the tile size (none
         for frames already that size), then ``ToTensor`` and ``Normalize`` in float32. The image processor's
-        fused rescale-and-normalise differs from that in the last bit of most values."""
+        fused rescale-and-normalise differs from that in the last bit of most values.
+
+        The arithmetic runs once on each of the 256 byte values of each channel, and the pixels look their
+        value up: the same operations on the same values, so the same bits, in a third of the time (this runs
+        in the main process, between the model's calls: README, "Step 1 speed")."""
         image_processor = self.processor.image_processor
         size = (image_processor.size["width"], image_processor.size["height"])
-        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None, None]
-        tiles = []
-        for image in images:
-            picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-            if picture.size != size:
-                picture = picture.resize(size, Image.Resampling.BICUBIC)
-            tiles.append(torch.from_numpy(np.array(picture)).permute(2, 0, 1).float().div(255).sub(mean).div(std))
-        return torch.stack(tiles)
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None]
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None]
+        table = torch.arange(256, dtype=torch.uint8).float().div(255).expand(3, 256).sub(mean).div(std).numpy()
+        tiles = torch.empty(len(images), 3, size[1], size[0])
+        for tile, image in zip(tiles, images, strict=True):
+            pixels = np.asarray(image)
+            if pixels.dtype != np.uint8 or pixels.shape != (size[1], size[0], 3):  # else PIL would copy it unchanged
+                picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+                if picture.size != size:
+                    picture = picture.resize(size, Image.Resampling.BICUBIC)
+                pixels = np.asarray(picture)
+            for channel in range(3):
+                np.take(table[channel], pixels[:, :, channel], out=tile[channel].numpy())
+        return tiles
 
     def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
         """Other models: text and image items of one user turn, through the model's chat template."""
