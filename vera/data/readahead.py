@@ -16,8 +16,10 @@ through one open ``VideoFrames``, the same calls as in process, so the results
 are identical and a bad video fails with the same message. A worker reads
 ``chunk`` items at a time and only one chunk ahead of the caller (it waits
 until the caller takes it before reading on): memory stays about ``workers``
-chunks. When a job is done, its worker takes the next unstarted job, so
-several videos are read at once, but one long video is read by one process.
+chunks. A thread here takes each chunk off the pipe as soon as it is read, so
+the copy overlaps the caller's work. When a job is done, its worker takes the
+next unstarted job, so several videos are read at once, but one long video is
+read by one process.
 
 A worker that dies (killed, out of memory) ends the run with an
 ``InputWorkerError`` naming it and the video, never a hang: each worker has
@@ -34,7 +36,9 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import queue
 import signal
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -160,8 +164,21 @@ class _Worker:
         # Only the worker holds these ends now: its death reads as an end of file here.
         task_reader.close()
         result_writer.close()
-        self.task: _Task | None = None  # the chunk it reads, or read and waits to hand over
+        self.task: _Task | None = None  # the chunk it reads, or read and waits to be taken
         self.job: int | None = None  # the job it reads
+        self.inbox: queue.SimpleQueue = queue.SimpleQueue()  # its answers, None once it is gone
+        self.receiver = threading.Thread(target=self._receive_all, name=f"{self.process.name}-receiver", daemon=True)
+        self.receiver.start()
+
+    def _receive_all(self) -> None:
+        """Take each answer off the pipe as it comes: the copy then overlaps the caller's work (the model's)."""
+        while True:
+            try:
+                message = self.results.recv()
+            except (EOFError, OSError):  # OSError: the end came in the middle of a message
+                self.inbox.put(None)
+                return
+            self.inbox.put(message)
 
     def died(self, key: str) -> InputWorkerError:
         self.process.join(timeout=5)
@@ -173,11 +190,12 @@ class _Worker:
                                 f"video {key}; the run stops here, rerun the same command to resume")
 
     def stop(self) -> None:
-        for connection in (self.tasks, self.results):
-            connection.close()
+        self.tasks.close()  # an idle worker ends at this end of file
         if self.process.is_alive():
             self.process.terminate()  # it may be in the middle of a read: nothing of it is needed
         self.process.join()
+        self.receiver.join()  # the worker's end is closed now: the receiver sees the end of file
+        self.results.close()
 
 
 class _Pool:
@@ -225,10 +243,9 @@ class _Pool:
         """The answer to the worker's task; the worker gets its next one at once."""
         task = worker.task
         key = self.jobs[task.job_id].key
-        try:
-            message = worker.results.recv()
-        except (EOFError, OSError):  # OSError: the end came in the middle of a message
-            raise worker.died(key) from None
+        message = worker.inbox.get()
+        if message is None:
+            raise worker.died(key)
         if message[0] == "crash":
             raise InputWorkerError(f"input worker {worker.process.name} failed while reading video {key}:\n"
                                    f"{message[1]}")
