@@ -16,10 +16,10 @@ through one open ``VideoFrames``, the same calls as in process, so the results
 are identical and a bad video fails with the same message. A worker reads
 ``chunk`` items at a time and only one chunk ahead of the caller (it waits
 until the caller takes it before reading on): memory stays about ``workers``
-chunks. A thread here takes each chunk off the pipe as soon as it is read, so
-the copy overlaps the caller's work. When a job is done, its worker takes the
-next unstarted job, so several videos are read at once, but one long video is
-read by one process.
+chunks beyond the caller's own. A thread here takes each chunk off the pipe as
+soon as it is read, so the copy overlaps the caller's work. When a job is
+done, its worker takes the next unstarted job, so several videos are read at
+once, but one long video is read by one process.
 
 A worker that dies (killed, out of memory) ends the run with an
 ``InputWorkerError`` naming it and the video, never a hang: each worker has
@@ -29,7 +29,15 @@ error, on Ctrl-C) terminates them.
 
 Jobs cross to the workers by pickling, so ``open`` and ``read`` must be
 module-level functions (or ``functools.partial`` of them) of modules that are
-cheap to import: a worker imports what they name, not the caller's modules.
+cheap to import. Workers are spawned, not forked (the main process holds
+threads and maybe a GPU): a worker imports what the jobs name and what the
+main script imports, which therefore needs the ``if __name__ == "__main__"``
+guard.
+
+Not ``concurrent.futures``: its pool gives a task to any free process, while a
+video's reads must stay in one process, in order, to be the in-process reads;
+and its result pipe is shared and held open by the main process, so a worker
+killed in the middle of an answer leaves the reader waiting for ever.
 """
 
 from __future__ import annotations
@@ -50,7 +58,9 @@ from typing import Any
 from vera.data.frames import VideoFrames
 from vera.errors import VeraError
 
-MAX_AUTO_WORKERS = 4  # one worker feeds one video; more only help with many short videos (README, "Step 1 speed")
+# One worker reads about 20 segments/s (benchmarks/RESULTS.md), more than a GPU takes; more workers help with
+# many short videos and a loaded machine, and each holds a batch of frames.
+MAX_AUTO_WORKERS = 4
 
 
 class InputWorkerError(RuntimeError):
