@@ -9,12 +9,15 @@ import json
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import av
 import numpy as np
 import pytest
-from test_step1 import index_answer, runner, video, write_index_folder
+from test_step1 import index_answer, runner, video, wait_until_gone, write_index_folder
 from video_fixtures import decode_to_jpegs, write_h264_index_video, write_index_video
 
 from vera.data.readahead import InputWorkerError
@@ -139,3 +142,49 @@ def test_a_killed_input_worker_stops_the_run_with_a_clear_error_and_keeps_the_an
     assert not multiprocessing.active_children()
     partial = json.loads((out / ".partial" / "v.json").read_text())["value"]
     assert list(partial["segments"]) == [str(c) for c in range(0, 8 * 16, 16)]  # the two batches answered
+
+
+CTRL_C_SCRIPT = """
+import multiprocessing, sys, time
+from pathlib import Path
+from video_fixtures import decode_index
+from vera.data.annotations import TestVideo
+from vera.vlm.backends.scripted import ScriptedBackend
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+from vera.vlm.step1 import Step1Runner, Step1Settings
+
+def respond(request):
+    if respond.calls == 0:
+        print(*[process.pid for process in multiprocessing.active_children()], flush=True)  # the input workers
+    respond.calls += 1
+    time.sleep(0.2)  # a slow model: Ctrl-C comes while it works
+    return "Output: 0"
+respond.calls = 0
+
+settings = Step1Settings(output=Path(sys.argv[1]) / "out", frames_dir=Path(sys.argv[1]) / "frames", batch_size=4,
+                         image_size=64, progress=False, input_workers=2)
+Step1Runner(ScriptedBackend(respond), DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"], settings).run(
+    [TestVideo("v", 400), TestVideo("w", 400)])
+"""
+
+
+def test_ctrl_c_stops_the_run_and_its_workers_and_keeps_the_answers(tmp_path):
+    for key in ("v", "w"):
+        write_index_folder(tmp_path / "frames" / key, 400, size=(40, 32))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), str(root / "tests")])}
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        run = subprocess.Popen([sys.executable, "-c", CTRL_C_SCRIPT, str(tmp_path)], cwd=root, env=env,
+                               stdout=stdout, stderr=stderr, start_new_session=True)
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "stdout").read_text().strip() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        os.killpg(run.pid, signal.SIGINT)  # as Ctrl-C in a terminal: to the run and its workers
+        run.wait(timeout=60)
+    errors = (tmp_path / "stderr").read_text()
+    assert errors.count("Traceback") == 1 and errors.rstrip().endswith("KeyboardInterrupt")  # workers print none
+    workers = [int(pid) for pid in (tmp_path / "stdout").read_text().split()]
+    assert len(workers) == 2 and wait_until_gone(workers, seconds=10)
+    partial = json.loads((tmp_path / "out" / ".partial" / "v.json").read_text())["value"]["segments"]
+    assert 4 <= len(partial) < 25 and len(partial) % 4 == 0  # whole batches answered before Ctrl-C
