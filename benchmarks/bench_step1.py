@@ -27,8 +27,9 @@ Measured, each after an untimed warm-up:
 - prefill only: one forward pass over the same batch, logits at the last
   position only (what a label-only mode costs at least);
 - input pipeline: reading the 8 frames of each segment of the real clips
-  (video files and JPEG folders), resizing them to 448×448, and the image
-  processor's normalisation, on one CPU core (``--clips``; skipped where absent).
+  (video files and JPEG folders) and resizing them to 448×448, in this process
+  or in 1 or 2 input worker processes, and the ``hf`` backend's normalisation in
+  this process (``--clips``; skipped where absent; ``bench_input.py`` runs it alone).
 
 Peak memory is the GPU's peak allocation per measurement; on a CPU it is the
 process's peak resident size so far (it never goes down).
@@ -149,40 +150,92 @@ def time_calls(device: torch.device, calls) -> tuple[float, float]:
     return time.perf_counter() - started, peak_memory(device)
 
 
-def input_pipeline(clips: Path, image_size: int = 448) -> list[dict]:
-    """Segments/s of Step 1's CPU side on one core: read 8 frames, resize, normalise (the image processor)."""
-    import cv2
+def input_pipeline(clips: Path, image_size: int = 448, workers: tuple[int, ...] = (0, 1, 2), repeats: int = 2,
+                   chunk: int = 8, model_rates: tuple[float, ...] = (8, 15)) -> list[dict]:
+    """Segments/s of Step 1's input side, per frame source and number of input workers (``--input-workers``).
+
+    As Step 1 does it (``vera.data.readahead`` with Step 1's jobs, ``chunk`` segments per worker task): read the
+    8 frames of each segment and resize them to 448×448, in this process (0 workers) or in worker processes;
+    then the ``hf`` backend's InternVL normalisation (``_internvl_tiles``) in this process, on one torch thread.
+    Per row: ``read_resize_per_s``, the frames delivered to this process with nothing else to do;
+    ``normalise_per_s``, this process's normalisation alone; ``total_per_s``, both (a model taking no time);
+    ``with_model_per_s``, the whole loop with a model of each of ``model_rates`` segments/s (the issue's
+    targets: 8 with full answers, 15 label-only), which the input side should not slow down. The clips are
+    read ``repeats`` times over; the clock starts when the first segment's frames arrive (the workers' start,
+    about half a second, and the first read happen once a run) and counts the segments after it.
+    """
+    from functools import partial
+    from types import SimpleNamespace
+
     from transformers import GotOcr2ImageProcessor
 
-    from vera.data.frames import open_frames, resize_frames
+    from vera.data.frames import open_frames
+    from vera.data.readahead import ReadJob, read_ahead
     from vera.data.segments import half_window
+    from vera.vlm.backends.hf import HFBackend
+    from vera.vlm.prompts import frame_reader
     from vera.vlm.step1 import plan_segments
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     from video_fixtures import decode_to_jpegs
 
-    cv2.setNumThreads(1)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     processor = GotOcr2ImageProcessor(size={"height": image_size, "width": image_size}, crop_to_patches=False)
+    backend = SimpleNamespace(processor=SimpleNamespace(image_processor=processor), device=torch.device("cpu"))
+    reader = frame_reader("released", image_size)
+
+    def measure(where: dict, keys: list[str], lengths: dict, count: int, normalise: bool,
+                model_rate: float | None = None) -> tuple[int, float, float]:
+        """Segments, seconds and seconds of normalisation; with ``model_rate``, each batch of ``chunk`` segments
+        is normalised and then held for as long as a model of that many segments/s would take (a GPU working
+        while this process waits), as Step 1's loop does."""
+        jobs = [ReadJob(key, partial(open_frames, key, **where), reader,
+                        [segment.indices for segment in plan_segments(lengths[key], half_window(None))])
+                for key in keys * repeats]
+        segments, normalise_s, batch, started = 0, 0.0, [], None
+
+        def answer(batch: list) -> float:
+            before = time.perf_counter()
+            for pixels in batch:
+                HFBackend._internvl_tiles(backend, pixels)
+            spent = time.perf_counter() - before
+            if model_rate:
+                time.sleep(len(batch) / model_rate)
+            return spent
+
+        with read_ahead(jobs, count, chunk) as videos:
+            for reads in videos:
+                with reads:
+                    for pixels in reads:
+                        if started is None:  # steady state: start-up and the first read happen once a run
+                            started = time.perf_counter()
+                        else:
+                            segments += 1
+                        if normalise:
+                            batch.append(pixels)
+                            if len(batch) == chunk:
+                                normalise_s, batch = normalise_s + answer(batch), []
+        if batch:
+            normalise_s += answer(batch)
+        return segments, time.perf_counter() - started, normalise_s
+
     rows = []
     with tempfile.TemporaryDirectory() as temporary:
         keys = sorted(path.stem for path in clips.glob("*.mp4"))
         lengths = {key: decode_to_jpegs(clips / f"{key}.mp4", Path(temporary) / key) for key in keys}
         for source, where in (("video files", {"videos_dir": clips}), ("JPEG folders", {"frames_dir": Path(temporary)})):
-            segments, read_s, process_s = 0, 0.0, 0.0
-            for key in keys:
-                with open_frames(key, **where) as frames:
-                    for segment in plan_segments(lengths[key], half_window(None)):
-                        started = time.perf_counter()
-                        pixels = resize_frames(frames.read(segment.indices), image_size)
-                        middle = time.perf_counter()
-                        processor(pixels, return_tensors="pt")
-                        read_s += middle - started
-                        process_s += time.perf_counter() - middle
-                        segments += 1
-            rows.append({"source": source, "segments": segments, "read_resize_per_s": segments / read_s,
-                         "normalise_per_s": segments / process_s, "total_per_s": segments / (read_s + process_s)})
+            for count in workers:
+                load = os.getloadavg()[0]
+                segments, read_s, _ = measure(where, keys, lengths, count, normalise=False)
+                _, total_s, normalise_s = measure(where, keys, lengths, count, normalise=True)
+                with_model = {str(rate): segments / measure(where, keys, lengths, count, True, rate)[1]
+                              for rate in model_rates}
+                rows.append({"source": source, "workers": count, "segments": segments,
+                             "read_resize_per_s": segments / read_s, "normalise_per_s": segments / normalise_s,
+                             "total_per_s": segments / total_s, "with_model_per_s": with_model,
+                             "cpus": len(os.sched_getaffinity(0)), "load_average": [load, os.getloadavg()[0]]})
+                print(json.dumps(rows[-1]), flush=True)
     torch.set_num_threads(threads)
     return rows
 
@@ -321,8 +374,6 @@ def main() -> int:
 
     if not args.skip_input and args.clips.is_dir():
         results["input_pipeline"] = input_pipeline(args.clips)
-        for row in results["input_pipeline"]:
-            print(json.dumps(row), flush=True)
 
     print(f"\n{results['shape']} on {results['device']} ({results['dtype']}), prompt {results['prompt_tokens']} "
           f"tokens, answers {results['answer_tokens']} tokens\n")
@@ -337,8 +388,10 @@ def main() -> int:
         print(f"\nloop answers equal to generate's: {results['loop_answers_equal_to_generate']} of "
               f"{results['loop_answers_compared']}")
     for row in results.get("input_pipeline", []):
-        print(f"input pipeline, one core, {row['source']}: read+resize {row['read_resize_per_s']:.1f}/s, "
-              f"normalise {row['normalise_per_s']:.1f}/s, together {row['total_per_s']:.1f} segments/s")
+        print(f"input pipeline, {row['workers']} input workers, {row['source']}: read+resize "
+              f"{row['read_resize_per_s']:.1f}/s, normalise (main process) {row['normalise_per_s']:.1f}/s, "
+              f"together {row['total_per_s']:.1f} segments/s; with a model of "
+              + ", ".join(f"{rate} seg/s: {value:.1f}" for rate, value in row["with_model_per_s"].items()))
     save()
     return 0
 

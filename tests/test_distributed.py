@@ -106,8 +106,9 @@ def test_step1_in_two_processes_resumes_and_equals_one_process(clips, tiny_model
     (out / ".partial" / "a.json").write_text(json.dumps(
         {"fingerprint": run["fingerprint"], "value": {"length": LENGTHS["a"], "segments": first}}))
 
+    # Each process reads its frames with its own worker process.
     done = _run([sys.executable, "Inference/generate_initial_score.py", *common, "--output", str(out),
-                 "--devices", "2", "--accelerator", "cpu"])
+                 "--devices", "2", "--accelerator", "cpu", "--input-workers", "1"])
     assert done.returncode == 0, done.stderr[-3000:]
     assert _per_video(out, ".json") == expected
     assert "4 videos (1 already finished), 10 segments, 7 generated" in done.stdout

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import multiprocessing
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -56,6 +58,22 @@ def runner(backend, output: Path, *, questions=QUESTIONS, template=DEFAULT_LEARN
 
 def video(key: str, length: int) -> TestVideo:
     return TestVideo(key, length)
+
+
+def wait_until_gone(pids: list[int], seconds: float = 30) -> bool:
+    """Whether every process in ``pids`` has ended (a zombie counts as ended) within ``seconds``."""
+    def running(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in "ZX"
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + seconds
+    while any(running(pid) for pid in pids):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 def read_outputs(folder: Path) -> dict[str, dict]:
@@ -184,7 +202,7 @@ def test_malformed_empty_and_truncated_answers_are_recorded_and_counted(tmp_path
 # -- resume, refusal, sharding ------------------------------------------------------------------
 
 KILL_SCRIPT = """
-import os, sys
+import multiprocessing, os, sys
 from pathlib import Path
 from video_fixtures import decode_index
 from vera.data.annotations import TestVideo
@@ -196,37 +214,46 @@ answered = 0
 def respond(request):
     global answered
     answered += 1
+    if answered == 1:
+        print(*[process.pid for process in multiprocessing.active_children()], flush=True)  # input workers
     if answered > int(sys.argv[2]):
         os._exit(137)  # a hard kill: no cleanup runs
     indices = [decode_index(image) for image in request.images]
     return f"Answers to Prompt Questions: frames {indices}\\nOutput: {indices[1] % 2}"
 
 settings = Step1Settings(output=Path(sys.argv[1]) / "out", frames_dir=Path(sys.argv[1]) / "frames",
-                         batch_size=8, checkpoint_every=16, image_size=64, progress=False)
+                         batch_size=8, checkpoint_every=16, image_size=64, progress=False,
+                         input_workers=int(sys.argv[3]))
 Step1Runner(ScriptedBackend(respond), DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"], settings).run(
-    [TestVideo("done", 40), TestVideo("long", 800)])
+    [TestVideo("done", 40), TestVideo("long", 1600)])
 """
 
 
-def test_resume_after_a_hard_kill_loses_at_most_one_checkpoint_interval(tmp_path):
+@pytest.mark.parametrize("input_workers", [0, 2])
+def test_resume_after_a_hard_kill_loses_at_most_one_checkpoint_interval(tmp_path, input_workers):
     write_index_folder(tmp_path / "frames" / "done", 40)
-    write_index_folder(tmp_path / "frames" / "long", 800, size=(40, 32))
+    write_index_folder(tmp_path / "frames" / "long", 1600, size=(40, 32))
     # Batches of 8: 3 segments of "done" and 5 of "long", then 8 of "long" at a time; killed in the
     # 7th batch. With a checkpoint every 16 answers, "long" was checkpointed after 21 and 37 answers.
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
-    killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "52"], env=env, cwd=ROOT,
-                            capture_output=True, text=True, timeout=300)
-    assert killed.returncode == 137, killed.stderr
+    # Output to files, not pipes: the run must end without waiting for workers that inherited them.
+    with open(tmp_path / "stdout", "w") as stdout, open(tmp_path / "stderr", "w") as stderr:
+        killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), "52", str(input_workers)],
+                                env=env, cwd=ROOT, stdout=stdout, stderr=stderr, timeout=300)
+    assert killed.returncode == 137, (tmp_path / "stderr").read_text()
+    workers = [int(pid) for pid in (tmp_path / "stdout").read_text().split()]
+    assert len(workers) == input_workers
+    assert wait_until_gone(workers, seconds=10), "input workers outlived the killed run"
     out = tmp_path / "out"
     assert set(read_outputs(out)) == {"done"}
     partial = json.loads((out / ".partial" / "long.json").read_text())["value"]
     assert len(partial["segments"]) == 37  # its answers 38–45 came after the last checkpoint: lost
 
     backend = ScriptedBackend(index_answer)
-    videos = [video("done", 40), video("long", 800)]
+    videos = [video("done", 40), video("long", 1600)]
     summary = runner(backend, out, frames_dir=tmp_path / "frames", batch_size=8, checkpoint_every=16).run(videos)
-    assert len(backend.requests) == 50 - 37  # only what the checkpoint lacked
-    assert (summary.videos_skipped, summary.segments) == (1, 3 + 50)
+    assert len(backend.requests) == 100 - 37  # only what the checkpoint lacked
+    assert (summary.videos_skipped, summary.segments) == (1, 3 + 100)
     fresh = tmp_path / "fresh"
     runner(ScriptedBackend(index_answer), fresh, frames_dir=tmp_path / "frames", batch_size=8,
            checkpoint_every=16).run(videos)
@@ -234,8 +261,10 @@ def test_resume_after_a_hard_kill_loses_at_most_one_checkpoint_interval(tmp_path
     assert not (out / ".partial" / "long.json").exists()
 
 
-def test_a_failing_backend_keeps_every_answer_and_a_rerun_finishes(tmp_path):
+@pytest.mark.parametrize("input_workers", [0, 2])
+def test_a_failing_backend_keeps_every_answer_and_a_rerun_finishes(tmp_path, input_workers):
     write_index_folder(tmp_path / "frames" / "v", 400, size=(40, 32))
+    write_index_folder(tmp_path / "frames" / "w", 100, size=(40, 32))
     calls = []
 
     def flaky(request):
@@ -246,7 +275,9 @@ def test_a_failing_backend_keeps_every_answer_and_a_rerun_finishes(tmp_path):
 
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="backend crashed"):
-        runner(ScriptedBackend(flaky), out, frames_dir=tmp_path / "frames", batch_size=4).run([video("v", 400)])
+        runner(ScriptedBackend(flaky), out, frames_dir=tmp_path / "frames", batch_size=4,
+               input_workers=input_workers).run([video("v", 400), video("w", 100)])
+    assert not multiprocessing.active_children()  # the input workers stopped with the run
     partial = json.loads((out / ".partial" / "v.json").read_text())["value"]
     assert len(partial["segments"]) == 12  # three whole batches, though no checkpoint interval was reached
     backend = ScriptedBackend(index_answer)
@@ -303,11 +334,13 @@ def test_shards_split_videos_deterministically(index_videos, tmp_path):
 
 # -- bad input ----------------------------------------------------------------------------------
 
-def test_a_bad_video_is_reported_and_the_others_finish(index_videos, tmp_path):
+@pytest.mark.parametrize("input_workers", [0, 2])
+def test_a_bad_video_is_reported_and_the_others_finish(index_videos, tmp_path, input_workers):
     frames = index_videos["frames_dir"]
     (frames / "long" / "000272.jpg").write_bytes(b"not a jpeg")  # first shown by segment 160
     videos = index_videos["videos"] + [video("absent", 50)]
-    summary = runner(ScriptedBackend(index_answer), tmp_path / "out", frames_dir=frames).run(videos)
+    summary = runner(ScriptedBackend(index_answer), tmp_path / "out", frames_dir=frames,
+                     input_workers=input_workers).run(videos)
     assert set(read_outputs(tmp_path / "out")) == {"mid", "short"}
     assert set(summary.failed) == {"long", "absent"}
     assert "video long: cannot read frame 272" in summary.failed["long"]
@@ -317,17 +350,20 @@ def test_a_bad_video_is_reported_and_the_others_finish(index_videos, tmp_path):
     assert list(kept) == [str(c) for c in range(0, 160, 16)]
 
 
-def test_annotation_length_must_match_the_frames_on_disk(index_videos, tmp_path):
+@pytest.mark.parametrize("input_workers", [0, 2])
+def test_annotation_length_must_match_the_frames_on_disk(index_videos, tmp_path, input_workers):
     frames = index_videos["frames_dir"]
-    summary = runner(ScriptedBackend(index_answer), tmp_path / "a", frames_dir=frames).run([video("mid", 40)])
+    summary = runner(ScriptedBackend(index_answer), tmp_path / "a", frames_dir=frames,
+                     input_workers=input_workers).run([video("mid", 40), video("short", 5)])
     message = summary.failed["mid"]
     assert "video mid: the annotation gives 40 frames but" in message and "has 37" in message
-    summary = runner(ScriptedBackend(index_answer), tmp_path / "b", frames_dir=frames,
-                     allow_length_mismatch=True).run([video("mid", 30)])
+    assert set(read_outputs(tmp_path / "a")) == {"short"}
+    summary = runner(ScriptedBackend(index_answer), tmp_path / "b", frames_dir=frames, allow_length_mismatch=True,
+                     input_workers=input_workers).run([video("mid", 30)])
     assert not summary.failed and "using the annotation's length" in summary.warnings[0]
     assert list(read_outputs(tmp_path / "b")["mid"]) == ["0", "16"]
-    summary = runner(ScriptedBackend(index_answer), tmp_path / "c", frames_dir=frames,
-                     allow_length_mismatch=True).run([video("mid", 60)])
+    summary = runner(ScriptedBackend(index_answer), tmp_path / "c", frames_dir=frames, allow_length_mismatch=True,
+                     input_workers=input_workers).run([video("mid", 60)])
     assert "video mid: frame 37 is out of range" in summary.failed["mid"]
 
 
@@ -399,5 +435,9 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert capsys.readouterr().err == "error: argument --shard: 2/2: need 0 <= I < N\n"
     assert run_cli(cli.main, base + ["--questions", str(tmp_path / "q.txt")]) == 2
     assert capsys.readouterr().err == f"error: argument --questions: file not found: {tmp_path / 'q.txt'}\n"
+    assert run_cli(cli.main, base + ["--preset", "ucf", "--input-workers", "-1"]) == 2
+    assert capsys.readouterr().err == "error: argument --input-workers: must be at least 0, got -1\n"
+    assert run_cli(cli.main, base + ["--preset", "ucf", "--input-workers", "some"]) == 2
+    assert capsys.readouterr().err == "error: argument --input-workers: must be a whole number or 'auto', got 'some'\n"
     assert run_cli(cli.main, base + ["--preset", "ucf", "--prompt-file", str(annotation)]) == 2
     assert "lacks '$Data' and 'Based on the analysis above'" in capsys.readouterr().err

@@ -67,6 +67,15 @@ def non_negative_int(text: str) -> int:
     return _whole_number(text, 0)
 
 
+def workers_or_auto(text: str) -> int | None:
+    """A number of worker processes, or ``auto`` (``None``: the command decides from the CPUs)."""
+    if text == "auto":
+        return None
+    if not text.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number or 'auto', got {text!r}")
+    return _whole_number(text, 0)
+
+
 def frame_rate(text: str) -> float:
     """A frame rate whose 10-second window keeps at least one frame each side of a centre."""
     try:
@@ -402,6 +411,11 @@ OPTIONS: dict[str, Option] = {
     "compile": _opt("--compile", action="store_true",
                     help="compile the decoding step (torch.compile, CUDA graphs on a GPU; implies --static-cache); "
                          "the first batch takes minutes to compile"),
+    "input_workers": _opt("--input-workers", type=workers_or_auto, metavar="N|auto",
+                          help="processes per GPU process that read and resize the frames of the coming segments "
+                               "while the model works, one video each; 0 reads them in this process, before each "
+                               "batch; same answers either way (default auto: the CPUs per GPU process less one, "
+                               "at most 4; 0 on one CPU)"),
     # features
     "checkpoint": _opt("--checkpoint", type=existing_file, metavar="FILE",
                        help="the official imagebind_huge.pth"),

@@ -18,7 +18,7 @@ COMMAND = Command(__doc__, [
     "dataset", "annotations", OneOf(("frames", "videos")), OneOf(("model", "served_model")), "backend",
     OneOf(("questions", "preset")), "output", "step1_batch_size", "shard", "limit", "prompt_file", "frame_layout",
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
-    "score_mode", "decoder", "static_cache", "compile", "devices", "num_nodes", "accelerator",
+    "score_mode", "decoder", "static_cache", "compile", "devices", "num_nodes", "accelerator", "input_workers",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
 ], prog="generate_initial_score.py")
 
@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         questions_from,
         resolve_frame_layout,
     )
+    from vera.data.readahead import default_workers
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
     questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)
@@ -55,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_length_mismatch=args.allow_length_mismatch,
         template_source=str(args.prompt_file) if args.prompt_file else "default", progress=not args.no_progress,
         dump_inputs=args.dump_inputs, score_mode=args.score_mode,
+        input_workers=default_workers(args.devices) if args.input_workers is None else args.input_workers,
     )
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)

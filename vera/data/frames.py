@@ -441,3 +441,8 @@ def resize_frames(frames: Sequence[np.ndarray], size: int = VLM_IMAGE_SIZE) -> l
     are learned on the same input they are later used with.
     """
     return [np.array(Image.fromarray(frame).resize((size, size), Image.Resampling.BICUBIC)) for frame in frames]
+
+
+def read_resized(frames: VideoFrames, indices: Sequence[int], size: int = VLM_IMAGE_SIZE) -> list[np.ndarray]:
+    """The frames at ``indices``, each resized by ``resize_frames``: what a VLM request shows."""
+    return resize_frames(frames.read(indices), size)

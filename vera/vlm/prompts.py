@@ -21,11 +21,13 @@ Frame layouts (how the ``<image>`` lines reach the model):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
-from vera.data.frames import VideoFrames, resize_frames
+from vera.data.frames import VideoFrames, read_resized
 from vera.vlm import qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
@@ -195,11 +197,18 @@ def resolve_frame_layout(requested: str | None, model_type: str | None, template
     return requested
 
 
-def learner_frames(frames: VideoFrames, indices, frame_layout: str, image_size: int) -> list[np.ndarray]:
-    """The frames of one request as the layout shows them: 448×448 bicubic, or unresized for ``qwen-video``."""
+def frame_reader(frame_layout: str, image_size: int) -> Callable[[VideoFrames, Sequence[int]], list[np.ndarray]]:
+    """``reader(frames, indices)``: the frames of one request as the layout shows them, 448×448 bicubic or
+    unresized for ``qwen-video``. A module-level function (or a partial of one), so that input worker
+    processes (``vera.data.readahead``) can run it."""
     if frame_layout == "qwen-video":
-        return qwen_video.read_frames(frames, indices)
-    return resize_frames(frames.read(indices), image_size)
+        return qwen_video.read_frames
+    return partial(read_resized, size=image_size)
+
+
+def learner_frames(frames: VideoFrames, indices, frame_layout: str, image_size: int) -> list[np.ndarray]:
+    """The frames of one request as the layout shows them (``frame_reader``)."""
+    return frame_reader(frame_layout, image_size)(frames, indices)
 
 
 def learner_request(prompt: str, frames: list[np.ndarray], key: str, frame_layout: str,

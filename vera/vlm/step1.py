@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from vera.data.annotations import TestVideo
@@ -43,12 +44,13 @@ from vera.distributed import Ranks
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
 from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames
+from vera.data.readahead import FramesInfo, ReadJob, read_ahead
 from vera.io import read_json, sha256_text
 from vera.progress import progress
 from vera.runs import RunFolder
 from vera.vlm.input_dump import enable_input_dumps
 from vera.vlm.parsing import LABEL_ONLY, PARSE_STATUSES, ParsedAnswer, answer_prefix, parse_answer
-from vera.vlm.prompts import (DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, learner_frames,
+from vera.vlm.prompts import (DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, frame_reader,
                               learner_request)
 from vera.data.segments import half_window, segment_centres, segment_window, window_frame_indices
 
@@ -104,6 +106,7 @@ class Step1Settings:
     progress: bool = True
     dump_inputs: Path | None = None  # a folder for every request's model inputs (vera.vlm.input_dump)
     score_mode: str = "generate"  # or "label" (vera.vlm.decoding)
+    input_workers: int = 0  # processes reading frames ahead of the model; 0: in this process (vera.data.readahead)
 
 
 @dataclass
@@ -255,37 +258,42 @@ class Step1Runner:
 
     # -- frames to requests -----------------------------------------------------------------
 
-    def _open(self, video: TestVideo) -> VideoFrames:
-        frames = open_frames(video.key, frames_dir=self.settings.frames_dir, videos_dir=self.settings.videos_dir)
+    def _check_length(self, video: TestVideo, frames: VideoFrames | FramesInfo) -> None:
         if frames.num_frames != video.length:
             message = (f"video {video.key}: the annotation gives {video.length} frames but {frames.source} "
                        f"has {frames.num_frames}")
             if not self.settings.allow_length_mismatch:
-                frames.close()
                 raise VeraError(message + " (wrong frame rate at extraction? --allow-length-mismatch "
                                           "uses the annotation's length where the frames exist)")
             self.summary.warnings.append(message + "; using the annotation's length")
-        return frames
 
     def _requests(self, states: list[_VideoState]) -> Iterator[tuple[_VideoState, Segment, VLMRequest]]:
-        """Segments still to answer, video after video, each with its request; a bad video is skipped."""
-        for state in states:
-            todo = [s for s in state.segments if str(s.centre) not in state.done]
-            if not todo:
-                continue
-            try:
-                with self._open(state.video) as frames:
-                    for segment in todo:
-                        pixels = learner_frames(frames, segment.indices, self.settings.frame_layout,
-                                                self.settings.image_size)
-                        request = learner_request(self.prompt, pixels, f"{state.video.key} segment {segment.centre}",
-                                                  self.settings.frame_layout,
-                                                  dump_name=f"{state.video.key}_{segment.centre}")
-                        yield state, segment, request
-            except VeraError as error:
-                state.failed = True
-                self.summary.failed[state.video.key] = str(error)
-                self.bar.write(f"error: {error}")
+        """Segments still to answer, video after video, each with its request; a bad video is skipped.
+
+        The frames are read in this process, or by ``input_workers`` processes ahead of the model
+        (``vera.data.readahead``): the same reads, taken in the same order, so the same requests.
+        """
+        s = self.settings
+        pending = [(state, [seg for seg in state.segments if str(seg.centre) not in state.done]) for state in states]
+        pending = [(state, todo) for state, todo in pending if todo]
+        reader = frame_reader(s.frame_layout, s.image_size)
+        jobs = [ReadJob(state.video.key, partial(open_frames, state.video.key, frames_dir=s.frames_dir,
+                                                 videos_dir=s.videos_dir),
+                        reader, [segment.indices for segment in todo]) for state, todo in pending]
+        # A worker reads one batch at a time, at most one batch ahead of the model.
+        with read_ahead(jobs, s.input_workers, s.batch_size) as videos:
+            for (state, todo), reads in zip(pending, videos, strict=True):
+                try:
+                    with reads as frames:
+                        self._check_length(state.video, frames)
+                        for segment, pixels in zip(todo, reads):
+                            name = f"{state.video.key} segment {segment.centre}"
+                            yield state, segment, learner_request(self.prompt, pixels, name, s.frame_layout,
+                                                                  dump_name=f"{state.video.key}_{segment.centre}")
+                except VeraError as error:
+                    state.failed = True
+                    self.summary.failed[state.video.key] = str(error)
+                    self.bar.write(f"error: {error}")
 
     def _record(self, state: _VideoState, segment: Segment, answer: VLMAnswer) -> None:
         if self.settings.score_mode == "label":  # the label was read from the logits: no text to parse
@@ -368,9 +376,10 @@ class Step1Runner:
         show = self.settings.progress and (ranks.is_main or not sys.stderr.isatty())
         desc = f"step 1 [rank {ranks.rank}/{ranks.world_size}]" if ranks.active else "step 1"
         batch: list = []
+        requests = self._requests(states)
         with progress(total=remaining, unit="segment", desc=desc, enabled=show) as self.bar:
             try:
-                for item in self._requests(states):
+                for item in requests:
                     batch.append(item)
                     if len(batch) == self.settings.batch_size:
                         self._answer(batch)
@@ -378,6 +387,7 @@ class Step1Runner:
                 if batch:
                     self._answer(batch)
             finally:
+                requests.close()  # on the way out of a failing run: the input workers stop now
                 # Whatever stops the run, answers not yet checkpointed are kept.
                 for state in states:
                     if state.since_checkpoint:

@@ -145,22 +145,29 @@ class HFBackend:
         for frames already that size), then ``ToTensor`` and ``Normalize`` in float32. The image processor's
         fused rescale-and-normalise differs from that in the last bit of most values.
 
-        The arithmetic runs on the model's device, on the uint8 pixels (a quarter of float32's bytes to copy, and
-        no float work left on the CPU between batches). Every divisor is a tensor on that device: PyTorch's CUDA
-        division by a host scalar multiplies by its reciprocal, which is not always the same float; division
-        by a tensor is IEEE division there as on the CPU, so the values are the same on every device."""
+        The arithmetic runs once, on the CPU, for each of the 256 byte values of each channel (the same
+        operations on the same values as per pixel, so the same bits), and the pixels look their value up on the
+        model's device: only uint8 pixels cross to it (a quarter of float32's bytes), and no float work per pixel
+        is left on the CPU between the model's calls. Frames that are already uint8 tiles of the right size skip
+        the PIL round trip, which would copy them unchanged."""
         image_processor = self.processor.image_processor
         size = (image_processor.size["width"], image_processor.size["height"])
+        mean = torch.tensor(image_processor.image_mean, dtype=torch.float32)[:, None]
+        std = torch.tensor(image_processor.image_std, dtype=torch.float32)[:, None]
+        table = torch.arange(256, dtype=torch.uint8).float().div(255).expand(3, 256).sub(mean).div(std)
         tiles = []
         for image in images:
-            picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
-            if picture.size != size:
-                picture = picture.resize(size, Image.Resampling.BICUBIC)
-            tiles.append(torch.from_numpy(np.array(picture)))
-        pixels = torch.stack(tiles).to(self.device).permute(0, 3, 1, 2).float()
-        mean, std, scale = (torch.tensor(values, dtype=torch.float32, device=self.device).reshape(-1, 1, 1)
-                            for values in (image_processor.image_mean, image_processor.image_std, [255.0]))
-        return pixels.div(scale).sub(mean).div(std)
+            pixels = np.asarray(image)
+            if pixels.dtype != np.uint8 or pixels.shape != (size[1], size[0], 3):
+                picture = Image.fromarray(np.asarray(image, dtype=np.uint8)).convert("RGB")
+                if picture.size != size:
+                    picture = picture.resize(size, Image.Resampling.BICUBIC)
+                pixels = np.asarray(picture)
+            tiles.append(pixels)
+        pixels = torch.from_numpy(np.stack(tiles)).to(self.device).permute(0, 3, 1, 2).long()
+        # Channel c's values sit at 256·c + byte in the flattened table.
+        offsets = torch.arange(0, 3 * 256, 256, device=self.device).reshape(1, 3, 1, 1)
+        return table.to(self.device).flatten().take(pixels + offsets)
 
     def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
         """Other models: text and image items of one user turn, through the model's chat template."""
