@@ -553,6 +553,18 @@ def test_hf_backend_builds_the_batch_chat_inputs_for_the_released_layout(convert
     assert torch.equal(inputs["pixel_values"], expected)
     larger = [rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(3)]
     assert torch.equal(backend._internvl_tiles(larger), torch.stack([original(Image.fromarray(f)) for f in larger]))
+    # A GPU looks the values up on the device (benchmarks/gpu_checks.py compares the two there); the lookup, here:
+    from vera.vlm.backends.hf import lookup_on_device
+
+    processor = backend.processor.image_processor
+    table = torch.tensor([[(value / 255 - mean) / std for value in range(256)]
+                          for mean, std in zip(processor.image_mean, processor.image_std)], dtype=torch.float64)
+    pixels = np.stack([np.asarray(frame) for frame in frames[0]])
+    looked_up = lookup_on_device(table, pixels, torch.device("cpu"))
+    assert looked_up.shape == (8, 3, IMAGE, IMAGE)
+    for n, y, x in ((0, 0, 0), (3, IMAGE // 3, IMAGE // 2), (7, IMAGE - 1, IMAGE - 1)):
+        for c in range(3):
+            assert looked_up[n, c, y, x] == table[c, pixels[n, y, x, c]]
     answers = backend.generate(requests, max_new_tokens=3)
     assert len(answers) == 2 and all(answer.extra["new_tokens"] <= 3 for answer in answers)
 

@@ -164,10 +164,13 @@ class HFBackend:
                     picture = picture.resize(size, Image.Resampling.BICUBIC)
                 pixels = np.asarray(picture)
             tiles.append(pixels)
-        pixels = torch.from_numpy(np.stack(tiles)).to(self.device).permute(0, 3, 1, 2).long()
-        # Channel c's values sit at 256·c + byte in the flattened table.
-        offsets = torch.arange(0, 3 * 256, 256, device=self.device).reshape(1, 3, 1, 1)
-        return table.to(self.device).flatten().take(pixels + offsets)
+        pixels = np.stack(tiles)
+        if self.device.type == "cpu":  # numpy's lookup into place: 4 times faster here than torch's take
+            values = torch.empty(len(tiles), 3, size[1], size[0])
+            for channel in range(3):
+                np.take(table[channel].numpy(), pixels[..., channel], out=values[:, channel].numpy())
+            return values
+        return lookup_on_device(table, pixels, self.device)
 
     def _processor_batch(self, requests: list[VLMRequest]) -> _Batch:
         """Other models: text and image items of one user turn, through the model's chat template."""
@@ -337,6 +340,13 @@ class HFBackend:
             "transformers": transformers.__version__,
             "torch": torch.__version__,
         }
+
+
+def lookup_on_device(table: torch.Tensor, pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """``table[c, pixels[n, y, x, c]]`` as ``(n, c, y, x)`` on ``device``: only the uint8 pixels are copied there."""
+    index = torch.from_numpy(pixels).to(device).permute(0, 3, 1, 2).long()
+    offsets = torch.arange(0, 3 * 256, 256, device=device).reshape(1, 3, 1, 1)  # channel c's values at 256·c
+    return table.to(device).flatten().take(index + offsets)
 
 
 def _check_one_image_per_placeholder(request: VLMRequest, placeholders: int) -> None:
