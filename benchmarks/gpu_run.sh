@@ -6,22 +6,22 @@
 #       huggingface_hub==2.4.0 simplejpeg==1.9.0 av==18.1.0 torchvision==0.29.1
 #   cp ../shared/data/clips/*.mp4 runs/clips/
 # (about 63 MB), send runs/ along, and run `bash benchmarks/gpu_run.sh` there. The wheels are unpacked into
-# /tmp/vera-site, ahead of the machine's own packages (its own torchvision is kept: it matches its torch).
+# $SITE (a new temporary folder unless given), ahead of the machine's own packages (its own torchvision is kept: it matches its torch).
 # STEP1/FEAT/DEV/EXTRA select tiny shapes on a CPU for a dry run of this script.
 cd "$(dirname "$0")/.." || exit 1  # the repository root
-OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+OUT=${OUT:-runs/gpu-results}; mkdir -p "$OUT"  # the device tool sets OUT
 exec > >(tee -a "$OUT/device.log") 2>&1
 STEP1=${STEP1:-internvl2-8b}; FEAT=${FEAT:-huge}; DEV=${DEV:-cuda}; EXTRA=${EXTRA:-}
 date -u; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null; nproc; python -V
 python -c "import torch, transformers; print('device env:', torch.__version__, transformers.__version__, torch.cuda.is_available())"
-SITE=/tmp/vera-site; rm -rf $SITE; mkdir -p $SITE
+export SITE=${SITE:-$(mktemp -d)}  # where the carried wheels are unpacked
 python - <<'PY'
-import glob, importlib.util, zipfile
+import glob, importlib.util, os, zipfile
 have_torchvision = importlib.util.find_spec("torchvision") is not None  # the machine's own matches its torch
 for wheel in glob.glob("runs/device-wheels/*.whl"):
     if "torchvision" in wheel and have_torchvision:
         continue
-    zipfile.ZipFile(wheel).extractall("/tmp/vera-site")
+    zipfile.ZipFile(wheel).extractall(os.environ["SITE"])
     print("extracted", wheel)
 PY
 export PYTHONPATH=$SITE:$PWD HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false

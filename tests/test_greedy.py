@@ -108,6 +108,37 @@ def test_rows_ending_at_different_steps_equal_generate(arch, tiny_models):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
+def test_without_an_end_token_in_the_config_both_decoders_end_at_the_tokenizers(arch, tiny_models, monkeypatch):
+    backend = tiny_models.backend(arch)
+    requests = _same_length_requests()
+    first, _ = _generate(backend, backend._batch(requests).inputs, 12, eos_token_id=[])
+    ending = first[1, 3].item()  # a token the rows produce: the tokenizer's end token from now on
+    monkeypatch.setattr(backend.model.generation_config, "eos_token_id", None)
+    monkeypatch.setattr(backend.tokenizer, "eos_token_id", ending)
+    monkeypatch.setattr(backend, "eos_token_ids", backend._eos_token_ids())
+    assert backend.eos_token_ids == [ending]
+    loop = backend.generate(requests, 20)
+    monkeypatch.setattr(backend, "decoder", "generate")
+    reference = backend.generate(requests, 20)
+    assert [a.text for a in loop] == [a.text for a in reference]
+    assert [a.extra for a in loop] == [a.extra for a in reference]
+    assert not loop[1].extra["truncated"]  # row 1 ended at that token
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_without_a_pad_token_rows_that_ended_repeat_the_first_end_token_as_generate_does(arch, tiny_models):
+    backend = tiny_models.backend(arch)
+    inputs = backend._batch(_same_length_requests()).inputs
+    first, _ = _generate(backend, inputs, 12, eos_token_id=[])
+    eos = sorted(_ending_tokens(first))
+    with torch.inference_mode():
+        expected = backend.model.generate(**inputs, max_new_tokens=40, do_sample=False, num_beams=1,
+                                          eos_token_id=eos, pad_token_id=None)[:, inputs["input_ids"].shape[1]:]
+    tokens, _ = greedy.greedy_decode(backend.model, inputs, 40, eos, None)
+    assert torch.equal(tokens, expected)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
 def test_min_new_tokens_forbids_the_end_as_generate_does(arch, tiny_models):
     backend = tiny_models.backend(arch)
     inputs = backend._batch(_same_length_requests(3)).inputs
@@ -130,6 +161,10 @@ def test_padding_or_an_unusual_generation_config_falls_back_to_generate(tiny_mod
     monkeypatch.setattr(backend.model.generation_config, "repetition_penalty", 1.05)
     assert greedy.supports(backend.model, plain.inputs) == "the generation config sets repetition_penalty"
     monkeypatch.undo()
+    for name, value in (("max_time", 5.0), ("stop_strings", ["Output"]), ("cache_implementation", "static")):
+        monkeypatch.setattr(backend.model.generation_config, name, value)
+        assert greedy.supports(backend.model, plain.inputs) == f"the generation config sets {name}"
+        monkeypatch.undo()
     assert greedy.supports(backend.model, plain.inputs) is None
     monkeypatch.setattr(backend, "decoder", "generate")
     assert not backend._uses_greedy_loop(plain)
@@ -181,7 +216,11 @@ def test_a_batch_answers_as_its_segments_one_at_a_time(arch, tiny_models):
     backend = tiny_models.backend(arch)
     requests = _same_length_requests(6)
     batched = backend.generate(requests, ANSWER)
-    singles = [backend.generate([request], ANSWER)[0] for request in requests]
+    backend.decoder = "generate"  # the released pattern: one segment per generate call
+    try:
+        singles = [backend.generate([request], ANSWER)[0] for request in requests]
+    finally:
+        backend.decoder = "auto"
     assert [a.text for a in batched] == [a.text for a in singles]
     for a, b in zip(batched, singles, strict=True):
         assert (a.label_prob is None) == (b.label_prob is None)

@@ -203,7 +203,10 @@ class _Worker:
         self.tasks.close()  # an idle worker ends at this end of file
         if self.process.is_alive():
             self.process.terminate()  # it may be in the middle of a read: nothing of it is needed
-        self.process.join()
+        self.process.join(timeout=10)
+        if self.process.is_alive():  # ignored the terminate (stuck in a read): no waiting on it for ever
+            self.process.kill()
+            self.process.join()
         self.receiver.join()  # the worker's end is closed now: the receiver sees the end of file
         self.results.close()
 

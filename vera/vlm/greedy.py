@@ -42,7 +42,10 @@ _NEUTRAL = {"repetition_penalty": (None, 1.0), "encoder_repetition_penalty": (No
             "forced_bos_token_id": (None,), "forced_eos_token_id": (None,), "sequence_bias": (None,),
             "exponential_decay_length_penalty": (None,), "min_length": (None, 0),
             "renormalize_logits": (None, False), "watermarking_config": (None,), "guidance_scale": (None, 1.0),
-            "assistant_model": (None,), "prompt_lookup_num_tokens": (None,)}
+            "assistant_model": (None,), "prompt_lookup_num_tokens": (None,), "remove_invalid_values": (None, False),
+            "max_time": (None,), "stop_strings": (None,), "penalty_alpha": (None, 0, 0.0), "constraints": (None,),
+            "force_words_ids": (None,), "assistant_early_exit": (None,), "use_mtp": (None, False),
+            "cache_implementation": (None, "dynamic"), "prefill_chunk_size": (None,)}
 
 
 class GrowingLayer(DynamicLayer):
@@ -97,6 +100,8 @@ def supports(model, inputs: dict) -> str | None:
     text_config = model.config.get_text_config()
     if getattr(text_config, "sliding_window", None) and getattr(text_config, "use_sliding_window", True):
         return "the model uses sliding-window attention"
+    if set(getattr(text_config, "layer_types", None) or ["full_attention"]) != {"full_attention"}:
+        return "the model has layers other than full attention"
     return None
 
 
@@ -107,7 +112,7 @@ def _cache_argument(model) -> str:
 
 
 @torch.inference_mode()
-def greedy_decode(model, inputs: dict, max_new_tokens: int, eos_ids, pad_id: int | None,
+def greedy_decode(model, inputs: dict, max_new_tokens: int, eos_ids: list[int], pad_id: int | None,
                   record_ids: list[int] = (), min_new_tokens: int = 0,
                   check_every: int = 8) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Greedy answers to a batch of prompts of one length, as ``generate`` gives them.
@@ -122,9 +127,11 @@ def greedy_decode(model, inputs: dict, max_new_tokens: int, eos_ids, pad_id: int
     layers = model.config.get_text_config().num_hidden_layers
     cache = Cache(layers=[GrowingLayer(length + min(max_new_tokens, CHUNK)) for _ in range(layers)])
     cache_name = _cache_argument(model)
-    eos = torch.tensor(sorted(eos_ids), dtype=torch.long, device=device)
+    eos = torch.tensor(list(eos_ids), dtype=torch.long, device=device)
     record = torch.tensor(list(record_ids), dtype=torch.long, device=device) if len(record_ids) else None
-    pad = torch.tensor(pad_id if pad_id is not None else 0, dtype=torch.long, device=device)
+    # Without a pad token generate pads with the first end token; the loop does the same.
+    pad = torch.tensor(pad_id if pad_id is not None else list(eos_ids)[0] if eos_ids else 0, dtype=torch.long,
+                       device=device)
     tokens = torch.empty((batch, max_new_tokens), dtype=torch.long, device=device)
     recorded = [] if record is not None else None
     unfinished = torch.ones(batch, dtype=torch.bool, device=device)

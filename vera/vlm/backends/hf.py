@@ -102,14 +102,14 @@ class HFBackend:
                 ids.append(encoded[0])
         return ids
 
-    def _eos_token_ids(self) -> set[int]:
-        """The tokens that end generation: the generation config's (a converted InternVL2 stops at
-        ``<|im_end|>`` alone, not at its tokenizer's ``</s>``), else the tokenizer's end token."""
+    def _eos_token_ids(self) -> list[int]:
+        """The tokens that end generation, in the config's order: the generation config's (a converted InternVL2
+        stops at ``<|im_end|>`` alone, not at its tokenizer's ``</s>``), else the tokenizer's end token."""
         eos = self.model.generation_config.eos_token_id
-        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+        eos = [] if eos is None else [eos] if isinstance(eos, int) else list(dict.fromkeys(eos))
         if not eos and self.tokenizer.eos_token_id is not None:
             eos.append(self.tokenizer.eos_token_id)
-        return set(eos)
+        return eos
 
     # -- prompts to model inputs ------------------------------------------------------------
 
@@ -227,9 +227,11 @@ class HFBackend:
             write_input_dumps(self.dump_inputs, requests, batch.inputs, self.tokenizer)
         zero_ids, one_ids = self.label_token_ids["0"], self.label_token_ids["1"]
         recorder = decoding.LabelLogits(zero_ids + one_ids)
-        # qwen-video decodes with the checkpoint's own generation config, as the authors' Qwen2-VL script did
+        # qwen-video decodes with the checkpoint's own generation config; otherwise generate ends at the same
+        # tokens as the greedy loop and as `truncated` below (the tokenizer's, where the config names none)
         greedy_options = {} if batch.checkpoint_decoding else {
-            "do_sample": False, "num_beams": 1, "pad_token_id": self.tokenizer.pad_token_id}
+            "do_sample": False, "num_beams": 1, "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.eos_token_ids}
         if self._uses_greedy_loop(batch):
             new_tokens, label_logits = greedy.greedy_decode(
                 self.model, batch.inputs, max_new_tokens, self.eos_token_ids, self.tokenizer.pad_token_id,
