@@ -210,7 +210,7 @@ def test_video_requests_decode_with_the_checkpoint_generation_config(monkeypatch
     monkeypatch.setattr(backend, "decoder", "generate")  # the other layouts would take the greedy loop
     backend.generate([images], max_new_tokens=2)
     assert seen == [["logits_processor", "max_new_tokens"],
-                    ["do_sample", "logits_processor", "max_new_tokens", "num_beams", "pad_token_id"]]
+                    ["do_sample", "eos_token_id", "logits_processor", "max_new_tokens", "num_beams", "pad_token_id"]]
     with pytest.raises(VeraError, match="mixes qwen-video requests with other frame layouts"):
         backend._batch([video, images])
     with pytest.raises(VeraError, match="the qwen-video frame layout is for Qwen2-VL; model .* is 'internvl'"):
