@@ -101,6 +101,34 @@ def test_a_rerun_resumes_without_loading_a_model(detected, clips, tiny_models, c
     assert "max_new_tokens differ" in capsys.readouterr().err
 
 
+def test_input_workers_auto_is_step1s_default(clips, tiny_models, tmp_path, monkeypatch):
+    """``--input-workers`` as generate_initial_score.py gives it: ``auto`` (the default) is ``default_workers()``."""
+    import vera.data.readahead
+    import vera.detection
+
+    chosen = []
+    monkeypatch.setattr(vera.data.readahead, "default_workers", lambda processes_per_machine=1: 3)
+    monkeypatch.setattr(vera.detection, "run_detect", lambda settings: chosen.append(settings.input_workers) or "x")
+    model = tiny_models.path("internvl")
+    assert run("detect", _argv(clips, model, tmp_path / "auto")) == 0
+    assert run("detect", _argv(clips, model, tmp_path / "auto", "--input-workers", "2")) == 0
+    assert chosen == [3, 2]
+
+
+def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tiny_models, tmp_path):
+    """The ``detected`` run (auto: workers) and a run reading in process write the same Step 1 bytes."""
+    from vera.data.readahead import default_workers
+
+    if default_workers() == 0:
+        pytest.skip("one CPU: auto reads in process too, nothing to compare")
+    output, _ = detected
+    in_process = tmp_path / "in_process"
+    assert run("detect", _argv(clips, tiny_models.path("internvl"), in_process, "--input-workers", "0",
+                               features=("--skip-step2",))) == 0
+    for key in CLIPS:
+        assert (in_process / "step1" / f"{key}.json").read_bytes() == (output / "step1" / f"{key}.json").read_bytes()
+
+
 def test_labels_give_the_ground_truth_and_the_auc(clips, tiny_models, tmp_path):
     labels = tmp_path / "labels.csv"
     labels.write_text("video,class,intervals\nFighting033_x264_570_841,Fighting,0-271\n"

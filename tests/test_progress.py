@@ -87,3 +87,40 @@ def test_a_stage_logs_plain_lines_into_a_log(tmp_path, capsys):
     assert "\r" not in err
     assert err.startswith("step 1: 3/3 segments (100.0%), ") and err.endswith(", not_well_formed=0\n")
     assert err.count("\n") == 1
+
+
+def test_per_unit_messages_are_logged_at_once_with_rate_and_eta_and_a_closing_message_replaces_the_count():
+    stream, clock = io.StringIO(), Clock()
+    with progress(total=4, desc="training", unit="step", stream=stream, clock=clock, initial=1) as bar:
+        clock.now += 120
+        bar.update(1, message="step 2/4: train accuracy 0.5")  # logged at once, though under log_every_s
+        clock.now += 60
+        bar.set_postfix(best=0.5)
+        bar.update(1, message="step 3/4: train accuracy 1.0")
+        with progress(total=2, desc="validation", unit="video", stream=stream, clock=clock, leave=False) as sub:
+            sub.update(2)
+            sub.close(message="validation @ step 3: accuracy 1.0")
+        clock.now += 30
+        bar.update(1)  # no message: the periodic count line, as usual
+    assert stream.getvalue().splitlines() == [
+        "step 2/4: train accuracy 0.5, 120.0 s/step, eta 4 min",
+        "step 3/4: train accuracy 1.0, 90.0 s/step, eta 2 min",
+        "validation @ step 3: accuracy 1.0",
+        "training: 4/4 steps (100.0%), 70.0 s/step, eta 0 s, best=0.5",
+        "training: 4/4 steps (100.0%), 70.0 s/step, finished in 4 min, best=0.5",
+    ]
+
+
+def test_messages_stay_off_a_terminal_and_out_of_disabled_progress():
+    terminal = Terminal()
+    with progress(total=2, desc="training", unit="step", stream=terminal) as bar:
+        with progress(total=1, desc="validation", unit="video", stream=terminal, leave=False) as sub:
+            sub.update(1)
+            sub.close(message="validation @ step 0: accuracy 1.0")
+        bar.update(1, message="step 1/2: train accuracy 0.5")
+    assert "\r" in terminal.getvalue() and "accuracy" not in terminal.getvalue()
+    quiet = io.StringIO()
+    with progress(total=2, desc="training", stream=quiet, enabled=False) as bar:
+        bar.update(1, message="step 1/2")
+        bar.close(message="done")
+    assert quiet.getvalue() == ""

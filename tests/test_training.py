@@ -6,6 +6,7 @@ import csv
 import importlib
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -201,6 +202,11 @@ def test_progress_is_plain_lines_when_not_a_terminal(ucf: dict, tmp_path: Path,
     assert [line.split(":")[0] for line in lines] == [
         "validation @ step 0", "step 1/2 (epoch 0)", "step 2/2 (epoch 0)", "validation @ step 2"]
     assert lines[0] == "validation @ step 0: accuracy 0.5, auc 0.5, selected"
+    # vera.progress's lines: each step's results, then its rate and eta; the last line, the run's count and time.
+    assert re.fullmatch(r"step 1/2 \(epoch 0\): train accuracy 1\.0, update accepted, best 0\.5, "
+                        r"([0-9.]+/s|[0-9.]+ s/step), eta \d+ s", lines[1]), lines[1]
+    assert re.fullmatch(r"training: 2/2 steps \(100\.0%\), ([0-9.]+/s|[0-9.]+ s/step), finished in \d+ s, "
+                        r"best=1\.0, train_acc=0\.0", err.splitlines()[-1]), err
 
 
 def test_frames_are_the_released_indices(ucf: dict, tmp_path: Path) -> None:

@@ -139,6 +139,7 @@ class DetectSettings:
     device: str = "auto"
     dtype: str = "auto"
     workers: int = 1
+    input_workers: int = 0  # Step 1's readers of frames ahead of the model (vera.data.readahead); 0: in process
     top_k: int = 5
     max_explanations: int = 30
     overwrite: bool = False
@@ -178,7 +179,7 @@ def run_detect(settings: DetectSettings, log=print) -> Path:
                           frame_layout=resolve_frame_layout(settings.frame_layout, model_type, settings.template),
                           fps=settings.fps, batch_size=settings.batch_size, max_new_tokens=settings.max_new_tokens,
                           overwrite=settings.overwrite, template_source=settings.template_source,
-                          progress=settings.progress)
+                          progress=settings.progress, input_workers=settings.input_workers)
     prompt = build_learner_prompt(settings.template, settings.questions, step1.num_frames, step1.frame_layout)
     options = ScoringOptions(dataset=settings.dataset, metric="auc", protocol="paper",
                              skip_step2=settings.skip_step2)

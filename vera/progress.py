@@ -6,8 +6,11 @@ not a terminal, ``progress`` writes instead a line such as::
 
     step 1: 120/3400 segments (3.5%), 2.1/s, eta 26 min
 
-at most every ``log_every_s`` seconds and once at the end. Every stage uses
-this helper, so every stage logs the same way.
+at most every ``log_every_s`` seconds and once at the end. Where each unit of
+work has results worth a line of its own (a training step), ``update`` takes
+that line as ``message`` and logs it at once, with the rate and eta, in place
+of the periodic count. Every stage uses this helper, so every stage logs the
+same way.
 """
 
 from __future__ import annotations
@@ -38,7 +41,8 @@ class Progress:
 
     def __init__(self, iterable: Iterable[Any] | None = None, *, total: int | None = None, desc: str = "",
                  unit: str = "it", enabled: bool = True, initial: int = 0, stream: IO[str] | None = None,
-                 log_every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic):
+                 log_every_s: float = LOG_EVERY_S, clock: Callable[[], float] = time.monotonic, leave: bool = True):
+        """``leave=False``: the bar disappears when closed (a sub-task's bar under the main one)."""
         self.iterable = iterable
         if total is None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
@@ -55,7 +59,8 @@ class Progress:
         if enabled and is_terminal:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit=unit, file=self.stream, dynamic_ncols=True,
+                            leave=leave)
 
     def __enter__(self) -> Progress:
         return self
@@ -71,10 +76,15 @@ class Progress:
             self.update(1)
         self.close()
 
-    def update(self, n: int = 1) -> None:
+    def update(self, n: int = 1, message: str | None = None) -> None:
+        """Count ``n`` more units. ``message``: these units' own log line (not shown on a bar), logged now with
+        the rate and eta appended, in place of the periodic count line."""
         self.n += n
         if self.bar is not None:
             self.bar.update(n)
+        elif self.logging and message is not None:
+            print(", ".join([message, *self._pace(final=False)]), file=self.stream, flush=True)
+            self.last_line = self.clock()
         elif self.logging and self.clock() - self.last_line >= self.log_every_s:
             self._log(final=False)
 
@@ -92,31 +102,40 @@ class Progress:
         else:
             print(message, file=file, flush=True)
 
-    def close(self, stopped: bool = False) -> None:
-        """End the bar, or log the last line (``stopped``: the work ended early, by an error or an interrupt)."""
+    def close(self, stopped: bool = False, message: str | None = None) -> None:
+        """End the bar, or log the last line (``stopped``: the work ended early, by an error or an interrupt).
+        ``message``: the last log line in place of the count (the outcome of the work, e.g. a validation's scores)."""
         if self.closed:
             return
         self.closed = True
         if self.bar is not None:
             self.bar.close()
+        elif self.logging and message is not None:
+            print(message, file=self.stream, flush=True)
         elif self.logging:
             self._log(final=True, stopped=stopped)
 
     def line(self, final: bool = False, stopped: bool = False) -> str:
         """The log line for the current count."""
+        count = f"{self.n}/{self.total} {self.unit}s" if self.total is not None else f"{self.n} {self.unit}s"
+        parts = [count + (f" ({100 * self.n / self.total:.1f}%)" if self.total else "")]
+        parts += self._pace(final, stopped)
+        parts += [f"{name}={value}" for name, value in self.postfix.items()]
+        return f"{self.desc}: " + ", ".join(parts)
+
+    def _pace(self, final: bool, stopped: bool = False) -> list[str]:
+        """The rate of this run's work, then the eta (or, at the end, the time it took)."""
         elapsed = max(self.clock() - self.started, 0.0)
         done = self.n - self.initial
         rate = done / elapsed if elapsed > 0 else 0.0
-        count = f"{self.n}/{self.total} {self.unit}s" if self.total is not None else f"{self.n} {self.unit}s"
-        parts = [count + (f" ({100 * self.n / self.total:.1f}%)" if self.total else "")]
+        parts = []
         if rate > 0:
             parts.append(f"{rate:.1f}/s" if rate >= 1 else f"{1 / rate:.1f} s/{self.unit}")
         if final:
             parts.append(f"{'stopped after' if stopped else 'finished in'} {_duration(elapsed)}")
         elif rate > 0 and self.total is not None:
             parts.append(f"eta {_duration((self.total - self.n) / rate)}")
-        parts += [f"{name}={value}" for name, value in self.postfix.items()]
-        return f"{self.desc}: " + ", ".join(parts)
+        return parts
 
     def _log(self, final: bool, stopped: bool = False) -> None:
         print(self.line(final, stopped), file=self.stream, flush=True)

@@ -55,7 +55,6 @@ from pathlib import Path
 
 import numpy as np
 from lightning.fabric import Fabric
-from tqdm import tqdm
 
 from vera.data.annotations import TrainVideo, load_train_annotations
 from vera.data.frames import VLM_IMAGE_SIZE, find_video, open_frames
@@ -71,6 +70,7 @@ from vera.learning.optimizer_prompt import (
 )
 from vera.learning.sampling import training_frame_indices
 from vera.options import DEFAULT_EPOCHS, DEFAULT_NUM_QUESTIONS, FRAME_SAMPLINGS, QWEN_VIDEO_EPOCHS, SELECT_BY
+from vera.progress import Progress, progress
 from vera.runs import RunFolder
 from vera.scoring.metrics import roc_auc
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
@@ -410,41 +410,18 @@ def open_output(options: TrainingOptions, identity: dict) -> tuple[RunFolder, Tr
     return folder, state, False
 
 
-# --------------------------------------------------------------------------- progress
+# --------------------------------------------------------------------------- progress lines
+# What a log (not a terminal: there vera.progress draws bars) says of each step and validation.
 
 
-class Progress:
-    """A tqdm bar on a terminal; elsewhere (a log file, a batch job) one plain line per step and validation,
-    with no carriage returns. Rank 0 only; ``enabled=False`` says nothing."""
+def _step_line(record: dict, total: int, best: float | None) -> str:
+    return (f"step {record['step']}/{total} (epoch {record['epoch']}): train accuracy {record['train_accuracy']}, "
+            f"update {record['update_status']}, best {best}")
 
-    def __init__(self, enabled: bool, total: int, done: int):
-        self.enabled = enabled
-        self.total = total
-        self.bar = (tqdm(total=total, initial=min(done, total), desc="training", dynamic_ncols=True)
-                    if enabled and sys.stderr.isatty() else None)
 
-    def validation_bar(self, total: int, step: int) -> tqdm | None:
-        if self.bar is None:
-            return None
-        return tqdm(total=total, desc=f"validation @ step {step}", leave=False, dynamic_ncols=True)
-
-    def step(self, record: dict, best: float | None) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(train_acc=record["train_accuracy"], best=best)
-        elif self.enabled:
-            print(f"step {record['step']}/{self.total} (epoch {record['epoch']}): train accuracy "
-                  f"{record['train_accuracy']}, update {record['update_status']}, best {best}",
-                  file=sys.stderr, flush=True)
-
-    def validated(self, result: dict) -> None:
-        if self.enabled and self.bar is None:
-            print(f"validation @ step {result['step']}: accuracy {result['accuracy']}, auc {result['auc']}"
-                  f"{', selected' if result['selected'] else ''}", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+def _validation_line(result: dict) -> str:
+    return (f"validation @ step {result['step']}: accuracy {result['accuracy']}, auc {result['auc']}"
+            f"{', selected' if result['selected'] else ''}")
 
 
 # --------------------------------------------------------------------------- the loop
@@ -630,26 +607,21 @@ class VerbalizedLearning:
 
     # -- validation and selection
 
-    def validate(self) -> dict:
-        """Score the current questions on (this rank's share of) the validation list, gathered everywhere."""
+    def validate(self, shown: Progress) -> dict:
+        """Score the current questions on (this rank's share of) the validation list, gathered everywhere;
+        ``shown`` counts the videos (rank 0's share times the ranks)."""
         questions = list(self.state.questions)
         mine = self.ranks.share(self.val)
-        bar = self.progress.validation_bar(len(self.val), self.state.step)
         rule = validation_rule(self.options.frame_layout)
 
         def answer_my_share() -> list[dict]:
             records: list[dict] = []
             for chunk in self.frames.chunks(mine, self.options.val_batch_size):
                 records.extend(self._answer(chunk, questions, rule))
-                if bar is not None:
-                    bar.update(len(chunk) * self.ranks.world_size)
+                shown.update(len(chunk) * self.ranks.world_size)
             return records
 
-        try:
-            records = self.ranks.merge(self.ranks.gather_checked(answer_my_share))
-        finally:
-            if bar is not None:
-                bar.close()
+        records = self.ranks.merge(self.ranks.gather_checked(answer_my_share))
         answered = [record for record in records if "error" not in record]
         if not answered:
             raise VeraError(f"no readable validation videos left: all {len(self.val)} were unreadable and skipped")
@@ -678,19 +650,23 @@ class VerbalizedLearning:
         self.state.best = Best(list(result["questions"]), metric, result["step"], result["accuracy"], result["auc"])
         return True
 
-    def _validate_and_select(self) -> None:
-        result = self.validate()
-        self.state.skipped_videos += len(result["skipped"])
-        selected = self.select(result)
-        self.state.last_validated_step = self.state.step
-        result["selected"] = selected
-        if self.ranks.is_main:
-            _append_jsonl(self.output / VALIDATION_FILE, result)
-            write_text_atomic(self.output / BEST_FILE, "".join(q + "\n" for q in self.state.best.questions))
-        self._log({"val_accuracy": result["accuracy"], "val_auc": result["auc"],
-                   "best_metric": self.state.best.metric, "val_skipped": len(result["skipped"])})
-        self._save()
-        self.progress.validated(result)
+    def _validate_and_select(self, training: Progress) -> None:
+        """Validate, select, record; ``training``'s postfix shows the best metric from now on."""
+        with progress(total=len(self.val), desc=f"validation @ step {self.state.step}", unit="video",
+                      enabled=self.show_progress, leave=False) as shown:
+            result = self.validate(shown)
+            self.state.skipped_videos += len(result["skipped"])
+            selected = self.select(result)
+            self.state.last_validated_step = self.state.step
+            result["selected"] = selected
+            if self.ranks.is_main:
+                _append_jsonl(self.output / VALIDATION_FILE, result)
+                write_text_atomic(self.output / BEST_FILE, "".join(q + "\n" for q in self.state.best.questions))
+            self._log({"val_accuracy": result["accuracy"], "val_auc": result["auc"],
+                       "best_metric": self.state.best.metric, "val_skipped": len(result["skipped"])})
+            self._save()
+            shown.close(message=_validation_line(result))
+        training.set_postfix(best=self.state.best.metric)
 
     def _validation_due(self) -> bool:
         step = self.state.step
@@ -718,12 +694,13 @@ class VerbalizedLearning:
             else:
                 self.folder.write_record(**self._run_info())
         self._save()
-        self.progress = Progress(self.show_progress, self.total_steps, self.state.step)
+        shown = progress(total=self.total_steps, initial=min(self.state.step, self.total_steps), desc="training",
+                         unit="step", enabled=self.show_progress)
         try:
             self._check_something_readable()
             if self._validation_due():
                 # Step 0 scores the initial questions first; later, it redoes a validation a kill cut short.
-                self._validate_and_select()
+                self._validate_and_select(shown)
             while self.state.step < self.total_steps:
                 record = self.train_step()
                 if self.ranks.is_main:
@@ -731,14 +708,19 @@ class VerbalizedLearning:
                 self._log({"train_accuracy": record["train_accuracy"], "update_accepted": record["update_accepted"],
                            "skipped_videos": self.state.skipped_videos, "epoch": record["epoch"]})
                 self._save()
-                self.progress.step(record, self._best_metric())
+                best = self._best_metric()
+                shown.set_postfix(train_acc=record["train_accuracy"], best=best)
+                shown.update(1, message=_step_line(record, self.total_steps, best))
                 self._check_something_readable()
                 if self._validation_due():
-                    self._validate_and_select()
+                    self._validate_and_select(shown)
             if self.state.last_validated_step != self.state.step:
-                self._validate_and_select()  # a run stopped early still scores its last questions
+                self._validate_and_select(shown)  # a run stopped early still scores its last questions
+        except BaseException:
+            shown.close(stopped=True)  # the log says the run stopped, then the error propagates
+            raise
         finally:
-            self.progress.close()
+            shown.close()
             self.frames.close()
         return self.state
 
