@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The model is found (or its absence explained) before any video is decoded.
     model, local_files_only = locate_model(args.model if args.model is not None else paper_model())
-    from vera.data.readahead import default_workers
+    from vera.data.readahead import resolve_workers
     from vera.detection import DetectSettings, run_detect
     from vera.vlm.prompts import load_questions, load_template, preset_questions
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint=args.features, random_init=args.random_init, tiny=args.tiny, skip_step2=args.skip_step2,
         dataset=args.dataset, labels=args.labels, fps=args.fps, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, workers=args.workers,
-        input_workers=default_workers() if args.input_workers is None else args.input_workers, top_k=args.top_k,
+        input_workers=resolve_workers(args.input_workers), top_k=args.top_k,
         max_explanations=args.max_explanations, overwrite=args.overwrite, progress=not args.no_progress,
     )
     index = run_detect(settings)

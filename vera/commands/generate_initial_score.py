@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         questions_from,
         resolve_frame_layout,
     )
-    from vera.data.readahead import default_workers
+    from vera.data.readahead import resolve_workers
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
     questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         allow_length_mismatch=args.allow_length_mismatch,
         template_source=str(args.prompt_file) if args.prompt_file else "default", progress=not args.no_progress,
         dump_inputs=args.dump_inputs, score_mode=args.score_mode,
-        input_workers=default_workers(args.devices) if args.input_workers is None else args.input_workers,
+        input_workers=resolve_workers(args.input_workers, args.devices),
     )
     # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)

@@ -94,6 +94,11 @@ def default_workers(processes_per_machine: int = 1) -> int:
     return max(0, min(MAX_AUTO_WORKERS, cpus // max(processes_per_machine, 1) - 1))
 
 
+def resolve_workers(requested: int | None, processes_per_machine: int = 1) -> int:
+    """``--input-workers``: the number given, or for ``auto`` (None) ``default_workers``."""
+    return default_workers(processes_per_machine) if requested is None else requested
+
+
 # -- in process ------------------------------------------------------------------------------------
 
 class _InProcess:
