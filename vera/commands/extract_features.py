@@ -14,7 +14,8 @@ model and settings, and a folder made with others is refused unless
 shape) and --random-init --tiny (a small model of the same architecture) run
 the whole path without weights. --devices N (one process per GPU) and
 --num-nodes M split the videos across processes, started here by Lightning or
-by torchrun / SLURM (see the README).
+by torchrun / SLURM (see the README). --input-workers N reads the frames in N
+processes (per GPU process) ahead of the model; the features are the same.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from vera.options import Command, OneOf
 COMMAND = Command(__doc__, [
     "annotations", "dataset_optional", OneOf(("frames", "videos")), "output", OneOf(("checkpoint", "random_init")),
     "tiny", "features_batch_size", "device", "dtype", "fps", "clamp_short", "limit", "overwrite", "no_progress",
-    "devices", "num_nodes", "accelerator",
+    "devices", "num_nodes", "accelerator", "input_workers",
 ], prog="extract_features.py")
 
 
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.data.annotations import infer_dataset, load_test_annotations
+    from vera.data.readahead import resolve_workers
     from vera.data.segments import half_window
     from vera.devices import resolve_device, resolve_dtype
     from vera.distributed import launch
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
                                                          device=device, dtype=dtype))
     report = extract_features(videos, encoder, args.output, settings, frames_dir=args.frames, videos_dir=args.videos,
                               batch_size=args.batch_size, clamp_short=args.clamp_short,
-                              show_progress=not args.no_progress, overwrite=args.overwrite, ranks=ranks)
+                              show_progress=not args.no_progress, overwrite=args.overwrite, ranks=ranks,
+                              input_workers=resolve_workers(args.input_workers, args.devices))
     if not ranks.is_main:
         # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.
         return 0

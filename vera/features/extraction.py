@@ -19,19 +19,22 @@ opens the folder before the others start, and merges the summaries into
 ``summary.json`` at the end. A video's features are computed in batches of
 that video's own segments, so they do not depend on the split.
 
-Frames come from ``vera.data.frames`` (JPEG folders or video files). A video with
-fewer frames than its annotated length is an error (frames and annotation
-disagree, so the segment grid would be wrong) unless ``clamp_short`` is set,
-which reads the last frame in place of the missing ones and warns. Extra
-frames beyond the annotated length are never read.
+Frames come from ``vera.data.frames`` (JPEG folders or video files), decoded by
+``input_workers`` processes ahead of the model (``vera.data.readahead``; 0:
+in this process, when the model needs them): the same reads either way, so
+the same features. A video with fewer frames than its annotated length is an
+error (frames and annotation disagree, so the segment grid would be wrong)
+unless ``clamp_short`` is set, which reads the last frame in place of the
+missing ones and warns. Extra frames beyond the annotated length are never
+read.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -42,7 +45,9 @@ from vera.data.annotations import TestVideo
 from vera.distributed import Ranks
 from vera.errors import VeraError
 from vera.data.frames import VideoFrames, open_frames
+from vera.data.readahead import FramesInfo, ReadJob, read_ahead
 from vera.features.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
+from vera.features.reading import read_clip_frames
 from vera.io import save_npy_atomic
 from vera.progress import progress
 from vera.runs import RunFolder
@@ -96,22 +101,33 @@ class _Batch:
     end_row: int  # rows below this are complete after the batch
 
 
-def _batches(centres: np.ndarray, first_row: int, length: int, half_window: int, batch_views: int) -> Iterator[_Batch]:
+def _batches(length: int, first_row: int, half_window: int, batch_views: int) -> list[_Batch]:
     """Group the distinct clips of segments ``first_row…`` so that each batch holds about ``batch_views`` views."""
-    rows, frames, weights = [], [], []
+    centres = segment_centres(length)
+    batches, rows, frames, weights = [], [], [], []
     for row in range(first_row, len(centres)):
         for clip in segment_clips(int(centres[row]), length, half_window):
             rows.append(row)
             frames.append(clip.frames)
             weights.append(clip.count / CLIPS_PER_VIDEO)
         if len(rows) * NUM_CROPS >= batch_views or row == len(centres) - 1:
-            yield _Batch(np.array(rows), np.array(frames, dtype=np.int64), np.array(weights), row + 1)
+            batches.append(_Batch(np.array(rows), np.array(frames, dtype=np.int64), np.array(weights), row + 1))
             rows, frames, weights = [], [], []
+    return batches
+
+
+def feature_job(key: str, length: int, *, first_row: int = 0, half_window: int = HALF_WINDOW, batch_size: int = 48,
+                frames_dir: Path | None = None, videos_dir: Path | None = None) -> ReadJob:
+    """One video's frame reads for ``vera.data.readahead``: one item per batch of ``video_features`` given the
+    same ``length``, ``half_window`` and ``batch_size`` and ``first_row`` rows of ``partial``."""
+    items = [batch.clip_frames for batch in _batches(length, first_row, half_window, batch_size)]
+    return ReadJob(key, functools.partial(open_frames, key, frames_dir=frames_dir, videos_dir=videos_dir),
+                   functools.partial(read_clip_frames, length=length), items)
 
 
 def video_features(
     encoder: VisionEncoder,
-    frames: VideoFrames,
+    frames: VideoFrames | FramesInfo,
     length: int,
     *,
     half_window: int = HALF_WINDOW,
@@ -119,17 +135,20 @@ def video_features(
     clamp_short: bool = False,
     partial: np.ndarray | None = None,
     on_rows: Callable[[np.ndarray], None] | None = None,
+    reads: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> np.ndarray:
     """The ``(num_segments(length), out_dim)`` float32 features of one video.
 
     ``batch_size`` counts views per forward pass. ``partial`` holds rows finished
     before (they are kept and not recomputed); ``on_rows`` is called with all
-    finished rows after each batch, for saving progress.
+    finished rows after each batch, for saving progress. The frames are read
+    from the open ``frames``, a batch at a time before its forward pass, or
+    come as ``reads``: the values of ``feature_job`` for this video (same
+    arguments) from ``vera.data.readahead``, ``frames`` being its ``FramesInfo``.
     """
     parameter = next(encoder.parameters())
     device, dtype = parameter.device, parameter.dtype
-    centres = segment_centres(length)
-    features = np.zeros((len(centres), encoder.config.out_dim), dtype=np.float32)
+    features = np.zeros((num_segments(length), encoder.config.out_dim), dtype=np.float32)
     first_row = 0 if partial is None else len(partial)
     if first_row:
         features[:first_row] = partial
@@ -138,33 +157,21 @@ def video_features(
             f"video {frames.key}: the annotation gives {length} frames but {frames.source} has {frames.num_frames}"
             " (use --clamp-short to read its last frame in place of the missing ones)"
         )
-    last_frame = min(length, frames.num_frames) - 1
-
-    def load(batch: _Batch) -> tuple[np.ndarray, np.ndarray]:
-        wanted, positions = np.unique(np.minimum(batch.clip_frames, last_frame), return_inverse=True)
-        return frames.read(wanted), positions.reshape(batch.clip_frames.shape)
-
-    # One batch of frames is read ahead while the model works on the current one.
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        batches = _batches(centres, first_row, length, half_window, batch_size)
-        pending: tuple[_Batch, Future] | None = None
-        for batch in batches:
-            upcoming = (batch, reader.submit(load, batch))
-            if pending is not None:
-                _embed_batch(encoder, pending, features, device, dtype)
-                if on_rows is not None:
-                    on_rows(features[:pending[0].end_row])
-            pending = upcoming
-        if pending is not None:
-            _embed_batch(encoder, pending, features, device, dtype)
+    batches = _batches(length, first_row, half_window, batch_size)
+    if reads is None:
+        reads = (read_clip_frames(frames, batch.clip_frames, length) for batch in batches)
+    for batch, (pixels, positions) in zip(batches, reads, strict=True):
+        _embed_batch(encoder, batch, pixels, positions, features, device, dtype)
+        if on_rows is not None:
+            on_rows(features[:batch.end_row])
     return features
 
 
 @torch.inference_mode()
-def _embed_batch(encoder: VisionEncoder, pending: tuple[_Batch, Future], features: np.ndarray,
-                 device: torch.device, dtype: torch.dtype) -> None:
-    batch, loaded = pending
-    pixels, positions = loaded.result()
+def _embed_batch(encoder: VisionEncoder, batch: _Batch, pixels: np.ndarray, positions: np.ndarray,
+                 features: np.ndarray, device: torch.device, dtype: torch.dtype) -> None:
+    # The views are made here, on the model's device, not in the input workers: on a GPU resizing and cropping
+    # are much faster than on the workers' CPU cores, and the workers then send uint8 frames, not float32 views.
     prepared = prepare_frames(torch.from_numpy(pixels).to(device))
     views, crop_counts = crop_views(prepared, torch.from_numpy(positions).to(device))
     embeddings = encoder(views.to(dtype)).float().cpu()  # (V * K, D), clip-major
@@ -241,11 +248,14 @@ def extract_features(
     show_progress: bool = True,
     overwrite: bool = False,
     ranks: Ranks | None = None,
+    input_workers: int = 0,
 ) -> FeatureReport:
     """Write ``<output_dir>/<key>.npy`` for every video not done yet; per-video errors are collected, not raised.
 
     With several processes (``ranks``) each does its share of ``videos``, and
-    every process returns the merged report of all.
+    every process returns the merged report of all. ``input_workers``
+    processes (per process) read the frames ahead of the model; 0 reads them
+    in this process.
     """
     if batch_size < 1:
         raise VeraError(f"--batch-size must be at least 1, got {batch_size}")
@@ -260,7 +270,7 @@ def extract_features(
         desc = f"features [rank {ranks.rank}/{ranks.world_size}]" if ranks.active else "features"
         report = _extract_share(mine, encoder, folder, settings, frames_dir=frames_dir, videos_dir=videos_dir,
                                 batch_size=batch_size, clamp_short=clamp_short, partial_every_s=partial_every_s,
-                                show=show, desc=desc)
+                                input_workers=input_workers, show=show, desc=desc)
         report.seconds = time.perf_counter() - started
         if ranks.active:
             folder.write_summary(ranks.summary_name(SUMMARY_FILE),
@@ -279,33 +289,54 @@ def extract_features(
 
 def _extract_share(videos: list[TestVideo], encoder: VisionEncoder, folder: RunFolder, settings: FeatureSettings, *,
                    frames_dir: Path | None, videos_dir: Path | None, batch_size: int, clamp_short: bool,
-                   partial_every_s: float, show: bool, desc: str) -> FeatureReport:
+                   partial_every_s: float, input_workers: int, show: bool, desc: str) -> FeatureReport:
     """The videos of one process, into an opened folder."""
     width = encoder.config.out_dim
     report = FeatureReport(videos=len(videos))
-    with progress(videos, desc=desc, unit="video", enabled=show) as bar:
+    # First what each video needs, so that the frames of the videos to compute can be read ahead; the videos are
+    # then reported in order, as they come.
+    finished: dict[str, VeraError | None] = {}  # None: complete already; an error: its feature file is unusable
+    todo: dict[str, np.ndarray | None] = {}  # the rows saved by an interrupted run, if any
+    for video in videos:
+        if video.length is None:
+            raise VeraError(f"video {video.key}: the annotation gives no length "
+                            "(use a VERA JSON annotation file)")
+        rows = num_segments(video.length)
+        try:
+            if _is_finished(folder.path / f"{video.key}.npy", video.key, rows, width):
+                finished[video.key] = None
+            else:
+                todo[video.key] = _partial_rows(folder.partial_path(f"{video.key}.npy"), rows, width)
+        except VeraError as error:
+            finished[video.key] = error
+    jobs = [feature_job(video.key, video.length, first_row=0 if todo[video.key] is None else len(todo[video.key]),
+                        half_window=settings.half_window, batch_size=batch_size, frames_dir=frames_dir,
+                        videos_dir=videos_dir) for video in videos if video.key in todo]
+    # A worker reads one batch at a time, at most one batch ahead of the model.
+    with read_ahead(jobs, input_workers, chunk=1) as video_reads, \
+            progress(videos, desc=desc, unit="video", enabled=show) as bar:
         for video in bar:
-            if video.length is None:
-                raise VeraError(f"video {video.key}: the annotation gives no length "
-                                "(use a VERA JSON annotation file)")
-            rows = num_segments(video.length)
-            name = f"{video.key}.npy"
-            target = folder.path / name
-            partial_path = folder.partial_path(name)
-            try:
-                if _is_finished(target, video.key, rows, width):
+            if video.key in finished:
+                if finished[video.key] is None:
                     report.skipped.append(video.key)
-                    continue
-                partial = _partial_rows(partial_path, rows, width)
-                saver = _PartialSaver(partial_path, rows, partial_every_s, 0 if partial is None else len(partial))
-                with open_frames(video.key, frames_dir=frames_dir, videos_dir=videos_dir) as frames:
+                else:
+                    report.failed[video.key] = str(finished[video.key])
+                    bar.write(f"error: {finished[video.key]}")
+                continue
+            reads, partial = next(video_reads), todo[video.key]
+            name = f"{video.key}.npy"
+            rows = num_segments(video.length)
+            saver = _PartialSaver(folder.partial_path(name), rows, partial_every_s,
+                                  0 if partial is None else len(partial))
+            try:
+                with reads as frames:  # the open video, or what a worker reports of it
                     if clamp_short and video.length > frames.num_frames:
                         bar.write(f"warning: video {video.key}: annotation gives {video.length} frames, "
                                   f"{frames.source} has {frames.num_frames}; reading its last frame for the rest")
                     try:
                         features = video_features(
                             encoder, frames, video.length, half_window=settings.half_window, batch_size=batch_size,
-                            clamp_short=clamp_short, partial=partial, on_rows=saver,
+                            clamp_short=clamp_short, partial=partial, on_rows=saver, reads=reads,
                         )
                     except KeyboardInterrupt:
                         saver.save()
