@@ -5,7 +5,8 @@ video finished, one with saved partial work: what a kill leaves) and must end
 with per-video files byte for byte equal to those of a single-process run, the
 videos split between the ranks as documented. Step 1 goes through Lightning's
 own launcher (the script starts the second process), features through
-``torchrun``, with a video that fails on rank 1 and is reported by rank 0.
+``torchrun``, with a video that fails on rank 1 and is reported by rank 0, each
+rank reading its frames in an input worker (the reference in process).
 """
 
 from __future__ import annotations
@@ -132,7 +133,7 @@ def test_step1_in_two_processes_resumes_and_equals_one_process(clips, tiny_model
 @pytest.mark.usefixtures("one_thread")
 def test_features_under_torchrun_resume_equal_one_process_and_report_every_rank(clips, tmp_path):
     common = ["--annotations", str(clips["annotations"]), "--frames", str(clips["frames"]),
-              "--random-init", "--tiny", "--no-progress"]
+              "--random-init", "--tiny", "--no-progress", "--input-workers", "0"]
     reference = tmp_path / "one"
     expected = _one_process("extract_features", common, reference, ".npy")
 
@@ -147,7 +148,8 @@ def test_features_under_torchrun_resume_equal_one_process_and_report_every_rank(
     done = _run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
                  "--master-port", str(_free_port()), "Preprocessing/extract_features.py",
                  "--annotations", str(clips["annotations"]), "--frames", str(frames), "--random-init", "--tiny",
-                 "--no-progress", "--output", str(out), "--devices", "2", "--accelerator", "cpu"])
+                 "--no-progress", "--output", str(out), "--devices", "2", "--accelerator", "cpu",
+                 "--input-workers", "1"])
     assert done.returncode != 0
     assert "2 written, 1 already complete, 1 failed; 5 segments" in done.stdout, done.stderr[-3000:]
     assert "error: 1 of 4 videos failed (video d: frame folder not found" in done.stderr

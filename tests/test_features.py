@@ -121,14 +121,16 @@ class _Interrupting:
         return self.forward(views)
 
 
-def test_interrupted_video_resumes_from_saved_rows(data, encoder, from_frames, tmp_path: Path, monkeypatch):
+@pytest.mark.parametrize("input_workers", [0, 2])
+def test_interrupted_video_resumes_from_saved_rows(data, encoder, from_frames, tmp_path: Path, monkeypatch,
+                                                   input_workers):
     videos = load_test_annotations(data["annotations"], "ucf")
     key = videos[0].key
     interrupting = _Interrupting(encoder, stop_at=3)
     monkeypatch.setattr(encoder, "forward", interrupting)
     with pytest.raises(KeyboardInterrupt):
         extract_features(videos, encoder, tmp_path, TINY_SETTINGS, frames_dir=data["frames"], batch_size=6,
-                         partial_every_s=0, show_progress=False)
+                         partial_every_s=0, show_progress=False, input_workers=input_workers)
     assert not (tmp_path / f"{key}.npy").exists()
     saved = np.load(tmp_path / PARTIAL_DIR / f"{key}.npy")
     assert saved.shape == (4, TINY.out_dim)  # two batches of 2 segments were embedded before the interrupt
@@ -136,7 +138,7 @@ def test_interrupted_video_resumes_from_saved_rows(data, encoder, from_frames, t
     counting = _Interrupting(encoder)
     monkeypatch.setattr(encoder, "forward", counting)
     report = extract_features(videos, encoder, tmp_path, TINY_SETTINGS, frames_dir=data["frames"], batch_size=6,
-                              show_progress=False)
+                              show_progress=False, input_workers=input_workers)
     assert report.written == list(CLIPS) and report.segments == (17 - 4) + 12
     assert counting.views == 3 * report.segments  # the saved rows were not recomputed
     assert not (tmp_path / PARTIAL_DIR / f"{key}.npy").exists()
@@ -185,7 +187,8 @@ def test_cli_reports_a_missing_checkpoint(data, tmp_path: Path):
     assert "Traceback" not in result.stderr
 
 
-def test_problem_videos_are_named_and_the_rest_go_on(data, encoder, tmp_path: Path):
+@pytest.mark.parametrize("input_workers", [0, 2])
+def test_problem_videos_are_named_and_the_rest_go_on(data, encoder, tmp_path: Path, input_workers):
     entries = json.loads(data["annotations"].read_text())
     entries[0]["length"] = 300  # the clip has 271 frames
     entries.append({"video": "frames/Normal/Normal_Videos_999_x264.mp4", "temporal_label": [-1, -1], "length": 50})
@@ -193,14 +196,14 @@ def test_problem_videos_are_named_and_the_rest_go_on(data, encoder, tmp_path: Pa
     annotations.write_text(json.dumps(entries))
     videos = load_test_annotations(annotations, "ucf")
     report = extract_features(videos, encoder, tmp_path / "out", TINY_SETTINGS, frames_dir=data["frames"],
-                              show_progress=False)
+                              show_progress=False, input_workers=input_workers)
     assert report.written == ["RoadAccidents133_x264_270_451"]
     assert "annotation gives 300 frames" in report.failed["Fighting033_x264_570_841"]
     assert "--clamp-short" in report.failed["Fighting033_x264_570_841"]
     assert "video Normal_Videos_999_x264: frame folder not found" in report.failed["Normal_Videos_999_x264"]
 
     clamped = extract_features(videos[:1], encoder, tmp_path / "out", TINY_SETTINGS, frames_dir=data["frames"],
-                               clamp_short=True, show_progress=False)
+                               clamp_short=True, show_progress=False, input_workers=input_workers)
     assert clamped.written == ["Fighting033_x264_570_841"]
     features = np.load(tmp_path / "out" / "Fighting033_x264_570_841.npy")
     assert features.shape == (num_segments(300), TINY.out_dim) and np.all(np.isfinite(features))

@@ -97,6 +97,23 @@ def write_h264_index_video(path: Path, num_frames: int, size: tuple[int, int] = 
     return path
 
 
+def write_problem_videos(videos: Path, bad_frame: int) -> None:
+    """The failure cases of a run on video files, in ``videos``: ``good.mp4`` (120 frames, 64×48),
+    ``damaged.avi`` (200 frames, one bit flipped inside frame ``bad_frame``'s data), ``cut.mp4`` (the first two
+    thirds of a 200-frame H.264 file, its index first so that it opens) and ``junk.mp4`` (not a video)."""
+    write_index_video(videos / "good.mp4", 120, size=(64, 48))
+    damaged = write_index_video(videos / "damaged.avi", 200)
+    with av.open(str(damaged)) as container:
+        packets = [(packet.pos, packet.size) for packet in container.demux(container.streams.video[0]) if packet.size]
+    position, size = packets[bad_frame]
+    data = bytearray(damaged.read_bytes())
+    data[position + size - 24] ^= 0x10  # one bit inside that frame's data
+    damaged.write_bytes(bytes(data))
+    whole = write_h264_index_video(videos.parent / "whole.mp4", 200, faststart=True)
+    (videos / "cut.mp4").write_bytes(whole.read_bytes()[: whole.stat().st_size * 2 // 3])
+    (videos / "junk.mp4").write_bytes(b"not a video" * 100)
+
+
 def extract_or_crash(video: Path, frames_dir: Path, known: bool, allow_short: bool = False):
     """A stand-in for ``extract_video`` whose worker dies on videos named ``crash*`` and raises on ``oops*``."""
     from vera.data.extraction import extract_video
