@@ -2,6 +2,7 @@
 
     python benchmarks/bench_features.py --shape huge [--dtypes float32 float16] [--segments 240] [--json OUT]
     python benchmarks/bench_features.py --shape tiny            # a quick check of the script itself, on any CPU
+    python benchmarks/bench_features.py --shape tiny --frames-from videos --input-workers 0 1 2
     python benchmarks/bench_features.py --shape huge --parity-huge   # also: our huge branch against the reference
 
 The encoder has random weights of ImageBind-huge's shape (or the tiny test
@@ -9,13 +10,17 @@ shape), built on the device; nothing is downloaded. Measured for each
 precision, after a warm-up:
 
 - end to end: ``vera.features.extraction.video_features`` on the real clips
-  (``--clips``, read from JPEG folders written to a temporary folder, repeated
-  until ``--segments`` segments), the way a run computes them: the next batch
-  of frames is read in a thread while the model works on this one;
+  (``--clips``, read from JPEG folders written to a temporary folder or from
+  the clips, repeated until ``--segments`` segments), the way a run computes
+  them: the frames read by ``--input-workers`` processes ahead of the model
+  (``vera.data.readahead``; 0: in this process, before each batch; default
+  auto, as a run). Timed in steady state: a one-segment warm-up video goes
+  first through the same workers (their start, about a second, happens once a
+  run), and the clock starts when it is done;
 - model only: batches of ready views on the device, repeated (3 distinct
   views per segment, see ``vera.features.imagebind``);
-- input only, once, on one CPU core: reading the frames (what the reader
-  thread does), and reading plus making the views on the CPU.
+- input only, once, on one CPU core: reading the frames (what an input
+  worker does), and reading plus making the views on the CPU.
 
 The full UCF-Crime test set (69,634 segments) is then given in hours at the
 end-to-end rate. Peak memory: the GPU's peak allocation, or on a CPU the
@@ -40,12 +45,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from vera.data.frames import open_frames  # noqa: E402
+from vera.data.readahead import read_ahead, resolve_workers  # noqa: E402
 from vera.data.segments import HALF_WINDOW, num_segments, segment_centres  # noqa: E402
-from vera.features.extraction import video_features  # noqa: E402
+from vera.features.extraction import feature_job, video_features  # noqa: E402
 from vera.features.imagebind import (  # noqa: E402
     HUGE, NUM_CROPS, TINY, VIEW_SIZE, crop_views, load_vision_encoder, prepare_frames, randomly_initialised,
     segment_clips,
 )
+from vera.options import workers_or_auto  # noqa: E402
 
 CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
 UCF_TEST_SEGMENTS = 69_634
@@ -89,15 +96,20 @@ def clip_plan(lengths: dict[str, int], segments: int) -> list[tuple[str, int]]:
     return plan
 
 
-def end_to_end(encoder, plan, source: dict, batch_size: int, device: torch.device) -> tuple[int, float, float]:
-    reset_peak(device)
-    started = time.perf_counter()
-    segments = 0
-    for key, length in plan:
-        with open_frames(key, **source) as frames:
-            video_features(encoder, frames, length, batch_size=batch_size)
-        segments += num_segments(length)
-    synchronize(device)
+def end_to_end(encoder, warm_up, plan, source: dict, batch_size: int, device: torch.device,
+               workers: int) -> tuple[int, float, float]:
+    """The ``plan``'s videos as a run computes them, timed after the ``warm_up`` videos of the same run."""
+    jobs = [feature_job(key, length, batch_size=batch_size, **source) for key, length in [*warm_up, *plan]]
+    started, segments = None, 0
+    with read_ahead(jobs, workers, chunk=1) as video_reads:  # as vera.features.extraction reads them
+        for number, ((key, length), reads) in enumerate(zip([*warm_up, *plan], video_reads, strict=True)):
+            if number == len(warm_up):
+                reset_peak(device)
+                started = time.perf_counter()
+            with reads as frames:
+                video_features(encoder, frames, length, batch_size=batch_size, reads=reads)
+            segments += num_segments(length) if started is not None else 0
+        synchronize(device)
     return segments, time.perf_counter() - started, peak_memory(device)
 
 
@@ -172,6 +184,8 @@ def main() -> None:
                         "CPU 60 tiny, 2 huge)")
     parser.add_argument("--batch-size", type=int, default=48, help="views per forward pass (default: 48)")
     parser.add_argument("--clips", type=Path, default=CLIPS)
+    parser.add_argument("--input-workers", type=workers_or_auto, nargs="+", default=[None], metavar="N|auto",
+                        help="end to end with each of these numbers of input workers (default: auto, as a run)")
     parser.add_argument("--frames-from", choices=("jpeg", "videos"), default="jpeg",
                         help="end to end from JPEG folders decoded from the clips first (OpenCV), or from the "
                              "clips themselves (PyAV; no OpenCV needed) (default: %(default)s)")
@@ -214,29 +228,30 @@ def main() -> None:
             # In place: later precisions start from the earlier ones' rounded weights (random anyway).
             encoder = base.to(device=device, dtype=DTYPES[name]).eval().requires_grad_(False)
             try:
-                end_to_end(encoder, clip_plan(lengths, 1), source, args.batch_size, device)  # warm-up
-                done, seconds, memory = end_to_end(encoder, plan, source, args.batch_size, device)
                 views, model_s, model_memory = model_only(encoder, args.batch_size, segments, device, DTYPES[name])
+                for workers in dict.fromkeys(resolve_workers(requested) for requested in args.input_workers):
+                    done, seconds, memory = end_to_end(encoder, clip_plan(lengths, 1), plan, source,
+                                                       args.batch_size, device, workers)
+                    rate = done / seconds
+                    results["rows"].append({
+                        "dtype": name, "input_workers": workers, "segments": done,
+                        "end_to_end_per_s": round(rate, 3), "peak_gib": round(memory, 2),
+                        "model_only_per_s": round(views / model_s, 3), "model_only_peak_gib": round(model_memory, 2),
+                        "ucf_test_hours": round(UCF_TEST_SEGMENTS / rate / 3600, 2)})
+                    print(json.dumps(results["rows"][-1]), flush=True)
             except RuntimeError as error:  # e.g. a precision this device does not compute
-                results["rows"].append({"dtype": name, "error": str(error).splitlines()[0]})
+                results["rows"].append({"dtype": name, "input_workers": "", "error": str(error).splitlines()[0]})
                 print(json.dumps(results["rows"][-1]), flush=True)
-                continue
-            rate = done / seconds
-            results["rows"].append({
-                "dtype": name, "segments": done, "end_to_end_per_s": round(rate, 3), "peak_gib": round(memory, 2),
-                "model_only_per_s": round(views / model_s, 3), "model_only_peak_gib": round(model_memory, 2),
-                "ucf_test_hours": round(UCF_TEST_SEGMENTS / rate / 3600, 2)})
-            print(json.dumps(results["rows"][-1]), flush=True)
 
     print(f"\nImageBind-{args.shape} (random) on {machine}; {segments} segments, {args.batch_size} views per pass\n")
-    print("| precision | end to end (segments/s) | model only (segments/s) | peak memory (GiB) | UCF test set |\n"
-          "|---|---|---|---|---|")
+    print("| precision | input workers | end to end (segments/s) | model only (segments/s) | peak memory (GiB) | "
+          "UCF test set |\n|---|---|---|---|---|---|")
     for row in results["rows"]:
         if "error" in row:
-            print(f"| {row['dtype']} | {row['error']} | | | |")
+            print(f"| {row['dtype']} | {row['input_workers']} | {row['error']} | | | |")
         else:
-            print(f"| {row['dtype']} | {row['end_to_end_per_s']:.3f} | {row['model_only_per_s']:.3f} | "
-                  f"{row['peak_gib']:.2f} | {row['ucf_test_hours']:.2f} h |")
+            print(f"| {row['dtype']} | {row['input_workers']} | {row['end_to_end_per_s']:.3f} | "
+                  f"{row['model_only_per_s']:.3f} | {row['peak_gib']:.2f} | {row['ucf_test_hours']:.2f} h |")
     print()
     for name, io in results["input_only_one_core"].items():
         print(f"input only, one core, {name}, {io['segments']} segments: reading {io['read_per_s']}/s, "
