@@ -38,7 +38,7 @@ def _argv(clips: Path, model: Path, output: Path, *extra: str, features=("--rand
 @pytest.fixture(scope="module")
 def detected(clips, tiny_models, tmp_path_factory):
     output = tmp_path_factory.mktemp("detect") / "out"
-    argv = _argv(clips, tiny_models.path("internvl"), output)
+    argv = _argv(clips, tiny_models.path("internvl"), output, "--input-workers", "0")  # in process; compared below
     done = subprocess.run([sys.executable, str(ROOT / "detect.py"), *argv], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return output, done.stdout
@@ -115,18 +115,25 @@ def test_input_workers_auto_is_step1s_default(clips, tiny_models, tmp_path, monk
     assert chosen == [3, 2]
 
 
-def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tiny_models, tmp_path):
-    """The ``detected`` run (auto: workers) and a run reading in process write the same Step 1 bytes."""
-    from vera.data.readahead import default_workers
+def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tiny_models, tmp_path, monkeypatch):
+    """A run whose Step 1 and features read through 2 workers writes the same bytes as ``detected`` (in process)."""
+    import vera.features.extraction
+    import vera.vlm.step1
 
-    if default_workers() == 0:
-        pytest.skip("one CPU: auto reads in process too, nothing to compare")
+    workers = {}
+    for stage, module in (("step1", vera.vlm.step1), ("features", vera.features.extraction)):
+        def spy(jobs, count, chunk, stage=stage, original=module.read_ahead):
+            workers[stage] = count
+            return original(jobs, count, chunk)
+
+        monkeypatch.setattr(module, "read_ahead", spy)
     output, _ = detected
-    in_process = tmp_path / "in_process"
-    assert run("detect", _argv(clips, tiny_models.path("internvl"), in_process, "--input-workers", "0",
-                               features=("--skip-step2",))) == 0
+    in_workers = tmp_path / "in_workers"
+    assert run("detect", _argv(clips, tiny_models.path("internvl"), in_workers, "--input-workers", "2")) == 0
+    assert workers == {"step1": 2, "features": 2}
     for key in CLIPS:
-        assert (in_process / "step1" / f"{key}.json").read_bytes() == (output / "step1" / f"{key}.json").read_bytes()
+        for name in (f"step1/{key}.json", f"features/{key}.npy"):
+            assert (in_workers / name).read_bytes() == (output / name).read_bytes(), name
 
 
 def test_labels_give_the_ground_truth_and_the_auc(clips, tiny_models, tmp_path):

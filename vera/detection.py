@@ -139,7 +139,7 @@ class DetectSettings:
     device: str = "auto"
     dtype: str = "auto"
     workers: int = 1
-    input_workers: int = 0  # Step 1's readers of frames ahead of the model (vera.data.readahead); 0: in process
+    input_workers: int = 0  # frame readers ahead of the VLM and ImageBind (vera.data.readahead); 0: in process
     top_k: int = 5
     max_explanations: int = 30
     overwrite: bool = False
@@ -238,7 +238,8 @@ def _features(settings: DetectSettings, features, paths: DetectPaths, videos: li
     encoder = load_vision_encoder(settings.checkpoint, random_init=settings.random_init, tiny=settings.tiny,
                                   device=device, dtype=torch.float32)
     report = extract_features(videos, encoder, paths.features, features, videos_dir=paths.videos,
-                              show_progress=settings.progress, overwrite=settings.overwrite)
+                              show_progress=settings.progress, overwrite=settings.overwrite,
+                              input_workers=settings.input_workers)
     del encoder
     release_memory()
     log(f"features: {len(report.written)} written, {len(report.skipped)} already complete")
