@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import socket
 import tarfile
 import threading
@@ -248,6 +249,30 @@ def test_a_dropped_connection_is_retried_in_the_same_run(tiny_release, mirror, t
     ranges = [header for path, header in mirror.requests if path.endswith("UCF_Eval.json")]
     assert ranges == [None, f"bytes={len(tiny_release['UCF_Eval.json']) // 2}-"]
     assert "interrupted after" in capsys.readouterr().err
+
+
+def test_progress_is_logged_as_plain_lines_when_not_on_a_terminal(tiny_release, mirror, tmp_path, capsys):
+    """vera.progress, as every stage: a line when a transfer stops and one when it ends, in bytes; no bar."""
+    dest = tmp_path / "Data"
+    mirror.drop_once.add(f"/github/vera-framework/VERA/{COMMIT}/Data/UCF_Eval.json")
+    assert run("download", ["--dataset", "ucf", "--dest", str(dest), "--mirror", mirror.url,
+                            "--what", "annotations"]) == 0
+    error = capsys.readouterr().err
+    assert "\r" not in error
+    size = len(tiny_release["UCF_Eval.json"])
+    assert size == 317  # under 1 kB, so the counts stay in B; half of it, 158 B, is 49.8%
+    rate = r"(, \d+(\.\d)? [kMG]?B/s)?"  # the loopback's speed, if the clock saw any time pass
+    lines = error.splitlines()
+    assert len(lines) == 3
+    assert re.fullmatch(rf"UCF_Eval\.json: {size // 2} B/{size} B \(49\.8%\){rate}, stopped after \d+ s", lines[0])
+    assert lines[1].startswith(f"UCF_Eval.json: interrupted after {size // 2} bytes (")
+    assert re.fullmatch(rf"UCF_Eval\.json: {size} B/{size} B \(100\.0%\){rate}, finished in \d+ s", lines[2])
+    assert (dest / "UCF_Eval.json").read_bytes() == tiny_release["UCF_Eval.json"]
+    # --no-progress: only the messages.
+    mirror.drop_once.add(f"/github/vera-framework/VERA/{COMMIT}/Data/UCF_Eval.json")
+    assert _download(mirror, tmp_path / "quiet", "--what", "annotations") == 0
+    assert [line.split(" (")[0] for line in capsys.readouterr().err.splitlines()] == [
+        f"UCF_Eval.json: interrupted after {size // 2} bytes"]
 
 
 def test_a_checksum_mismatch_keeps_nothing(tiny_release, mirror, tmp_path, capsys):

@@ -124,3 +124,34 @@ def test_messages_stay_off_a_terminal_and_out_of_disabled_progress():
         bar.update(1, message="step 1/2")
         bar.close(message="done")
     assert quiet.getvalue() == ""
+
+
+def test_bytes_are_logged_with_si_prefixes_counting_only_this_runs_bytes_in_the_rate():
+    stream, clock = io.StringIO(), Clock()
+    # A download resumed after 12 MB of 45.6 MB: 4 MB every 10 s, then the last 21.6 MB.
+    with progress(total=45_600_000, initial=12_000_000, desc="archive", unit="B", unit_scale=True, stream=stream,
+                  clock=clock) as bar:
+        for _ in range(3):
+            clock.now += 10
+            bar.update(4_000_000)
+        clock.now += 10
+        bar.update(21_600_000)
+    assert stream.getvalue().splitlines() == [
+        "archive: 24.0 MB/45.6 MB (52.6%), 400.0 kB/s, eta 54 s",
+        "archive: 45.6 MB/45.6 MB (100.0%), 840.0 kB/s, finished in 40 s",
+    ]
+    stream = io.StringIO()
+    with progress(desc="page", unit="B", unit_scale=True, stream=stream, clock=clock, log_every_s=0) as bar:
+        clock.now += 1
+        bar.update(999)
+        clock.now += 1
+        bar.update(999_960 - 999)  # 999.96 kB rounds to 1.0 MB, never to "1000.0 kB"
+    assert stream.getvalue().splitlines() == [
+        "page: 999 B, 999 B/s",
+        "page: 1.0 MB, 500.0 kB/s",
+        "page: 1.0 MB, 500.0 kB/s, finished in 2 s",
+    ]
+    terminal = Terminal()
+    with progress(total=2_000_000, desc="archive", unit="B", unit_scale=True, stream=terminal) as bar:
+        bar.update(2_000_000)
+    assert "\r" in terminal.getvalue() and "2.00M/2.00M" in terminal.getvalue()

@@ -22,7 +22,7 @@ from pathlib import Path
 from vera.data.annotations import TestVideo, load_test_annotations
 from vera.data.released_archives import Archive, check_folder, check_gt_frames, map_members, place
 from vera.data.transfer import (ChecksumMismatch, NotFound, download_from_drive, fetch_url, refuse_web_page,
-                                sha256_file, show_progress)
+                                sha256_file)
 from vera.errors import VeraError
 from vera.io import read_json, write_json_atomic
 
@@ -270,7 +270,6 @@ def fetch_released(dest: Path, datasets: tuple[str, ...], what: tuple[str, ...],
     authors' files is collected in the outcomes, each counted as a problem.
     """
     dest = Path(dest)
-    bars = show_progress(progress)
     outcomes: list[Outcome] = []
 
     def done(outcome: Outcome | None) -> None:
@@ -281,12 +280,12 @@ def fetch_released(dest: Path, datasets: tuple[str, ...], what: tuple[str, ...],
 
     for item in REPO_FILES:
         if item.what in what and set(item.datasets) & set(datasets):
-            done(_repo_file(item, dest, mirror, retries, bars, log))
+            done(_repo_file(item, dest, mirror, retries, progress, log))
     if "annotations" in what and "xd" in datasets:
         done(_gt_frames_check(dest))
     for archive in DRIVE_ARCHIVES:
         if archive.what in what and archive.dataset in datasets:
-            done(_archive(archive, dest, mirror, retries, bars, log))
+            done(_archive(archive, dest, mirror, retries, progress, log))
     write_json_atomic(dest / REPORT_NAME, {outcome.item: {"problems": outcome.problems, **outcome.details,
                                                           "summary": outcome.lines} for outcome in outcomes})
     return outcomes

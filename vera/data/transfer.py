@@ -16,9 +16,8 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from tqdm import tqdm
-
 from vera.errors import VeraError
+from vera.progress import Progress
 
 DRIVE_VIEW = "https://drive.google.com/file/d/{id}/view"
 TIMEOUT_S = 60
@@ -50,11 +49,6 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def show_progress(wanted: bool) -> bool:
-    """Progress bars only on a terminal: a log file gets one line per finished file instead."""
-    return wanted and sys.stderr.isatty()
-
-
 def _offline(url: str, dest: Path, reason: object) -> VeraError:
     host = urlsplit(url).netloc
     return VeraError(f"cannot reach {host} ({reason}); offline? Fetch {url} by hand, save it as {dest} "
@@ -79,9 +73,10 @@ def _transfer(url: str, part: Path, progress: bool) -> None:
             offset = 0
         length = response.headers.get("Content-Length")
         total = offset + int(length) if length is not None else None
-        with open(part, "ab" if resumed else "wb") as out, tqdm(
+        # A bar on a terminal, log lines elsewhere (vera.progress); the count starts at the bytes resumed from.
+        with open(part, "ab" if resumed else "wb") as out, Progress(
                 total=total, initial=offset, unit="B", unit_scale=True, desc=part.name[: -len(".part")],
-                disable=not progress, file=sys.stderr, leave=False) as bar:
+                enabled=progress, leave=False) as bar:
             while True:
                 try:
                     block = response.read(CHUNK)
@@ -91,9 +86,10 @@ def _transfer(url: str, part: Path, progress: bool) -> None:
                     break
                 out.write(block)
                 bar.update(len(block))
-    size = part.stat().st_size
-    if total is not None and size < total:
-        raise _Interrupted(f"connection closed after {size} of {total} bytes")
+            out.flush()
+            size = part.stat().st_size
+            if total is not None and size < total:  # raised inside, so the progress line says stopped
+                raise _Interrupted(f"connection closed after {size} of {total} bytes")
 
 
 def fetch_url(url: str, dest: Path, *, sha256: str | None = None, retries: int = 3,
@@ -142,8 +138,9 @@ def download_from_drive(drive_id: str, dest: Path, progress: bool) -> None:
     from gdown.exceptions import DownloadError, FileURLRetrievalError
 
     by_hand = f"download {DRIVE_VIEW.format(id=drive_id)} in a browser, save it as {dest} and rerun"
+    bar = progress and sys.stderr.isatty()  # gdown draws its own tqdm bar, whose carriage returns suit no log
     try:
-        gdown.download(id=drive_id, output=str(dest), quiet=not progress, resume=True, timeout=TIMEOUT_S)
+        gdown.download(id=drive_id, output=str(dest), quiet=not bar, resume=True, timeout=TIMEOUT_S)
     except FileURLRetrievalError as error:
         reason = " ".join(str(error).split())[:160]
         raise VeraError(f"Google Drive refused file {drive_id} (quota or permission: {reason}); {by_hand}") from None
