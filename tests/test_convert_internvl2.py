@@ -324,6 +324,9 @@ def test_native_model_loads_every_parameter_with_its_shape(converted):
     assert not torch.equal(state["lm_head.weight"], state["model.language_model.embed_tokens.weight"])
     for name, tensor in unfuse(converted["weights"]).items():
         assert torch.equal(state[name], tensor), name
+    # The class a serving engine (vLLM) instantiates for the folder, as the model's own save_pretrained writes it.
+    assert json.loads((converted["dst"] / "config.json").read_text())["architectures"] == \
+        ["InternVLForConditionalGeneration"]
 
 
 def test_fused_projections_split_as_the_original_forward_reads_them(converted):

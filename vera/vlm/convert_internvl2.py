@@ -7,7 +7,7 @@
 files); it ships remote code that no longer runs on transformers 5. ``DST``
 becomes a folder that ``InternVLForConditionalGeneration`` /
 ``AutoModelForImageTextToText`` / ``AutoProcessor`` and the ``hf`` backend load
-with no remote code:
+with no remote code, and vLLM serves (it reads ``architectures``):
 
 - config: the vision tower (InternViT), the projector (``mlp1``: LayerNorm,
   Linear, GELU, Linear after a 0.5 pixel shuffle) and the language model as
@@ -273,6 +273,8 @@ def convert(src: Path, dst: Path, overwrite: bool = False) -> dict:
     work.mkdir(parents=True)
     try:
         config.dtype = layout.dtype
+        # What the model class's save_pretrained records; serving engines (vLLM) pick their model by it.
+        config.architectures = ["InternVLForConditionalGeneration"]
         config.save_pretrained(work)
         template = chat_template(layout.template, add_bos)
         processor = InternVLProcessor(

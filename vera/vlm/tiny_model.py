@@ -82,7 +82,7 @@ def _byte_level_tokenizer(special_tokens: list[str], extra: dict[str, str] | Non
     )
 
 
-def _internvl(seed: int) -> tuple[torch.nn.Module, InternVLProcessor]:
+def _internvl(seed: int, head_dim: int) -> tuple[torch.nn.Module, InternVLProcessor]:
     tokenizer = _byte_level_tokenizer(CHAT_SPECIALS + list(INTERNVL_SPECIALS.values()), INTERNVL_SPECIALS)
     image_size, patch_size = 32, 8
     image_seq_length = int((image_size // patch_size) ** 2 * 0.5**2)
@@ -90,7 +90,8 @@ def _internvl(seed: int) -> tuple[torch.nn.Module, InternVLProcessor]:
         vision_config=dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                            initializer_range=INIT_STD, image_size=[image_size, image_size],
                            patch_size=[patch_size, patch_size]),
-        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+        text_config=dict(model_type="qwen2", vocab_size=len(tokenizer), hidden_size=4 * head_dim,
+                         intermediate_size=8 * head_dim,
                          initializer_range=INIT_STD,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=8192, tie_word_embeddings=True,
@@ -109,16 +110,19 @@ def _internvl(seed: int) -> tuple[torch.nn.Module, InternVLProcessor]:
     return AutoModelForImageTextToText.from_config(config), processor
 
 
-def _qwen2_vl(seed: int) -> tuple[torch.nn.Module, Qwen2VLProcessor]:
+def _qwen2_vl(seed: int, head_dim: int) -> tuple[torch.nn.Module, Qwen2VLProcessor]:
     tokenizer = _byte_level_tokenizer(CHAT_SPECIALS + QWEN_SPECIALS)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIALS}
     config = Qwen2VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=4 * head_dim, intermediate_size=8 * head_dim,
+                         num_hidden_layers=2,
                          initializer_range=INIT_STD,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8192,
-                         rope_parameters={"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 10000.0},
+                         rope_parameters={"rope_type": "default", "mrope_section": _mrope_section(head_dim),
+                                          "rope_theta": 10000.0},
                          bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        vision_config=dict(depth=1, embed_dim=32, hidden_size=64, num_heads=2, mlp_ratio=2, patch_size=14,
+        # hidden_size is the merger's output, the language model's width (transformers reads the text config's).
+        vision_config=dict(depth=1, embed_dim=32, hidden_size=4 * head_dim, num_heads=2, mlp_ratio=2, patch_size=14,
                            initializer_range=INIT_STD,
                            spatial_merge_size=2, temporal_patch_size=2),
         image_token_id=ids["<|image_pad|>"],
@@ -135,12 +139,24 @@ def _qwen2_vl(seed: int) -> tuple[torch.nn.Module, Qwen2VLProcessor]:
     return AutoModelForImageTextToText.from_config(config), processor
 
 
-def write_tiny_model(arch: str, out: Path, seed: int = 0) -> Path:
-    """Write a tiny random ``arch`` model with its processor to ``out``; return ``out``."""
+def _mrope_section(head_dim: int) -> list[int]:
+    """Qwen2-VL's (time, height, width) split of the rotary frequencies: head_dim / 2 of them, 1:1.5:1.5 as Qwen's."""
+    time = head_dim // 8
+    return [time, (head_dim // 2 - time) // 2, head_dim // 2 - time - (head_dim // 2 - time) // 2]
+
+
+def write_tiny_model(arch: str, out: Path, seed: int = 0, head_dim: int = 16) -> Path:
+    """Write a tiny random ``arch`` model with its processor to ``out``; return ``out``.
+
+    ``head_dim`` sizes the language model (4 query and 2 key-value heads of it); serving engines' CPU
+    attention kernels want 32 or more, the tests keep 16.
+    """
     builders = {"internvl": _internvl, "qwen2_vl": _qwen2_vl}
     if arch not in builders:
         raise VeraError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
-    model, processor = builders[arch](seed)
+    if head_dim < 8 or head_dim % 8:
+        raise VeraError(f"--head-dim must be a positive multiple of 8, not {head_dim}")
+    model, processor = builders[arch](seed, head_dim)
     model.generation_config.do_sample = False
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -154,8 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", required=True, choices=ARCHITECTURES)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--head-dim", type=int, default=16, help="the language model's attention head size")
     args = parser.parse_args(argv)
-    out = write_tiny_model(args.arch, args.out, args.seed)
+    out = write_tiny_model(args.arch, args.out, args.seed, args.head_dim)
     size = sum(path.stat().st_size for path in out.iterdir() if path.is_file())
     print(json.dumps({"arch": args.arch, "out": str(out), "bytes": size}))
     return 0

