@@ -59,12 +59,12 @@ SIZES = dict(IMAGE=448, PATCH=14, TOKENS_PER_TILE=256, VIT_HIDDEN=32, VIT_HEADS=
              HIDDEN=64, HEADS=4, KV_HEADS=2, HEAD_DIM=16, LAYERS=2)
 
 
-def write_checkpoint(src: Path, max_position_embeddings: int) -> None:
-    """The test suite's original-layout builder, at this script's sizes (its sizes are module constants)."""
+def write_checkpoint(src: Path, max_position_embeddings: int, sizes: dict[str, int] = SIZES) -> None:
+    """The test suite's original-layout builder, at ``sizes`` (its sizes are module constants)."""
     spec = importlib.util.spec_from_file_location("_internvl2_builder", ROOT / "tests" / "test_convert_internvl2.py")
     builder = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(builder)
-    for name, value in SIZES.items():
+    for name, value in sizes.items():
         setattr(builder, name, value)
     builder.write_original(src)
     for shard in src.glob("*.safetensors"):  # published shards say their format; transformers 4.44 requires it
