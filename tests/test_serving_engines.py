@@ -42,13 +42,18 @@ def test_readme_lines_are_read_with_continuations_and_comments():
     commands = _script("check_serve_commands")
     text = ("intro\n```bash\n# vllm serve not/this\nvllm serve some/model --port 8000 \\\n"
             "    --limit-mm-per-prompt '{\"image\": 16}'\npython -m sglang.launch_server --model-path m  # note\n"
-            "lmdeploy serve api_server m --server-port 23333\ntransformers serve m\n```\n"
-            "```python\nvllm serve ignored/outside/bash\n```\n")
-    assert commands.readme_commands(text) == [
+            "lmdeploy serve api_server m --server-port 23333\ntransformers serve m\n"
+            "CUDA_VISIBLE_DEVICES=0 vllm serve hidden/model\n```\n"
+            "```python\nvllm serve ignored/outside/shell\n```\n"
+            "```sh\nvllm serve other/model \\ \n  --port 1\n```\n")
+    unread: list[str] = []
+    assert commands.readme_commands(text, unread) == [
         ("vllm", ["some/model", "--port", "8000", "--limit-mm-per-prompt", '{"image": 16}']),
         ("sglang", ["--model-path", "m"]),
         ("lmdeploy", ["m", "--server-port", "23333"]),
+        ("vllm", ["other/model", "--port", "1"]),  # a space after the backslash still continues the line
     ]
+    assert unread == ["CUDA_VISIBLE_DEVICES=0 vllm serve hidden/model"]
 
 
 def test_a_refused_line_is_reported_not_raised(monkeypatch):
@@ -63,16 +68,17 @@ def test_a_refused_line_is_reported_not_raised(monkeypatch):
     assert refused["parsed"] is False and "unrecognized arguments: --prot 8000" in refused["error"][0]
 
 
-def test_readme_vllm_lines_carry_the_flags_the_comparison_serves_with():
-    commands = _script("check_serve_commands")
+def test_the_comparison_serves_with_the_readme_vllm_lines():
     served = _script("compare_served")
-    lines = [arguments for engine, arguments in commands.readme_commands((ROOT / "README.md").read_text())
-             if engine == "vllm"]
-    models = {"qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct", "internvl2": "models/InternVL2-8B-native"}
-    for arch, model in models.items():
-        [line] = [arguments for arguments in lines if arguments[0] == model]
-        flags = served.SERVE_FLAGS[arch]
-        assert any(line[i:i + len(flags)] == flags for i in range(len(line))), (arch, line)
+    for arch in ("qwen2_vl", "internvl2"):  # the README's lines, as written there, less the port
+        assert served.serve_flags(arch) == ["--max-model-len", "8192", "--limit-mm-per-prompt", '{"image": 16}']
+    readme = (ROOT / "README.md").read_text()
+    unread: list[str] = []
+    commands = _script("check_serve_commands").readme_commands(readme, unread)
+    # Every engine line of the README is read, none skipped: counted here by a plain search.
+    assert len(commands) == sum(readme.count(f"\n{command} ") for command in
+                                ("vllm serve", "python -m sglang.launch_server", "lmdeploy serve api_server")) == 7
+    assert unread == []
 
 
 # -- the tiny model at a head size the engines' CPU kernels take -----------------------------------
@@ -107,7 +113,11 @@ def test_wide_tiny_model_answers_through_the_hf_backend(tmp_path):
     prompt = build_learner_prompt(DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"], frame_layout="per-frame")
     frames = list(np.random.default_rng(0).integers(0, 256, (8, 56, 56, 3), dtype=np.uint8))
     [answer] = backend.generate([learner_request(prompt, frames, "x", "per-frame")], max_new_tokens=4)
-    assert answer.text  # the merger's output fits the language model: a forward pass and four tokens
+    # The merger's output fits the language model: one merged patch an image (the tiny processor's 28 x 28
+    # pixels), and four new tokens.
+    assert answer.extra == {"truncated": True, "new_tokens": 4}
+    inputs = backend._batch([learner_request(prompt, frames, "x", "per-frame")]).inputs
+    assert int((inputs["input_ids"] == backend.model.config.image_token_id).sum()) == 8
 
 
 # -- with the engines installed --------------------------------------------------------------------
@@ -119,10 +129,19 @@ def test_readme_lines_parse_with_each_engines_parser(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     results = json.loads(report.read_text())
-    assert {command["engine"] for command in results["commands"]} == {"vllm", "sglang", "lmdeploy"}
-    assert all(command["parsed"] is not False for command in results["commands"])
-    parsed = [command for command in results["commands"] if command["parsed"]]
-    assert any(command["engine"] == "vllm" for command in parsed)  # at least vLLM imports there
+    assert [command["engine"] for command in results["commands"]] == ["vllm"] * 3 + ["sglang"] * 2 + ["lmdeploy"] * 2
+    assert all(command["parsed"] is True for command in results["commands"])
+    # The same parsers refuse a misspelt flag of each engine and a conversation template SGLang lacks.
+    bad = tmp_path / "bad.md"
+    bad.write_text("```bash\nvllm serve m --limit-mm-per-promt 5\n"
+                   "python -m sglang.launch_server --model-path m --chat-template no-such-template\n"
+                   "lmdeploy serve api_server m --server-prot 1\n```\n")
+    done = subprocess.run([python, str(ROOT / "benchmarks" / "check_serve_commands.py"), "--readme", str(bad),
+                           "--json", str(report)], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 1
+    errors = [str(command["error"]) for command in json.loads(report.read_text())["commands"]]
+    assert ["--limit-mm-per-promt" in errors[0], "no-such-template" in errors[1], "--server-prot" in errors[2]] == \
+        [True, True, True]
 
 
 @pytest.mark.parametrize("arch", ["qwen2_vl", "internvl2"])

@@ -121,7 +121,8 @@ def _qwen2_vl(seed: int, head_dim: int) -> tuple[torch.nn.Module, Qwen2VLProcess
                          rope_parameters={"rope_type": "default", "mrope_section": _mrope_section(head_dim),
                                           "rope_theta": 10000.0},
                          bos_token_id=None, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
-        # hidden_size is the merger's output, the language model's width (transformers reads the text config's).
+        # hidden_size is the merger's output width, which must be the language model's (transformers and vLLM
+        # both build the merger from this vision config).
         vision_config=dict(depth=1, embed_dim=32, hidden_size=4 * head_dim, num_heads=2, mlp_ratio=2, patch_size=14,
                            initializer_range=INIT_STD,
                            spatial_merge_size=2, temporal_patch_size=2),
