@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--allow-missing", action="store_true", help="an engine that does not import is no failure")
     args = parser.parse_args(argv)
+    if not args.readme.is_file():
+        parser.error(f"not a file: {args.readme}")
     unread: list[str] = []
     commands = readme_commands(args.readme.read_text(encoding="utf-8"), unread)
     versions, results = {engine: None for engine in PREFIXES}, []

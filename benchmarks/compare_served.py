@@ -75,12 +75,17 @@ HEAD_DIM = 32
 README_MODELS = {"qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct", "internvl2": "models/InternVL2-8B-native"}
 
 
+def _sibling(name: str):
+    """Another script of this folder as a module (the folder is no package, and tests import this file by path)."""
+    spec = importlib.util.spec_from_file_location(f"_{name}", Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def serve_flags(arch: str, readme: Path = ROOT / "README.md") -> list[str]:
     """The flags of the README's ``vllm serve`` line for ``arch``'s model, without ``--port``."""
-    spec = importlib.util.spec_from_file_location("_check_serve_commands", Path(__file__).with_name(
-        "check_serve_commands.py"))
-    commands = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(commands)
+    commands = _sibling("check_serve_commands")
     lines = [arguments[1:] for engine, arguments in commands.readme_commands(readme.read_text(encoding="utf-8"))
              if engine == "vllm" and arguments[0] == README_MODELS[arch]]
     if len(lines) != 1:
@@ -145,10 +150,7 @@ def write_model(arch: str, work: Path) -> Path:
         config["image_processor"]["size"] = {"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 16384}
         (folder / "processor_config.json").write_text(json.dumps(config, indent=2))
         return folder
-    spec = importlib.util.spec_from_file_location("_compare_original", Path(__file__).with_name(
-        "compare_internvl2_original.py"))
-    original = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(original)
+    original = _sibling("compare_internvl2_original")
     sizes = original.SIZES | {"HIDDEN": 4 * HEAD_DIM, "HEAD_DIM": HEAD_DIM}
     original.write_checkpoint(work / "internvl2-original", 32768, sizes)
     subprocess.run([sys.executable, "-m", "vera.convert_internvl2", str(work / "internvl2-original"),
@@ -185,13 +187,19 @@ def served_answer(backend, request, max_new_tokens: int) -> dict:
 
 
 @torch.inference_mode()
+def first_logprobs(backend, inputs: dict) -> torch.Tensor:
+    """The log-probabilities of the first answer token, one forward pass on the ``hf`` backend's inputs."""
+    return backend.model(**inputs).logits[0, -1].float().log_softmax(-1)
+
+
+@torch.inference_mode()
 def local_answer(backend, request, max_new_tokens: int) -> dict:
     """The ``hf`` backend's inputs for the request, its first-token log-probabilities and greedy tokens."""
     from vera.vlm import greedy
 
     inputs = backend._batch([request]).inputs
     prompt_ids = inputs["input_ids"][0].tolist()
-    logprobs = backend.model(**inputs).logits[0, -1].float().log_softmax(-1)
+    logprobs = first_logprobs(backend, inputs)
     output = backend.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                                     eos_token_id=backend.eos_token_ids)
     loop = greedy.greedy_decode(backend.model, inputs, max_new_tokens, backend.eos_token_ids,
@@ -247,9 +255,9 @@ def run(args: argparse.Namespace, work: Path) -> dict:
     requests = segment_requests(prompt, args.segment_stride)
     local = load_backend("hf", str(model), device="cpu", dtype="float32", local_files_only=True)
     mine = [local_answer(local, request, args.max_new_tokens) for request in requests]
-    shifted = [local_answer(local, learner_request(prompt, [np.roll(request.images[0], 1, axis=1),
-                                                            *request.images[1:]], request.key, "per-frame"), 1)
-               for request in requests]
+    shifted = [first_logprobs(local, local._batch([learner_request(
+        prompt, [np.roll(request.images[0], 1, axis=1), *request.images[1:]], request.key, "per-frame")]).inputs)
+        for request in requests]
 
     flags = serve_flags(args.arch)
     with Server(args.engine_python, model, flags, work / "server.log") as server:
@@ -261,7 +269,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
         step1 = step1_runs(model, server, work, prompt_file, args.max_new_tokens)
 
     gaps = [logprob_gap(s["top"], m["logprobs"]) for s, m in zip(theirs, mine)]
-    control = [logprob_gap(s["top"], m["logprobs"]) for s, m in zip(theirs, shifted)]
+    control = [logprob_gap(s["top"], logprobs) for s, logprobs in zip(theirs, shifted)]
     result = {
         "arch": args.arch, "segments": len(requests), "prompt_tokens": len(mine[0]["prompt_ids"]),
         "prompt_ids_equal": sum(s["prompt_ids"] == m["prompt_ids"] for s, m in zip(theirs, mine)),
