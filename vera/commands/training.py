@@ -35,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vera.errors import VeraError
-    from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
+    from vera.learning.launch import train
+    from vera.learning.settings import TrainingOptions
     from vera.vlm.input_dump import enable_input_dumps
-    from vera.vlm.prompts import load_template, questions_from, resolve_frame_layout
+    from vera.vlm.prompts import INITIAL_QUESTIONS, load_template, questions_from, resolve_frame_layout
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
