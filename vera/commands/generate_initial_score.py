@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.vlm.backends import choose_model, load_backend, server_settings
 
-    chosen = choose_model(args)
+    chosen = choose_model(args.backend, args.model, args.served_model)
     model, local_files_only = chosen.name, chosen.local_files_only
     from vera.data.annotations import load_test_annotations
     from vera.distributed import launch
@@ -63,10 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     image_format = args.image_format if args.backend == "openai" else None  # as the backend's describe() gives it
     step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings, image_format),
                  videos).check()
+    server = server_settings(args.backend, base_urls=args.base_url, concurrency=args.concurrency,
+                             timeout=args.request_timeout, retries=args.retries, image_format=args.image_format)
     ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
     backend = ranks.together(lambda: load_backend(
         args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
-        local_files_only=local_files_only, server=server_settings(args), static_cache=args.static_cache,
+        local_files_only=local_files_only, server=server, static_cache=args.static_cache,
         compile=args.compile, decoder=args.decoder))
     summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
     if not ranks.is_main:

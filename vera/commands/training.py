@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     check_backend_options(args)
     from vera.vlm.backends import choose_model, load_backend, server_settings
 
-    chosen = choose_model(args)  # before Lightning is imported and processes start
+    chosen = choose_model(args.backend, args.model, args.served_model)  # before Lightning and its processes
     model, local_files_only = chosen.name, chosen.local_files_only
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
@@ -54,9 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         optimizer_frames=not args.no_optimizer_frames,
     )
 
+    server = server_settings(args.backend, base_urls=args.base_url, concurrency=args.concurrency,
+                             timeout=args.request_timeout, retries=args.retries, image_format=args.image_format)
+
     def backend_on(device):
         backend = load_backend(args.backend, model, device=device, dtype=args.dtype,
-                               local_files_only=local_files_only, server=server_settings(args))
+                               local_files_only=local_files_only, server=server)
         if args.dump_inputs is not None:
             enable_input_dumps(backend, args.dump_inputs)
         return backend
