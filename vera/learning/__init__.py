@@ -11,7 +11,7 @@
 - ``optimizer_prompt``: the optimizer's prompt and reading new questions
   from its answer.
 - ``run_state``: identity, checkpoint, JSONL records, resume after a kill.
-- ``run_log``: the CSV log's rows, progress lines and the end-of-run summary.
+- ``run_log``: the CSV log's rows and the progress lines.
 - ``fabric_io``: what the Fabric writes: JSON checkpoints, one CSV log per run
   (processes and collectives: ``vera.distributed``).
 """

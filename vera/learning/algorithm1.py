@@ -8,14 +8,16 @@ predictions and the labels, and proposes new questions, which replace Q. Every
 (first the initial ones, then any with strictly higher validation accuracy, or
 AUC with ``--select-by auc``) are the run's result, ``best_questions.txt``.
 
-Where each line of the algorithm is:
+Algorithm 1's steps, and where each runs:
 
-- Q ← the initial questions; validate them          ``VerbalizedLearning.run``
-- for each epoch, for each batch of training videos   ``run``; the batch: ``training_data.batch_at``
-- learner: answer Q on the batch, predict 0/1        ``learner_pass``
-- optimizer: new Q from frames, predictions, labels  ``optimizer_proposal``
-- every ``val_every`` steps: validation accuracy     ``VerbalizedLearning.validate``, ``validation_scores``
-- keep Q as Q* on a strictly higher accuracy          ``select``
+    Q <- the initial guiding questions; validate Q      VerbalizedLearning.run
+    for each epoch, for each batch of training videos   run; the batch: training_data.batch_at
+        learner: answer Q on each video, predict 0/1    learner_pass
+        optimizer: new Q from the batch's frames,       optimizer_proposal (an unusable answer keeps Q)
+                   the predictions and the labels
+        every val_every steps: validation accuracy      VerbalizedLearning.validate, validation_scores
+        Q* <- Q if it is strictly higher                select
+    return Q*                                           best_questions.txt (run_state)
 
 Several processes: each answers its share of a batch and of the validation
 list, the optimizer runs on rank 0 and its verdict is broadcast, so every rank

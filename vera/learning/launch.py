@@ -14,7 +14,6 @@ from lightning.fabric import Fabric
 from vera.distributed import Ranks, make_fabric, release_at_exit
 from vera.learning.algorithm1 import VerbalizedLearning
 from vera.learning.fabric_io import JSONCheckpointIO, RunCSVLogger
-from vera.learning.run_log import summary
 from vera.learning.run_state import BEST_FILE, TrainingState
 from vera.learning.settings import TrainingOptions
 from vera.vlm.backends.base import VLMBackend
@@ -44,5 +43,13 @@ def _train_process(fabric: Fabric, options: TrainingOptions, make_backend: Calla
     state = learning.run(make_backend(str(fabric.device)))
     for logger in fabric.loggers:
         logger.finalize("success")
-    fabric.print(summary(state, options, Path(options.output) / BEST_FILE))
+    fabric.print(summary(state, options))
     return state
+
+
+def summary(state: TrainingState, options: TrainingOptions) -> str:
+    """One line for the end of a run."""
+    best = state.best
+    return (f"{state.step} steps, {state.rejected_updates} optimizer answers rejected, "
+            f"{state.skipped_videos} unreadable videos skipped; best questions (validation {options.select_by} "
+            f"{best.metric} at step {best.step}) in {Path(options.output) / BEST_FILE}")

@@ -1,4 +1,4 @@
-"""What a training run reports as it goes: the CSV log's rows, the progress display and its lines, the summary.
+"""What a training run reports as it goes: the CSV log's rows, the progress display and its lines.
 
 On a terminal ``vera.progress`` draws bars; in a log file each step and each
 validation is one line.
@@ -6,14 +6,7 @@ validation is one line.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
-
-from vera.learning.settings import TrainingOptions
 from vera.progress import Progress, progress
-
-if TYPE_CHECKING:
-    from vera.learning.run_state import TrainingState
 
 
 def step_row(record: dict, skipped_videos: int) -> dict:
@@ -52,10 +45,3 @@ def validation_progress(step: int, videos: int, enabled: bool) -> Progress:
     """One validation's display, one tick per video; closed with ``validation_line``."""
     return progress(total=videos, desc=f"validation @ step {step}", unit="video", enabled=enabled, leave=False)
 
-
-def summary(state: TrainingState, options: TrainingOptions, best_file: Path) -> str:
-    """One line for the end of a run."""
-    best = state.best
-    return (f"{state.step} steps, {state.rejected_updates} optimizer answers rejected, "
-            f"{state.skipped_videos} unreadable videos skipped; best questions (validation {options.select_by} "
-            f"{best.metric} at step {best.step}) in {best_file}")
