@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vera.data.annotations import TrainVideo
 from vera.errors import VeraError
-from vera.io import read_json, sha256_text, write_text_atomic
+from vera.io import parse_json, read_json, sha256_text, write_text_atomic
 from vera.learning.fabric_io import LOG_NAME, trim_metrics
 from vera.learning.run_log import is_validation_row, step_row, validation_row
 from vera.learning.settings import TrainingOptions, validation_rule
@@ -125,11 +125,12 @@ def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         try:
-            records.append(json.loads(line))
+            json.loads(line)
         except json.JSONDecodeError:
             break  # a line cut by a kill: it and anything after it belong to an unfinished step
+        records.append(parse_json(line, f"{path} line {number}"))  # a key twice is no kill's doing
     return records
 
 

@@ -1,0 +1,140 @@
+"""Inputs that would give a wrong number without a word: a JSON key twice, a report beside other labels, a labels
+CSV's extra column or byte-order mark, an annotation whose length is not the video's. Each stops with one line
+naming the file, exit code 2, and the folders made before are left byte for byte as they were."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from report_fixtures import ENTRIES, make_case
+from scripts import ROOT
+from vera.commands import run
+from vera.data.annotations import load_test_annotations
+from vera.errors import VeraError
+from vera.io import parse_json, read_json
+from vera.scoring.synthetic import write_synthetic_inputs
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below ``folder`` with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def script(path: str, *argv: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / path), *map(str, argv)], capture_output=True, text=True,
+                          cwd=ROOT, timeout=300)
+
+
+def twice(what: str, path: Path, key: str) -> str:
+    return (f"{what} {path} has the key {json.dumps(key, ensure_ascii=False)} twice in one object; JSON keeps only "
+            "the last, so the file is ambiguous")
+
+
+# -- a JSON key twice --------------------------------------------------------------------------------------------
+
+SMALL = [
+    {"video": "frames/Fighting/Fighting001_x264.mp4", "temporal_label": [40, 120, -1, -1], "length": 200},
+    {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 150], "length": 150},
+    {"video": "frames/Normal/Normal_Videos_003_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 170},
+]
+
+
+@pytest.fixture
+def scored(tmp_path):
+    """A small scored set and a compute_auc.py output made from it."""
+    annotation = tmp_path / "ann.json"
+    annotation.write_text(json.dumps(SMALL))
+    write_synthetic_inputs(load_test_annotations(annotation, "ucf"), tmp_path / "scores", tmp_path / "features",
+                           width=8, seed=1)
+    common = ["--dataset", "ucf", "--features", tmp_path / "features", "--output", tmp_path / "out", "--no-curves"]
+    assert run("compute_auc", [str(a) for a in ["--annotations", annotation, "--scores", tmp_path / "scores",
+                                                 *common]]) == 0
+    return annotation, common
+
+
+def test_an_annotation_with_a_key_twice_is_refused_by_compute_auc(scored, tmp_path):
+    annotation, common = scored
+    before = tree(tmp_path / "out")
+    text = annotation.read_text()
+    # The second temporal_label of the first video would win silently: a normal video's labels.
+    doubled = tmp_path / "doubled.json"
+    doubled.write_text(text.replace('"length": 200}', '"length": 200, "temporal_label": [-1, -1, -1, -1]}', 1))
+    assert doubled.read_text() != text
+    result = script("Inference/compute_auc.py", "--annotations", doubled, "--scores", tmp_path / "scores", *common,
+                    "--overwrite")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {twice('annotation file', doubled, 'temporal_label')}"]
+    assert tree(tmp_path / "out") == before
+
+
+def test_a_score_file_with_a_segment_twice_is_refused_by_compute_auc(scored, tmp_path):
+    annotation, common = scored
+    before = tree(tmp_path / "out")
+    scores = tmp_path / "doubled"
+    shutil.copytree(tmp_path / "scores", scores)
+    path = scores / "Fighting001_x264.json"
+    content = json.loads(path.read_text())
+    flipped = {**content["32"], "score": 1 - content["32"]["score"]}
+    path.write_text(json.dumps(content)[:-1] + ', "32": ' + json.dumps(flipped) + "}")
+    result = script("Inference/compute_auc.py", "--annotations", annotation, "--scores", scores, *common,
+                    "--overwrite")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [f"error: {twice('score file', path, '32')}"]
+    assert tree(tmp_path / "out") == before
+
+
+def test_gt_frames_and_run_records_with_a_key_twice(scored, tmp_path, capsys):
+    annotation, common = scored
+    before = tree(tmp_path / "out")
+    gt = tmp_path / "gt.json"
+    gt.write_text('{"Fighting001_x264": [0, 1], "Arson002_x264": [1], "Fighting001_x264": [1, 0]}')
+    argv = ["--annotations", annotation, "--scores", tmp_path / "scores", *common, "--gt-frames", gt, "--overwrite"]
+    assert run("compute_auc", [str(a) for a in argv]) == 2
+    assert capsys.readouterr().err.splitlines() == [f"error: {twice('--gt-frames file', gt, 'Fighting001_x264')}"]
+    assert tree(tmp_path / "out") == before
+    # The folder's own record, edited by hand: refused as the damaged record it is.
+    record = tmp_path / "out" / "run.json"
+    record.write_text(record.read_text()[:-2] + ', "identity": {}}\n')
+    edited = tree(tmp_path / "out")
+    assert run("compute_auc", [str(a) for a in ["--annotations", annotation, "--scores", tmp_path / "scores",
+                                                 *common]]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: {twice('run record', record, 'identity')}; delete it or use --overwrite"]
+    assert tree(tmp_path / "out") == edited
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[{"a": 1}, {"b": {"c": 1, "c": 2}}]', "c"),  # in a nested object
+    ('{"x": 1, "x": 1}', "x"),  # even with the same value
+    ('{"é": 1, "\\u00e9": 2}', "é"),  # the same key written two ways
+])
+def test_a_key_twice_is_found_anywhere(tmp_path, text, key):
+    path = tmp_path / "f.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(VeraError) as caught:
+        read_json(path, "annotation file")
+    assert str(caught.value) == twice("annotation file", path, key)
+    # Equal keys in different objects are no duplicate.
+    assert parse_json('[{"a": 1}, {"a": 2, "b": {"a": 3}}]', "x") == [{"a": 1}, {"a": 2, "b": {"a": 3}}]
+
+
+def test_a_run_log_line_with_a_key_twice_names_the_line(tmp_path):
+    from vera.figures import read_jsonl
+    from vera.learning.run_state import read_jsonl as read_run_records
+
+    path = tmp_path / "history.jsonl"
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 2, "step": 3}\n{"step": 4')  # the last line cut by a kill
+    for reader in (read_jsonl, read_run_records):
+        with pytest.raises(VeraError) as caught:
+            reader(path)
+        assert str(caught.value) == (f'{path} line 2 has the key "step" twice in one object; JSON keeps only the '
+                                     "last, so the file is ambiguous")
+    path.write_text('{"step": 1, "loss": 0.5}\n{"step": 4')
+    assert read_run_records(path) == [{"step": 1, "loss": 0.5}]  # a cut line is unfinished work, not an error
