@@ -138,3 +138,27 @@ def test_a_run_log_line_with_a_key_twice_names_the_line(tmp_path):
                                      "last, so the file is ambiguous")
     path.write_text('{"step": 1, "loss": 0.5}\n{"step": 4')
     assert read_run_records(path) == [{"step": 1, "loss": 0.5}]  # a cut line is unfinished work, not an error
+
+
+# -- a report against other labels -------------------------------------------------------------------------------
+
+def test_a_report_refuses_labels_other_than_those_its_scores_were_computed_with(tmp_path):
+    (tmp_path / "case").mkdir()
+    case = make_case(tmp_path / "case")
+    common = ["--scores", case.scores, "--frame-scores", case.run, "--output", tmp_path / "report"]
+    assert run("report", [str(a) for a in [*common, "--annotations", case.annotations]]) == 0
+    before = tree(tmp_path / "report")
+    # The same videos and lengths, other anomalous frames: every per-video check passes, the AUC would differ.
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([dict(ENTRIES[0], temporal_label=[10, 60, -1, -1]), *ENTRIES[1:]]))
+    result = script("Inference/report.py", *common, "--annotations", other, "--overwrite")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"error: --annotations {other} is not the annotation file the frame scores in {case.run} were computed "
+        f"with ({case.annotations.resolve()}, per {case.run / 'run.json'}); give that file or rerun compute_auc.py"]
+    assert tree(tmp_path / "report") == before
+    # A byte-identical copy elsewhere is the same labels.
+    copy = tmp_path / "copy" / "ann.json"
+    copy.parent.mkdir()
+    shutil.copy(case.annotations, copy)
+    assert run("report", [str(a) for a in [*common[:-1], tmp_path / "report2", "--annotations", copy]]) == 0
