@@ -162,3 +162,50 @@ def test_a_report_refuses_labels_other_than_those_its_scores_were_computed_with(
     copy.parent.mkdir()
     shutil.copy(case.annotations, copy)
     assert run("report", [str(a) for a in [*common[:-1], tmp_path / "report2", "--annotations", copy]]) == 0
+
+
+# -- the labels CSV of make_annotations.py -----------------------------------------------------------------------
+
+CLIP_ROWS = ["Fighting033_x264_570_841.mp4,Fighting,100-200",
+             "RoadAccidents133_x264_270_451.mp4,RoadAccidents,20-60 90-150",
+             "A.Beautiful.Mind.2001__#01-14-30_01-16-59_label_A_1845_2101.mp4,Normal,",
+             "v=JfLYNEsrTew__#1_label_G-0-0_52_431.mp4,Normal,"]
+
+
+def test_a_labels_csv_with_a_byte_order_mark_reads_as_without(shared_data, tmp_path):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(shared_data / "clips" / "RoadAccidents133_x264_270_451.mp4", videos)
+    plain, marked = tmp_path / "plain.csv", tmp_path / "marked.csv"
+    text = "video,class,intervals\r\n" + CLIP_ROWS[1] + "\r\n"  # as a spreadsheet saves it
+    plain.write_text(text, encoding="utf-8")
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8"))
+    common = ["--videos", str(videos), "--dataset", "ucf", "--workers", "1"]
+    assert run("make_annotations", [*common, "--labels", str(plain), "--output", str(tmp_path / "a.json")]) == 0
+    assert run("make_annotations", [*common, "--labels", str(marked), "--output", str(tmp_path / "b.json")]) == 0
+    assert (tmp_path / "b.json").read_bytes() == (tmp_path / "a.json").read_bytes()
+    assert json.loads((tmp_path / "b.json").read_text()) == [
+        {"video": "RoadAccidents/RoadAccidents133_x264_270_451.mp4", "temporal_label": [20, 60, 90, 150],
+         "length": 181}]
+
+
+@pytest.mark.parametrize("header, rows, message", [
+    ("video,class,intervals,notes", [row + ",seen twice" for row in CLIP_ROWS],
+     "labels file {path} has the column 'notes' (column 4), which is none of video,class,intervals; its values "
+     "would be ignored, so remove it"),
+    ("video,class,class", CLIP_ROWS,
+     "labels file {path} names the column 'class' twice in its header"),
+    ("video,class,intervals", [CLIP_ROWS[0], "RoadAccidents133_x264_270_451.mp4,RoadAccidents,20-60,90-150"],
+     "{path} line 3 has 4 fields, but the header names 3 (video,class,intervals); quote a value that holds a comma"),
+    ("Video;Class", ["x;y"],
+     "labels file {path} needs a header with the columns video,class[,intervals], got Video;Class"),
+])
+def test_a_labels_csv_whose_columns_would_be_dropped_is_refused(shared_data, tmp_path, header, rows, message):
+    path = tmp_path / "labels.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + ("\n".join([header, *rows]) + "\n").encode("utf-8"))
+    output = tmp_path / "mine.json"
+    result = script("Data/make_annotations.py", "--videos", shared_data / "clips", "--dataset", "ucf",
+                    "--output", output, "--labels", path, "--workers", "1")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["error: " + message.format(path=path)]
+    assert not output.exists()

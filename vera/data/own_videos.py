@@ -30,6 +30,7 @@ from vera.io import read_text, write_text_atomic
 UNLABELLED_CLASS = "Unlabelled"  # the UCF-style folder of videos given without --labels
 DECODE_CHUNK = 32  # frames decoded per read while counting: bounds memory, not speed
 _SHOWN = 5
+LABEL_COLUMNS = ("video", "class", "intervals")  # of a --labels CSV
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,39 @@ def _parse_intervals(text: str, where: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(pairs))
 
 
+def read_label_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a labels CSV by column name, its header checked: ``video``, ``class`` and ``intervals`` only.
+
+    A UTF-8 byte-order mark (as spreadsheets save CSV) is skipped; a column the
+    reader does not know, a column named twice or a row with more fields than
+    the header (an unquoted comma) is refused: its content would be dropped.
+    """
+    path = Path(path)
+    lines = read_text(path, "labels file").removeprefix("\ufeff").splitlines()
+    table = list(csv.reader(lines))
+    header = [name.strip() for name in table[0]] if table else []
+    if not {"video", "class"} <= set(header):
+        raise VeraError(f"labels file {path} needs a header with the columns {','.join(LABEL_COLUMNS[:2])}"
+                        f"[,{LABEL_COLUMNS[2]}], got {','.join(header) or 'an empty file'}")
+    unknown = [(number, name) for number, name in enumerate(header, start=1) if name not in LABEL_COLUMNS]
+    if unknown:
+        number, name = unknown[0]
+        raise VeraError(f"labels file {path} has the column {name!r} (column {number}), which is none of "
+                        f"{','.join(LABEL_COLUMNS)}; its values would be ignored, so remove it")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise VeraError(f"labels file {path} names the column {twice[0]!r} twice in its header")
+    rows = []
+    for number, fields in enumerate(table[1:], start=2):  # line 1 is the header
+        if not any(field.strip() for field in fields):
+            continue  # a blank line, or a spreadsheet's empty row (",,")
+        if len(fields) > len(header):
+            raise VeraError(f"{path} line {number} has {len(fields)} fields, but the header names {len(header)} "
+                            f"({','.join(header)}); quote a value that holds a comma")
+        rows.append(dict(zip(header, fields)))
+    return rows
+
+
 def read_labels(path: Path, videos: list[MeasuredVideo]) -> dict[str, Label]:
     """Labels by key from a CSV ``video,class[,intervals]``; every video needs exactly one row.
 
@@ -138,9 +172,7 @@ def read_labels(path: Path, videos: list[MeasuredVideo]) -> dict[str, Label]:
     for video in videos:
         for name in (video.key, video.path.name):
             by_name.setdefault(name, video)
-    rows = list(csv.DictReader(read_text(path, "labels file").splitlines()))
-    if not rows or not {"video", "class"} <= set(rows[0]):
-        raise VeraError(f"labels file {path} needs a header with the columns video,class[,intervals]")
+    rows = read_label_rows(path)
     labels: dict[str, Label] = {}
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{path} line {number}"
