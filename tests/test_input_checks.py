@@ -209,3 +209,46 @@ def test_a_labels_csv_whose_columns_would_be_dropped_is_refused(shared_data, tmp
     assert result.returncode == 2
     assert result.stderr.splitlines() == ["error: " + message.format(path=path)]
     assert not output.exists()
+
+
+# -- an annotation whose length is not the video's -----------------------------------------------------------------
+
+def test_an_annotation_shorter_than_the_video_stops_step1_and_the_features_alike(shared_data, tmp_path, capsys,
+                                                                                  tiny_models):
+    clips = shared_data / "clips"
+    # RoadAccidents133 has 181 frames, Fighting033 271: the second is annotated 15 frames short.
+    annotation = tmp_path / "ann.json"
+    annotation.write_text(json.dumps([
+        {"video": "frames/RoadAccidents/RoadAccidents133_x264_270_451.mp4", "temporal_label": [20, 60, -1, -1],
+         "length": 181},
+        {"video": "frames/Fighting/Fighting033_x264_570_841.mp4", "temporal_label": [100, 200, -1, -1],
+         "length": 256},
+    ]))
+    line = (f"error: video Fighting033_x264_570_841: the annotation gives 256 frames but "
+            f"{clips / 'Fighting033_x264_570_841.mp4'} has 271 (wrong frame rate at extraction? "
+            "--allow-length-mismatch uses the annotation's length where the frames exist)")
+    stages = {
+        "extract_features": ["--random-init", "--tiny"],
+        "generate_initial_score": ["--model", str(tiny_models.path("internvl")), "--preset", "ucf", "--batch-size",
+                                   "8", "--max-new-tokens", "2"],
+    }
+    codes = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for stage, options in stages.items():
+            output = tmp_path / stage
+            argv = ["--dataset", "ucf", "--annotations", str(annotation), "--videos", str(clips), "--output",
+                    str(output), "--device", "cpu", "--no-progress", "--input-workers", "0", *options]
+            codes[stage], errors, trees = [], [], []
+            for _ in range(2):  # the rerun resumes: the good video is kept, the short one refused again
+                codes[stage].append(run(stage, argv))
+                errors.append([text for text in capsys.readouterr().err.splitlines() if "Fighting033" in text])
+                trees.append({name: data for name, data in tree(output).items() if not name.startswith("summary")})
+            assert errors[0][0] == line and errors[1][0] == line, stage
+            assert codes[stage][0] == codes[stage][1] != 0, stage
+            assert trees[1] == trees[0] and "RoadAccidents133_x264_270_451" in "".join(trees[0]), stage
+            assert not any("Fighting033" in name for name in trees[0]), stage
+    finally:
+        torch.set_num_threads(threads)
+    assert codes["extract_features"] == [2, 2]
