@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -252,3 +253,12 @@ def test_an_annotation_shorter_than_the_video_stops_step1_and_the_features_alike
     finally:
         torch.set_num_threads(threads)
     assert codes["extract_features"] == [2, 2]
+    # The escape is the same option in both stages: the annotated frames are read, and the run says so.
+    argv = ["--dataset", "ucf", "--annotations", str(annotation), "--videos", str(clips), "--output",
+            str(tmp_path / "extract_features"), "--device", "cpu", "--no-progress", "--input-workers", "0",
+            "--random-init", "--tiny", "--allow-length-mismatch"]
+    assert run("extract_features", argv) == 0
+    assert line.replace("error: ", "warning: ", 1).split(" (wrong frame")[0] + "; using the annotation's length" \
+        in capsys.readouterr().err.splitlines()
+    features = np.load(tmp_path / "extract_features" / "Fighting033_x264_570_841.npy")
+    assert features.shape[0] == 16  # segments at frames 0, 16, ..., 240 < 256
