@@ -174,7 +174,8 @@ def check_intervals(video: TestVideo, length: int, where: str) -> None:
                             f"({length} frames)")
 
 
-def check_frame_count(key: str, length: int, num_frames: int, source: object, allow_mismatch: bool = False) -> str | None:
+def check_frame_count(key: str, length: int, num_frames: int, source: object,
+                      allow_mismatch: bool = False) -> str | None:
     """Every stage's verdict on a video whose frames are not as many as its annotated ``length``.
 
     The length is the number of frames the evaluation scores, and the segment

@@ -295,7 +295,8 @@ def extract_features(
 
 def _extract_share(videos: list[TestVideo], encoder: VisionEncoder, folder: RunFolder, settings: FeatureSettings, *,
                    frames_dir: Path | None, videos_dir: Path | None, batch_size: int, clamp_short: bool,
-                   allow_length_mismatch: bool, partial_every_s: float, input_workers: int, show: bool, desc: str) -> FeatureReport:
+                   allow_length_mismatch: bool, partial_every_s: float, input_workers: int, show: bool,
+                   desc: str) -> FeatureReport:
     """The videos of one process, into an opened folder."""
     width = encoder.config.out_dim
     report = FeatureReport(videos=len(videos))

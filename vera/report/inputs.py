@@ -4,8 +4,10 @@ The videos are those of the frame scores (``--frame-scores``: a
 ``compute_auc.py`` or ``detect.py`` scoring folder) or, without them, every
 Step 1 file; each must agree with the others it meets (segment counts, the
 annotated length, the answers the run scored), or the report stops naming
-the video and the file. Without frame scores a video's "frame scores" are its
-Step 1 answers, each over its segment's frames (no Steps 2-3).
+the video and the file. Annotations other than those a ``compute_auc.py``
+run scored with (its run.json names them) are refused: the page would put a
+second, different AUC beside the run's. Without frame scores a video's "frame
+scores" are its Step 1 answers, each over its segment's frames (no Steps 2-3).
 """
 
 from __future__ import annotations
