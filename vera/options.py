@@ -647,6 +647,8 @@ class Command:
     description: str
     items: list[str | OneOf] = field(default_factory=list)
     prog: str | None = None
+    # Checks argparse cannot make alone, run inside ``parse`` so a mistake is the only line printed.
+    checks: tuple[Callable[[argparse.Namespace], None], ...] = ()
 
     def parser(self) -> argparse.ArgumentParser:
         return build_parser(self.description, self.items, self.prog)
@@ -657,6 +659,13 @@ class Command:
 
         args = self.parser().parse_args(argv)
         names = {name for item in self.items for name in (item.names if isinstance(item, OneOf) else (item,))}
-        for line in fill_defaults(args, names):
+        taken = fill_defaults(args, names)
+        for check in self.checks:
+            check(args)
+        if getattr(args, "no_progress", False):
+            from vera.progress import quiet_library_bars
+
+            quiet_library_bars()
+        for line in taken:
             print(f"using {line}")
         return args
