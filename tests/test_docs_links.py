@@ -60,3 +60,10 @@ def test_the_readme_and_the_manual_link_each_other():
     for page in sorted((ROOT / "docs").glob("*.md")):
         if page.name != "README.md":
             assert f"docs/{page.name}" in readme, f"README.md does not link docs/{page.name}"
+
+
+def test_the_readme_stays_short_and_reproduces_with_the_papers_backbone():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    commands = "\n".join(re.findall(r"^```bash\n(.*?)^```", readme, flags=re.S | re.M))
+    assert "InternVL3" not in commands and "models/InternVL2-8B-native" in commands
