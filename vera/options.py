@@ -399,7 +399,7 @@ OPTIONS: dict[str, Option] = {
     "score_mode": _opt("--score-mode", choices=SCORE_MODES, default="generate",
                        help="generate: the model answers the questions and its answer's label is the score (the "
                             "paper's protocol); label: no answer, the label is read from the logits after a forced "
-                            "'Output:' (one forward pass, a faster approximation; README, 'Step 1 speed') "
+                            "'Output:' (one forward pass, a faster approximation; docs/speed.md) "
                             "(default: %(default)s)"),
     "static_cache": _opt("--static-cache", action="store_true",
                          help="pre-allocate the key-value cache for generation (transformers' static cache); "
@@ -590,7 +590,7 @@ OPTIONS: dict[str, Option] = {
                           help="video files, or folders searched recursively for videos"),
     "detect_model": _opt("--model", type=model_ref, metavar="PATH_OR_ID",
                          help="local folder or Hugging Face id of the VLM (default: the paper's InternVL2-8B, "
-                              "downloaded and converted once into the cache; see the README)"),
+                              "downloaded and converted once into the cache; see docs/models.md)"),
     "detect_features": _opt("--features", type=existing_file, metavar="FILE",
                             help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
     "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
