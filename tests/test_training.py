@@ -202,6 +202,21 @@ def test_progress_is_plain_lines_when_not_a_terminal(ucf: dict, tmp_path: Path,
                         r"best=1\.0, train_acc=0\.0", err.splitlines()[-1]), err
 
 
+@pytest.mark.parametrize("max_steps, steps, line", [
+    (10, 4, "--max-steps 10 is cut short by --epochs 2: 2 epochs of 2 steps end the run after 4 steps "
+            "(raise --epochs to train longer)"),
+    (3, 3, "--max-steps 3 ends the run before --epochs 2 does (2 epochs of 2 steps would be 4)"),
+    (4, 4, None),
+])
+def test_a_limit_cut_short_by_the_other_is_said_in_one_line(ucf: dict, tmp_path: Path, capsys, max_steps, steps,
+                                                            line) -> None:
+    # 4 training videos in batches of 2: 2 steps per epoch, 2 epochs.
+    state, _ = _run(ucf, tmp_path / "run", Script({}), max_steps=max_steps, val_every=100)
+    assert state.step == steps
+    said = [text for text in capsys.readouterr().err.splitlines() if text.startswith("--max-steps")]
+    assert said == ([line] if line else [])
+
+
 def test_frames_are_the_released_indices(ucf: dict, tmp_path: Path) -> None:
     """8 frames at np.arange(0, 16, 2): each JPEG holds its index * 10."""
     _, backend = _run(ucf, tmp_path / "run", Script({}), max_steps=1)

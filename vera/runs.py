@@ -171,7 +171,8 @@ class RunFolder:
         if previous is None:
             return "holds files of an unknown run (no run.json)"
         if "kind" in previous and previous["kind"] != self.kind:
-            return f"holds a {previous['kind']} run, not {self.kind}"
+            kind = previous["kind"]
+            return f"holds {'an' if str(kind)[:1] in 'aeiou' else 'a'} {kind} run, not {self.kind}"
         keys = sorted(k for k in set(previous) | set(self.identity) if previous.get(k) != self.identity.get(k))
         return f"was made with other settings ({', '.join(keys)} differ; see {self.run_file})"
 

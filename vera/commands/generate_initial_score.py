@@ -20,14 +20,13 @@ COMMAND = Command(__doc__, [
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
     "score_mode", "decoder", "static_cache", "compile", "devices", "num_nodes", "accelerator", "input_workers",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
-], prog="generate_initial_score.py")
+], prog="generate_initial_score.py", checks=(check_backend_options,))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.distributed import check_device_options
 
-    check_backend_options(args)
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.vlm.backends import choose_model, load_backend, server_settings
 

@@ -22,12 +22,11 @@ COMMAND = Command(__doc__, [
     "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "dump_inputs",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
     "frame_sampling", "num_questions", "no_optimizer_frames",
-], prog="training.py")
+], prog="training.py", checks=(check_backend_options,))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
-    check_backend_options(args)
     from vera.vlm.backends import choose_model, load_backend, server_settings
 
     chosen = choose_model(args.backend, args.model, args.served_model)  # before Lightning and its processes

@@ -44,7 +44,7 @@ from vera.learning.optimizer_prompt import (
 from vera.learning.run_log import step_line, training_progress, validation_line, validation_progress
 from vera.learning.run_state import HISTORY_FILE, Best, RunRecorder, TrainingState, open_output, run_identity
 from vera.learning.settings import TrainingOptions, validation_rule
-from vera.learning.training_data import batch_at, check_sources, load_lists, steps_per_epoch
+from vera.learning.training_data import batch_at, check_sources, load_lists, step_limit_note, steps_per_epoch
 from vera.progress import Progress
 from vera.scoring.metrics import roc_auc
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
@@ -98,6 +98,10 @@ class VerbalizedLearning:
                 print(f"resuming {self.output} after step {self.state.step} of {self.total_steps}", file=sys.stderr)
             else:
                 self.folder.write_record(**self._run_info())
+            note = step_limit_note(self.options.epochs, steps_per_epoch(len(self.train), self.options.batch_size),
+                                   self.options.max_steps)
+            if note:
+                print(note, file=sys.stderr)
         self.record.save(self.state)
         shown = training_progress(self.total_steps, self.state.step, self.show_progress)
         try:

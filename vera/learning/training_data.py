@@ -67,6 +67,17 @@ def steps_per_epoch(num_videos: int, batch_size: int) -> int:
     return -(-num_videos // batch_size)  # the last batch may be short, as released (drop_last=False)
 
 
+def step_limit_note(epochs: int, per_epoch: int, max_steps: int | None) -> str | None:
+    """One line where ``--epochs`` and ``--max-steps`` disagree, naming the limit that ends the run."""
+    if not max_steps or max_steps == epochs * per_epoch:
+        return None
+    if max_steps > epochs * per_epoch:
+        return (f"--max-steps {max_steps} is cut short by --epochs {epochs}: {epochs} epochs of {per_epoch} steps "
+                f"end the run after {epochs * per_epoch} steps (raise --epochs to train longer)")
+    return (f"--max-steps {max_steps} ends the run before --epochs {epochs} does "
+            f"({epochs} epochs of {per_epoch} steps would be {epochs * per_epoch})")
+
+
 def batch_at(videos: list[TrainVideo], step: int, batch_size: int, seed: int) -> tuple[int, list[TrainVideo]]:
     """Epoch and videos of global step ``step`` (0-based)."""
     per_epoch = steps_per_epoch(len(videos), batch_size)
