@@ -193,6 +193,7 @@ class DetectSettings:
     overwrite: bool = False
     progress: bool = True
     skip_bad_videos: bool = False  # leave out videos that do not decode or are too short, instead of stopping
+    prompt_source: str = "--preset ucf, the default template"  # where the questions came from, for errors
 
 
 def _feature_settings(settings: DetectSettings, half: int):
@@ -267,10 +268,15 @@ def run_detect(settings: DetectSettings, log=print) -> Path:
 
 def _step1(settings: DetectSettings, step1, videos: list[TestVideo], log) -> None:
     from vera.vlm.backends import load_backend
+    from vera.vlm.context import check_context
+    from vera.vlm.prompts import build_learner_prompt
     from vera.vlm.step1 import Step1Runner
 
     backend = load_backend("hf", settings.model, device=settings.device, dtype=settings.dtype,
                            max_batch_size=settings.batch_size, local_files_only=settings.local_files_only)
+    prompt = build_learner_prompt(settings.template, settings.questions, step1.num_frames, step1.frame_layout)
+    check_context(backend, prompt, step1.frame_layout, step1.num_frames, step1.image_size, step1.max_new_tokens,
+                  settings.prompt_source)
     summary = Step1Runner(backend, settings.template, settings.questions, step1).run(videos)
     del backend
     release_memory()

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     model, local_files_only = locate_model(args.model if args.model is not None else paper_model())
     from vera.data.readahead import resolve_workers
     from vera.detection import DetectSettings, run_detect
+    from vera.vlm.context import prompt_source
     from vera.vlm.prompts import load_questions, load_template, preset_questions
 
     settings = DetectSettings(
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         input_workers=resolve_workers(args.input_workers), top_k=args.top_k,
         max_explanations=args.max_explanations, overwrite=args.overwrite, progress=not args.no_progress,
         skip_bad_videos=args.skip_bad_videos,
+        prompt_source=prompt_source(args.questions, args.preset or "ucf", args.prompt_file),
     )
     index = run_detect(settings)
     print(f"report: {index}")
