@@ -65,5 +65,5 @@ def check_num_frames(num_frames: int, lists: dict[str, list]) -> None:
         count = len({key for _, key, _ in short})  # a video in both lists counts once
         others = f"; {count} listed videos are shorter" if count > 1 else ""
         raise VeraError(f"--num-frames {num_frames} is more than the {length} frames of video {key} ({where}), "
-                        f"whose frames would each be shown about {num_frames / max(length, 1):.0f} times{others}; "
+                        f"whose frames would repeat, {num_frames / max(length, 1):.1f} times each on average{others}; "
                         f"use --num-frames {length} or fewer")
