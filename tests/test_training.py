@@ -531,3 +531,40 @@ def test_two_processes_through_training_py_match_one_process(tiny_internvl: Path
     for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, METRICS):
         assert (ddp / name).read_bytes() == (single / name).read_bytes(), name
     assert [p.name for p in (ddp / "logs").iterdir()] == ["version_0"]
+
+
+def test_num_frames_above_a_video_length_is_refused_through_training_py(shared_data: Path, tiny_internvl: Path,
+                                                                        tmp_path: Path, capsys) -> None:
+    """``--num-frames 1000`` on clips of 181 and 271 frames would show each frame 3.7-5.5 times: refused before
+    the model loads, naming the shortest video, its length, its list and the option."""
+    train_list = tmp_path / "train.json"
+    train_list.write_text(json.dumps([
+        {"video": "frames/Fighting/Fighting033_x264_570_841.mp4", "length": 271},
+        {"video": "frames/RoadAccidents/RoadAccidents133_x264_270_451.mp4", "length": 181},
+    ]))
+    out = tmp_path / "run"
+    from vera.commands import run
+
+    argv = ["--dataset", "ucf", "--train", str(train_list), "--val", str(train_list), "--videos",
+            str(shared_data / "clips"), "--model", str(tiny_internvl), "--num-frames", "1000", "--accelerator", "cpu",
+            "--output", str(out)]
+    assert run("training", argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --num-frames 1000 is more than the 181 frames of video RoadAccidents133_x264_270_451 (--train "
+        f"{train_list}), whose frames would repeat, 5.5 times each on average; 2 listed videos are shorter; use "
+        "--num-frames 181 or fewer"]
+    assert not (out / HISTORY_FILE).exists() and not (out / "run.json").exists()
+
+
+def test_num_frames_up_to_the_shortest_video_is_accepted(ucf: dict, tmp_path: Path) -> None:
+    # The ucf fixture's videos have 16 frames each: 16 is every frame once, 17 is refused.
+    entries = json.loads(ucf["val"].read_text())
+    entries[1]["length"] = 15
+    (tmp_path / "val15.json").write_text(json.dumps(entries))
+    with pytest.raises(VeraError, match=r"^--num-frames 16 is more than the 15 frames of video Normal_Videos010_x264 "
+                                        r"\(--val .*val15.json\), whose frames would repeat, 1.1 times each on average; "
+                                        r"use --num-frames 15 or fewer$"):
+        _run({**ucf, "val": tmp_path / "val15.json"}, tmp_path / "a", Script(ANSWERS), num_frames=16)
+    state, _ = _run(ucf, tmp_path / "b", Script(ANSWERS), num_frames=16, max_steps=1)
+    assert state.step == 1
+    assert all(r["frames"] == list(range(16)) for r in _jsonl(tmp_path / "b" / HISTORY_FILE)[0]["learner"])

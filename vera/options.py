@@ -593,6 +593,10 @@ OPTIONS: dict[str, Option] = {
                               "downloaded and converted once into the cache; see docs/models.md)"),
     "detect_features": _opt("--features", type=existing_file, metavar="FILE",
                             help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
+    "detect_skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
+                                   help="leave out, naming them, the videos that cannot be decoded or are too "
+                                        "short to score (under 2 frames), and go on with the others; without it "
+                                        "such a video stops the run before Step 1"),
     "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
                            help="whose hyper-parameters Steps 2-3 use (paper protocol: ucf ω 15, σ₁ 10, K 10%%; "
                                 "xd ω 30, σ₁ 30, K 15%%; default: %(default)s)"),

@@ -65,10 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     server = server_settings(args.backend, base_urls=args.base_url, concurrency=args.concurrency,
                              timeout=args.request_timeout, retries=args.retries, image_format=args.image_format)
     ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
-    backend = ranks.together(lambda: load_backend(
-        args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
-        local_files_only=local_files_only, server=server, static_cache=args.static_cache,
-        compile=args.compile, decoder=args.decoder))
+    from vera.vlm.context import check_context, prompt_source
+
+    def load_checked():
+        backend = load_backend(
+            args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
+            local_files_only=local_files_only, server=server, static_cache=args.static_cache,
+            compile=args.compile, decoder=args.decoder)
+        # label mode appends only the answer's few prefix tokens; generate may add --max-new-tokens
+        check_context(backend, prompt, settings.frame_layout, settings.num_frames, settings.image_size,
+                      args.max_new_tokens if args.score_mode == "generate" else 0,
+                      prompt_source(args.questions, args.preset, args.prompt_file))
+        return backend
+
+    backend = ranks.together(load_checked)
     summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
     if not ranks.is_main:
         # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.

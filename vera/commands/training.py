@@ -36,8 +36,10 @@ def main(argv: list[str] | None = None) -> int:
     from vera.errors import VeraError
     from vera.learning.launch import train
     from vera.learning.settings import TrainingOptions
+    from vera.vlm.context import check_context, prompt_source
     from vera.vlm.input_dump import enable_input_dumps
-    from vera.vlm.prompts import INITIAL_QUESTIONS, load_template, questions_from, resolve_frame_layout
+    from vera.vlm.prompts import (INITIAL_QUESTIONS, build_learner_prompt, load_template, questions_from,
+                                  resolve_frame_layout)
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
@@ -59,6 +61,12 @@ def main(argv: list[str] | None = None) -> int:
     def backend_on(device):
         backend = load_backend(args.backend, model, device=device, dtype=args.dtype,
                                local_files_only=local_files_only, server=server)
+        # The learner's prompt with the initial questions, counted once before the first model call.
+        prompt = build_learner_prompt(load_template(args.prompt_file), options.initial_questions, options.num_frames,
+                                      options.frame_layout)
+        check_context(backend, prompt, options.frame_layout, options.num_frames, options.image_size,
+                      options.max_new_tokens,
+                      prompt_source(args.questions, None, args.prompt_file, "the two initial questions"))
         if args.dump_inputs is not None:
             enable_input_dumps(backend, args.dump_inputs)
         return backend

@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,16 @@ def video_files(inputs: list[Path]) -> list[Path]:
 
 def measure_files(paths: list[Path], workers: int = 1) -> list[MeasuredVideo]:
     """These video files, measured; keys must be distinct, and all failures are reported together."""
+    results = measure_each(paths, workers)
+    failed = [result for result in results if isinstance(result, str)]
+    if failed:
+        raise VeraError(f"{len(failed)} of {len(paths)} videos cannot be decoded: " + "; ".join(failed[:_SHOWN]))
+    return results  # type: ignore[return-value]
+
+
+def measure_each(paths: list[Path], workers: int = 1) -> list[MeasuredVideo | str]:
+    """Each file measured, or the one-line reason it cannot be decoded, in the order given; keys must be
+    distinct."""
     by_key: dict[str, list[Path]] = {}
     for path in paths:
         by_key.setdefault(video_key(path), []).append(path)
@@ -103,13 +114,8 @@ def measure_files(paths: list[Path], workers: int = 1) -> list[MeasuredVideo]:
                         f"{key}: {', '.join(map(str, found))}; rename them")
     if workers > 1 and len(paths) > 1:
         with ProcessPoolExecutor(min(workers, len(paths))) as pool:
-            results = list(pool.map(_measure_or_error, paths))
-    else:
-        results = [_measure_or_error(path) for path in paths]
-    failed = [result for result in results if isinstance(result, str)]
-    if failed:
-        raise VeraError(f"{len(failed)} of {len(paths)} videos cannot be decoded: " + "; ".join(failed[:_SHOWN]))
-    return results  # type: ignore[return-value]
+            return list(pool.map(_measure_or_error, paths))
+    return [_measure_or_error(path) for path in paths]
 
 
 def _parse_intervals(text: str, where: str) -> tuple[tuple[int, int], ...]:
@@ -160,8 +166,11 @@ def read_label_rows(path: Path) -> list[dict[str, str]]:
     return rows
 
 
-def read_labels(path: Path, videos: list[MeasuredVideo]) -> dict[str, Label]:
+def read_labels(path: Path, videos: list[MeasuredVideo], left_out: Iterable[Path] = ()) -> dict[str, Label]:
     """Labels by key from a CSV ``video,class[,intervals]``; every video needs exactly one row.
+
+    Rows naming a ``left_out`` file (one that cannot be scored and was
+    skipped) are passed over, so that one labels file serves with or without it.
 
     ``video`` is the key, the file name or its path below the videos folder;
     ``class`` is ``Normal`` (any case) or the name of the anomaly; ``intervals``
@@ -172,12 +181,15 @@ def read_labels(path: Path, videos: list[MeasuredVideo]) -> dict[str, Label]:
     for video in videos:
         for name in (video.key, video.path.name):
             by_name.setdefault(name, video)
+    skipped = {name for file in map(Path, left_out) for name in (video_key(file), file.name)}
     rows = read_label_rows(path)
     labels: dict[str, Label] = {}
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{path} line {number}"
         name = (row.get("video") or "").strip()
         video = by_name.get(name) or by_name.get(Path(name).name)
+        if video is None and {name, Path(name).name} & skipped:
+            continue
         if video is None:
             raise VeraError(f"{where}: no video {name!r} among the {len(videos)} videos found")
         if video.key in labels:

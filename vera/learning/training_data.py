@@ -15,6 +15,7 @@ import numpy as np
 from vera.data.annotations import TrainVideo, load_train_annotations
 from vera.data.frames import find_video
 from vera.errors import VeraError
+from vera.learning.sampling import check_num_frames
 from vera.learning.settings import TrainingOptions
 
 
@@ -24,6 +25,7 @@ def load_lists(options: TrainingOptions) -> tuple[list[TrainVideo], list[TrainVi
     val = load_train_annotations(options.val, options.dataset)[: options.limit_val]
     if not train or not val:
         raise VeraError("the training and validation lists must each name at least one video")
+    check_num_frames(options.num_frames, {f"--train {options.train}": train, f"--val {options.val}": val})
     if options.select_by == "auc" and len({video.label for video in val}) < 2:
         raise VeraError("--select-by auc needs normal and anomalous videos in the validation list "
                         "(check --limit-val)")

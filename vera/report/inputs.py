@@ -95,6 +95,7 @@ class ReportInputs:
     scoring: dict | None = None  # the scoring run's options, where frame scores were given
     metrics: dict | None = None  # compute_auc.py's metrics.json, where present
     steps_run: bool = False  # whether the frame scores went through Steps 2-3
+    left_out: list[str] = field(default_factory=list)  # detect.py --skip-bad-videos: why each was left out
 
     def overall_auc(self) -> float | None:
         labelled = [video for video in self.videos if video.labels is not None]

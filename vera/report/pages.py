@@ -310,9 +310,12 @@ def index_page(inputs: ReportInputs) -> str:
     if inputs.metrics and inputs.metrics.get("value") is not None:
         facts.append((f"compute_auc.py {str(inputs.metrics.get('metric', '')).upper()}",
                       percent(inputs.metrics["value"])))
+    left_out = "".join(f"<li>{text(reason)}</li>" for reason in inputs.left_out)
     body = "\n".join([
         "<h1>VERA report</h1>", _facts(facts),
         *([MALFORMED_NOTE] if malformed and not malformed.startswith("0 ") else []),
+        *([f'<div class="note" id="left-out">Left out, not scored ({len(inputs.left_out)}):<ul>{left_out}</ul></div>']
+          if inputs.left_out else []),
         '<p class="muted">Click a column heading to sort. Each video\'s page shows its score curve and the '
         "model's answers to the guiding questions for the segments it flagged.</p>",
         f'<table id="videos"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>',
