@@ -16,7 +16,10 @@ rerun, a folder made with another model, other questions or settings is
 refused unless ``overwrite``, and a video in progress is checkpointed to
 ``<output>/.partial/<key>.json`` every ``checkpoint_every`` answers (and on the
 way out of a failing or interrupted run), so a rerun loses at most the answers
-since the last checkpoint. All files are written atomically.
+since the last checkpoint. A checkpoint saved for another annotation length is
+dropped and its video asked afresh (the run identity holds no lengths, so an
+edited annotation would otherwise mix windows of two lengths). All files are
+written atomically.
 
 Several processes (``vera.distributed``: ``--devices N --num-nodes M``) split
 the videos: each answers its share with its own model and writes its own
