@@ -670,15 +670,17 @@ def test_qwen2_and_phi3_checkpoints_convert(tmp_path, arch, shared_data):
         reference = lambda text: original(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     else:
         assert rendered == f"<s><|system|>\n{SYSTEM}<|end|><|user|>\nQ<|end|><|assistant|>\n"
-        added = {token: processor.tokenizer.convert_tokens_to_ids(token)
-                 for token in ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-                 + INTERNVL_TOKENS}
+        # The special tokens' ids as the source checkpoint's own tokenizer_config.json assigns them.
+        decoder = json.loads((tmp_path / "src" / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+        added = {entry["content"]: int(index) for index, entry in decoder.items()}
+        assert set(added) == {"<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+                              *INTERNVL_TOKENS}
         reference = lambda text: slow_encode(source["sp"], added, text)  # noqa: E731
     for text in _strings(shared_data) + [rendered]:
         assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] == reference(text), repr(text[:60])
     sep = "<|im_end|>" if arch == "qwen2" else "<|end|>"
     generation = json.loads((tmp_path / "dst" / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == processor.tokenizer.convert_tokens_to_ids(sep)
+    assert generation["eos_token_id"] == (original.convert_tokens_to_ids(sep) if arch == "qwen2" else added[sep])
 
 
 # -- keys a config leaves out -------------------------------------------------------------------
