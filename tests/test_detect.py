@@ -137,17 +137,33 @@ def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tin
 
 
 def test_labels_give_the_ground_truth_and_the_auc(clips, tiny_models, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
     labels = tmp_path / "labels.csv"
-    labels.write_text("video,class,intervals\nFighting033_x264_570_841,Fighting,0-271\n"
+    labels.write_text("video,class,intervals\nFighting033_x264_570_841,Fighting,16-100;200-271\n"
                       "v=JfLYNEsrTew__#1_label_G-0-0_52_431,Normal,\n")
     output = tmp_path / "out"
     assert run("detect", _argv(clips, tiny_models.path("internvl"), output, "--labels", str(labels),
                                features=("--skip-step2",))) == 0
     assert not (output / "features").exists()
+    annotations = {Path(entry["video"]).stem: entry
+                   for entry in json.loads((output / "input" / "annotations.json").read_text())}
+    assert annotations["Fighting033_x264_570_841"]["video"] == "Fighting/Fighting033_x264_570_841.mp4"
+    assert annotations["Fighting033_x264_570_841"]["temporal_label"] == [16, 100, 200, 271]
+    assert annotations["v=JfLYNEsrTew__#1_label_G-0-0_52_431"]["temporal_label"] == [-1, -1]
+    # The ground truth by hand: frames 16-99 and 200-270 of the fight, none of the normal video.
+    truth = {"Fighting033_x264_570_841": [0] * 16 + [1] * 84 + [0] * 100 + [1] * 71,
+             "v=JfLYNEsrTew__#1_label_G-0-0_52_431": [0] * 379}
+    scores = {key: np.load(output / "scores" / "frame_scores" / f"{key}.npy") for key in CLIPS}
+    assert all(scores[key].size == len(truth[key]) == CLIPS[key] for key in CLIPS)
+    expected = roc_auc_score(truth["Fighting033_x264_570_841"] + truth["v=JfLYNEsrTew__#1_label_G-0-0_52_431"],
+                             np.concatenate([scores[key] for key in truth]))
+    assert len({round(float(value), 6) for value in np.concatenate(list(scores.values()))}) > 2  # not a flat curve
+    page = (output / "report" / "index.html").read_text()
+    assert f"AUC over these videos&#x27; frames <b>{100 * expected:.2f} %</b>" in page
     rows = {row[0]["data-value"]: row for row in parse(output / "report" / "index.html").rows}
     assert rows["Fighting033_x264_570_841"][1]["data-value"] == "Fighting"
     assert rows["v=JfLYNEsrTew__#1_label_G-0-0_52_431"][1]["data-value"] == "Normal"
-    assert "AUC over these videos" in (output / "report" / "index.html").read_text()
 
 
 def test_without_a_model_offline_it_says_what_it_would_download(clips, tmp_path, monkeypatch, capsys):
