@@ -59,7 +59,9 @@ def parse_vllm(arguments: list[str]) -> dict:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", *arguments])
+    # Abbreviations off here and below: a README line spells each flag in full, so that a flag the engine
+    # adds later cannot turn an abbreviation into another option.
+    parsed = make_arg_parser(FlexibleArgumentParser(allow_abbrev=False)).parse_args(["--model", *arguments])
     return {"model": parsed.model, "limit_mm_per_prompt": parsed.limit_mm_per_prompt}
 
 
@@ -67,7 +69,7 @@ def parse_sglang(arguments: list[str]) -> dict:
     from sglang.srt.parser.conversation import chat_template_exists
     from sglang.srt.server_args import ServerArgs
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     ServerArgs.add_cli_args(parser)
     parsed = parser.parse_args(arguments)
     if parsed.chat_template is not None and not chat_template_exists(parsed.chat_template):
@@ -108,7 +110,7 @@ def check(engine: str, arguments: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--page", type=Path, default=ROOT / "docs" / "models.md",
                         help="the Markdown page whose bash blocks hold the engine lines")
     parser.add_argument("--json", type=Path, help="write the results here")

@@ -292,7 +292,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine-python", type=Path, required=True, help="python with vLLM installed")
     parser.add_argument("--arch", choices=sorted(README_MODELS), required=True)
     parser.add_argument("--max-new-tokens", type=int, default=16)

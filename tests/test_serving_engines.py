@@ -60,7 +60,7 @@ def test_a_refused_line_is_reported_not_raised(monkeypatch):
     import argparse
 
     commands = _script("check_serve_commands")
-    parser = argparse.ArgumentParser(prog="engine")
+    parser = argparse.ArgumentParser(prog="engine", allow_abbrev=False)
     parser.add_argument("--port", type=int)
     monkeypatch.setitem(commands.PARSERS, "vllm", lambda arguments: vars(parser.parse_args(arguments)))
     assert commands.check("vllm", ["--port", "8000"]) == {"parsed": True, "port": 8000}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -624,11 +625,60 @@ def check_backend_options(args: argparse.Namespace) -> None:
                 raise VeraError(f"argument {flag}: only with --backend openai")
 
 
+# A flag of one command that users naturally type in another, and the flags the other takes instead
+# (Step 1 and feature extraction take --device; training takes --accelerator and --devices).
+FLAG_ALTERNATIVES = {
+    "--device": ("--accelerator", "--devices"),
+    "--accelerator": ("--device",),
+    "--devices": ("--device",),
+}
+
+
+def _flag_usage(action: argparse.Action) -> str:
+    flag = action.option_strings[-1]
+    if action.nargs == 0:
+        return flag
+    if action.choices:
+        return f"{flag} {{{','.join(action.choices)}}}"
+    return f"{flag} {action.metavar or action.dest.upper()}"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a mistake as one ``VeraError`` line instead of usage text and exit."""
+    """argparse that reports a mistake as one ``VeraError`` line instead of usage text and exit.
+
+    Abbreviations are off: a prefix of a flag (``--device`` of ``--devices``) is
+    an unknown option, named as such, never silently another flag.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        # A flag of another command is named before argparse would complain of missing options.
+        tokens = sys.argv[1:] if args is None else list(args)
+        tokens = tokens[: tokens.index("--")] if "--" in tokens else tokens
+        foreign = [flag for flag in dict.fromkeys(token.split("=", 1)[0] for token in tokens)
+                   if flag in FLAG_ALTERNATIVES and flag not in self._option_string_actions]
+        if foreign:
+            self.error(f"unrecognized arguments: {' '.join(foreign)}")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise VeraError(message)
+        raise VeraError(message + self._alternatives(message))
+
+    def _alternatives(self, message: str) -> str:
+        """For an unknown flag that another command takes, the flags this command takes instead."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        hints = []
+        for flag in dict.fromkeys(token.split("=", 1)[0] for token in message[len(prefix):].split()):
+            offered = [self._option_string_actions[alternative] for alternative in FLAG_ALTERNATIVES.get(flag, ())
+                       if alternative in self._option_string_actions]
+            if offered:
+                hints.append(f"this command has no {flag}; it takes "
+                             + " and ".join(_flag_usage(action) for action in offered))
+        return f" ({'; '.join(hints)})" if hints else ""
 
 
 def build_parser(description: str, items: Iterable[str | OneOf], prog: str | None = None) -> argparse.ArgumentParser:
