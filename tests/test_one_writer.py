@@ -20,6 +20,7 @@ import pytest
 
 from scripts import ROOT
 from vera.data.annotations import load_test_annotations
+from vera.errors import VeraError
 from vera.runs import LOCK_FILE, RUN_FILE, RunFolder
 from vera.scoring.synthetic import write_synthetic_inputs
 
@@ -44,7 +45,7 @@ sys.exit(run("compute_auc", sys.argv[2:]))
 """
 
 # Step 1 (its library, a scripted model) into argv[2] on the frames argv[1] with the ucf questions; it waits
-# before its fifth answer (the second video) until the file argv[3] exists.
+# before its argv[4]-th answer until the file argv[3] exists; argv[5] is its --shard.
 PAUSED_STEP1 = """
 import sys, time
 from pathlib import Path
@@ -54,11 +55,12 @@ from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
 from vera.vlm.step1 import Step1Runner, Step1Settings
 
 frames, out, go = (Path(arg) for arg in sys.argv[1:4])
+pause_at, shard = int(sys.argv[4]), tuple(int(part) for part in sys.argv[5].split("/"))
 answered = 0
 def respond(request):
     global answered
     answered += 1
-    if answered == 5:
+    if answered == pause_at:
         print("holding", flush=True)
         while not go.exists():
             time.sleep(0.02)
@@ -68,7 +70,7 @@ def answer(request):  # as brightness_answer in the test
     brightness = int(request.images[0].mean())
     return f"Answers to Prompt Questions: brightness {brightness}\\nOutput: {brightness % 2}"
 
-settings = Step1Settings(output=out, frames_dir=frames, batch_size=1, image_size=32, progress=False)
+settings = Step1Settings(output=out, frames_dir=frames, batch_size=1, image_size=32, progress=False, shard=shard)
 Step1Runner(ScriptedBackend(respond), DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS["ucf"], settings).run(
     [TestVideo("v1", 40), TestVideo("v2", 40)])
 """
@@ -166,7 +168,8 @@ def test_a_step1_run_on_a_held_folder_is_refused_even_with_overwrite_and_another
     out, lone, go = tmp_path / "out", tmp_path / "lone", tmp_path / "go"
     runner(ScriptedBackend(brightness_answer), lone, frames_dir=tmp_path / "frames", batch_size=1,
            image_size=32).run([TestVideo("v1", 40), TestVideo("v2", 40)])
-    with paused(PAUSED_STEP1, str(tmp_path / "frames"), str(out), str(go)) as first:
+    # Paused before its fifth answer: the first video done, the second begun.
+    with paused(PAUSED_STEP1, str(tmp_path / "frames"), str(out), str(go), "5", "0/1") as first:
         before = folder_bytes(out)
         assert "v1.json" in before and (out / LOCK_FILE).read_text() == f"{first.pid}\n"
         second = script("Inference/generate_initial_score.py", "--dataset", "ucf", "--annotations", str(annotation),
@@ -180,6 +183,41 @@ def test_a_step1_run_on_a_held_folder_is_refused_even_with_overwrite_and_another
     from vera.vlm.prompts import PRESET_QUESTIONS
 
     assert json.loads((out / RUN_FILE).read_text())["identity"]["questions"] == PRESET_QUESTIONS["ucf"]
+
+
+def test_the_jobs_of_a_sharded_step1_run_share_the_folder_and_an_unsharded_run_is_refused(tmp_path):
+    from test_step1 import read_outputs, runner, write_index_folder
+
+    from vera.data.annotations import TestVideo
+    from vera.runs import release_folders
+    from vera.vlm.backends.scripted import ScriptedBackend
+
+    videos = [TestVideo("v1", 40), TestVideo("v2", 40)]
+    for video in videos:
+        write_index_folder(tmp_path / "frames" / video.key, 40)
+    out, lone, go = tmp_path / "out", tmp_path / "lone", tmp_path / "go"
+    runner(ScriptedBackend(brightness_answer), lone, frames_dir=tmp_path / "frames", batch_size=1,
+           image_size=32).run(videos)
+    with paused(PAUSED_STEP1, str(tmp_path / "frames"), str(out), str(go), "2", "0/2") as first:
+        # The other job (this process) runs beside it, and so may an overwrite of nothing.
+        runner(ScriptedBackend(brightness_answer), out, frames_dir=tmp_path / "frames", batch_size=1,
+               image_size=32, shard=(1, 2), overwrite=True).run(videos)
+        release_folders()
+        assert set(read_outputs(out)) == {"v2"}
+        # A run of the whole folder is refused while a job holds it.
+        with pytest.raises(VeraError, match=f"^output folder {out} is in use by another run \\(process {first.pid}\\)"):
+            runner(ScriptedBackend(brightness_answer), out, frames_dir=tmp_path / "frames").run(videos)
+        # So is a job that would replace the folder (another configuration, --overwrite).
+        with pytest.raises(VeraError, match=f"^output folder {out} is in use by other jobs of a sharded run "
+                                            f"\\(process {first.pid}\\); --overwrite cannot replace it"):
+            runner(ScriptedBackend(brightness_answer), out, frames_dir=tmp_path / "frames", shard=(1, 2),
+                   fps=25.0, overwrite=True).run(videos)
+        release_folders()
+        assert set(read_outputs(out)) == {"v2"}
+        go.touch()
+        assert first.wait(timeout=TIMEOUT_S) == 0, first.stderr.read()
+    assert read_outputs(out) == read_outputs(lone)
+    assert not (out / LOCK_FILE).exists()  # the last job out removed it
 
 
 def test_a_holder_killed_hard_leaves_a_lock_file_that_blocks_nothing(scoring_inputs, tmp_path):

@@ -27,6 +27,9 @@ file left behind holds no lock. A second process is refused at once, naming
 the holder's PID (written into the lock file). The same process may open a
 folder again (``detect.py`` checks every folder, then each stage opens its
 own); the ranks of a multi-process run are one writer, whose lock rank 0 holds.
+The jobs of a sharded Step 1 run (``--shard I/N``) share the folder by design:
+they hold it shared, and only a job that must clear it (``--overwrite``) needs
+it alone.
 ``--overwrite`` replaces only a run of the same kind: a folder another stage
 made is refused, naming that stage.
 """
@@ -34,6 +37,7 @@ made is refused, naming that stage.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import json
 import os
@@ -42,7 +46,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -102,9 +106,9 @@ def check_writable(path: Path) -> None:
 
 # -- one writer per folder ----------------------------------------------------------------------
 
-# Folder (real path) → (lock file descriptor, the process that took it). A forked child inherits the
-# table and the lock with it, but must not remove the lock file of the process that took it.
-_HELD: dict[str, tuple[int, int]] = {}
+# Folder (real path) → (lock file descriptor, the process that took it, whether shared). A forked child
+# inherits the table and the lock with it, but must not remove the lock file of the process that took it.
+_HELD: dict[str, tuple[int, int, bool]] = {}
 
 # How torchrun, SLURM and Lightning tell a process its place in a run; any non-zero one: not rank 0.
 _RANK_VARIABLES = ("RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK", "SLURM_PROCID")
@@ -115,34 +119,56 @@ def is_other_rank() -> bool:
     return any(os.environ.get(name, "0").strip() not in ("", "0") for name in _RANK_VARIABLES)
 
 
-def hold_folder(path: Path) -> None:
+def hold_folder(path: Path, shared: bool = False) -> None:
     """Lock the folder ``path`` for this process until it exits, or raise a one-line ``VeraError`` naming the
-    process that holds it. Holding it already (or being another rank of a run) is fine."""
+    process that holds it. Holding it already (or being another rank of a run) is fine. ``shared``: for the
+    jobs of one sharded run, which write into one folder together."""
     key = os.path.realpath(path)
     if key in _HELD or is_other_rank():
         return
     lock = os.path.join(key, LOCK_FILE)
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
         except OSError as error:
             raise VeraError(f"cannot lock output folder {path}: {error.strerror or error}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except OSError as error:
             holder = _holder(fd) if isinstance(error, BlockingIOError) else None
             os.close(fd)
             if isinstance(error, BlockingIOError):
-                raise VeraError(f"output folder {path} is in use by another run (process {holder}); wait for it "
+                raise VeraError(f"output folder {path} is in use by another run ({holder}); wait for it "
                                 "to end or use another folder") from None
             raise VeraError(f"cannot lock output folder {path}: {error.strerror or error}") from None
         # A holder removes the file as it lets go: a lock won on a removed file guards nothing, so try again.
         if _same_file(lock, fd):
             break
         os.close(fd)
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    _HELD[key] = (fd, os.getpid())
+    if not shared:
+        os.ftruncate(fd, 0)  # PIDs a killed holder left
+    os.write(fd, f"{os.getpid()}\n".encode())  # one line per holder (the jobs of a sharded run add theirs)
+    _HELD[key] = (fd, os.getpid(), shared)
+
+
+@contextlib.contextmanager
+def held_alone(path: Path) -> Iterator[None]:
+    """Hold alone, for the time of the block, a folder this process holds shared (a sharded job's)."""
+    held = _HELD.get(os.path.realpath(path))
+    if held is None or not held[2]:
+        yield
+        return
+    fd = held[0]
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a refused conversion drops the shared lock: take it back
+        raise VeraError(f"output folder {path} is in use by other jobs of a sharded run ({_holder(fd)}); "
+                        "--overwrite cannot replace it while they run") from None
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def _same_file(path: str, fd: int) -> bool:
@@ -154,13 +180,30 @@ def _same_file(path: str, fd: int) -> bool:
 
 
 def _holder(fd: int) -> str:
-    """The PID the holder wrote into the lock file (it writes it just after taking the lock: wait a moment)."""
+    """"process N" naming the holders, from the lock file (each writes its own just after taking the lock: wait a
+    moment for it); those of processes that have ended are left out."""
     for _ in range(100):
-        text = os.pread(fd, 64, 0).decode("ascii", errors="replace").strip()
-        if text:
-            return text
+        pids = [pid for pid in _pids(fd) if pid != os.getpid()]
+        if pids:
+            alive = [pid for pid in pids if _alive(pid)] or pids
+            return f"process{'es' if len(alive) > 1 else ''} {', '.join(str(pid) for pid in alive)}"
         time.sleep(0.01)
-    return "unknown"
+    return "process unknown"
+
+
+def _pids(fd: int) -> list[int]:
+    text = os.pread(fd, 4096, 0).decode("ascii", errors="replace")
+    return [int(line) for line in text.split() if line.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass  # another user's process
+    return True
 
 
 def held_folders() -> list[str]:
@@ -175,8 +218,17 @@ def release_folders(path: Path | None = None) -> None:
         held = _HELD.pop(key, None)
         if held is None:
             continue
-        fd, owner = held
+        fd, owner, shared = held
         lock = os.path.join(key, LOCK_FILE)
+        if shared:
+            try:  # the last of the jobs sharing it removes the file; the others take their PID out of it
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if owner == os.getpid():
+                    others = [pid for pid in _pids(fd) if pid != owner]
+                    os.ftruncate(fd, 0)
+                    os.write(fd, "".join(f"{pid}\n" for pid in others).encode())
+                owner = None
         if owner == os.getpid() and _same_file(lock, fd):
             try:
                 os.unlink(lock)
@@ -201,7 +253,7 @@ class RunFolder:
 
     def __init__(self, path: Path, kind: str, identity: dict[str, Any], *, overwrite: bool = False,
                  outputs: Callable[[Path], Iterable[Path]] | None = None, record: dict[str, Any] | None = None,
-                 adopt_unrecorded: bool = False, run_file: str = RUN_FILE):
+                 adopt_unrecorded: bool = False, run_file: str = RUN_FILE, shared: bool = False):
         self.path = Path(path)
         self.kind = kind
         self.identity = {"kind": kind, **identity}
@@ -213,6 +265,7 @@ class RunFolder:
         self.run_file = self.path / run_file
         self.partial_dir = self.path / PARTIAL_DIR
         self.resumed = False
+        self.shared = shared  # the jobs of a sharded run write into it together
 
     # -- opening ------------------------------------------------------------------------------
 
@@ -247,7 +300,7 @@ class RunFolder:
         """"resume", "fresh" (nothing of another run here) or "conflict" (allowed only with overwrite)."""
         check_writable(self.path)
         if hold:
-            hold_folder(self.path)
+            hold_folder(self.path, self.shared)
         try:
             previous = self.previous_identity()
         except VeraError:
@@ -272,10 +325,12 @@ class RunFolder:
         state = self._state(hold)
         if state == "conflict":
             # Outputs of another configuration must not pass for results of this one.
-            self.clear()
-        self.resumed = state == "resume"
-        if not self.resumed:
+            with held_alone(self.path):  # a sharded job clears only while no other job runs
+                self.clear()
+                self.write_record()
+        elif state == "fresh":
             self.write_record()
+        self.resumed = state == "resume"
         return self
 
     def _difference(self, previous: dict[str, Any] | None) -> str:
