@@ -40,16 +40,15 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
               "same command to resume", file=sys.stderr)
         return 2
     finally:
-        from vera.runs import release_folders
-
-        release_folders()
+        runs = sys.modules.get("vera.runs")  # not imported: no folder held (and --help stays light)
+        if runs is not None:
+            runs.release_folders()
 
 
 def _where(error: OSError) -> str:
     """The file a failed write names, else the output folders this process holds (where it was writing)."""
     if error.filename is not None:
         return str(error.filename)
-    from vera.runs import held_folders
-
-    folders = held_folders()
+    runs = sys.modules.get("vera.runs")
+    folders = runs.held_folders() if runs is not None else []
     return f"writing into {', '.join(folders)}" if folders else "writing"

@@ -219,17 +219,20 @@ def release_folders(path: Path | None = None) -> None:
         if held is None:
             continue
         fd, owner, shared = held
+        if owner != os.getpid():  # a forked child: the lock is its parent's, which keeps holding it
+            os.close(fd)
+            continue
         lock = os.path.join(key, LOCK_FILE)
         if shared:
             try:  # the last of the jobs sharing it removes the file; the others take their PID out of it
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                if owner == os.getpid():
-                    others = [pid for pid in _pids(fd) if pid != owner]
-                    os.ftruncate(fd, 0)
-                    os.write(fd, "".join(f"{pid}\n" for pid in others).encode())
-                owner = None
-        if owner == os.getpid() and _same_file(lock, fd):
+                others = [pid for pid in _pids(fd) if pid != owner]
+                os.ftruncate(fd, 0)
+                os.write(fd, "".join(f"{pid}\n" for pid in others).encode())
+                os.close(fd)
+                continue
+        if _same_file(lock, fd):
             try:
                 os.unlink(lock)
             except OSError:
