@@ -208,3 +208,13 @@ def test_replace_outputs_leaves_nothing_of_the_previous_run(tmp_path):
         again.replace_outputs(failing, last="metrics.json")
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"keys": ["a"]}
     assert os.listdir(tmp_path / "scores") == ["a.npy"]
+
+
+def test_overwrite_and_replaced_outputs_never_take_the_lock_file(tmp_path):
+    """A run whose outputs are everything in its folder (the default) still keeps the lock it holds."""
+    RunFolder(tmp_path, "tables", IDENTITY).open().finish_json("t.json", {})
+    run = RunFolder(tmp_path, "tables", {**IDENTITY, "fps": 24}, overwrite=True).open()
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, RUN_FILE]
+    run.replace_outputs(lambda staging: (staging / "u.json").write_text("{}"))
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, RUN_FILE, "u.json"]
+    assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"
