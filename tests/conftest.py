@@ -22,7 +22,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def shared_data() -> Path:
     """``../shared/data`` beside the project; tests that need it skip where it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (see the README, 'Tests')")
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (see the README, 'Test')")
     return SHARED_DATA
 
 

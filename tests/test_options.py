@@ -45,3 +45,34 @@ def test_no_module_level_name_is_defined_twice():
     tree = ast.parse(Path(options.__file__).read_text())
     names = [node.name for node in tree.body if isinstance(node, (ast.FunctionDef, ast.ClassDef))]
     assert len(names) == len(set(names)), sorted({name for name in names if names.count(name) > 1})
+
+
+def test_an_argument_error_is_the_only_line_printed(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    (tmp_path / "list.json").write_text("[]")
+    (tmp_path / "frames").mkdir()
+    # No Data/ prompts (conftest's VERA_DATA is empty): a run would say it uses the project's own templates.
+    common = ["--dataset", "ucf", "--frames", str(tmp_path / "frames"), "--served-model", "m", "--output",
+              str(tmp_path / "out")]
+    for script, extra in (("training.py", ["--train", str(tmp_path / "list.json"), "--val",
+                                           str(tmp_path / "list.json")]),
+                          ("Inference/generate_initial_score.py", ["--annotations", str(tmp_path / "list.json"),
+                                                                   "--preset", "ucf"])):
+        result = subprocess.run([sys.executable, str(root / script), *common, *extra], capture_output=True,
+                                text=True, timeout=60)
+        assert (result.returncode, result.stdout, result.stderr) == (
+            2, "", "error: argument --served-model: only with --backend openai\n"), script
+
+
+def test_no_progress_turns_off_the_bars_of_the_hugging_face_libraries():
+    import subprocess
+    import sys
+
+    probe = ("from vera.progress import quiet_library_bars\nquiet_library_bars()\n"
+             "import huggingface_hub.utils as hub\nfrom transformers.utils import logging\n"
+             "print(logging.is_progress_bar_enabled(), hub.are_progress_bars_disabled())")
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.stdout.split() == ["False", "True"], result.stderr

@@ -71,6 +71,12 @@ def test_another_identity_is_refused_naming_what_differs(tmp_path):
     assert json.loads((tmp_path / RUN_FILE).read_text())["identity"]["fps"] == 30
 
 
+def test_the_refusal_names_the_other_kind_with_its_article(tmp_path):
+    RunFolder(tmp_path, "evaluation", IDENTITY, outputs=outputs).open()
+    with pytest.raises(VeraError, match=f"output folder {tmp_path} holds an evaluation run, not features;"):
+        RunFolder(tmp_path, "features", IDENTITY, outputs=outputs).open()
+
+
 def test_overwrite_clears_outputs_partial_work_and_record_but_nothing_else(tmp_path):
     first = folder(tmp_path).open()
     first.finish_json("v.json", {"old": True})

@@ -399,7 +399,7 @@ OPTIONS: dict[str, Option] = {
     "score_mode": _opt("--score-mode", choices=SCORE_MODES, default="generate",
                        help="generate: the model answers the questions and its answer's label is the score (the "
                             "paper's protocol); label: no answer, the label is read from the logits after a forced "
-                            "'Output:' (one forward pass, a faster approximation; README, 'Step 1 speed') "
+                            "'Output:' (one forward pass, a faster approximation; docs/speed.md) "
                             "(default: %(default)s)"),
     "static_cache": _opt("--static-cache", action="store_true",
                          help="pre-allocate the key-value cache for generation (transformers' static cache); "
@@ -590,9 +590,13 @@ OPTIONS: dict[str, Option] = {
                           help="video files, or folders searched recursively for videos"),
     "detect_model": _opt("--model", type=model_ref, metavar="PATH_OR_ID",
                          help="local folder or Hugging Face id of the VLM (default: the paper's InternVL2-8B, "
-                              "downloaded and converted once into the cache; see the README)"),
+                              "downloaded and converted once into the cache; see docs/models.md)"),
     "detect_features": _opt("--features", type=existing_file, metavar="FILE",
                             help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
+    "detect_skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
+                                   help="leave out, naming them, the videos that cannot be decoded or are too "
+                                        "short to score (under 2 frames), and go on with the others; without it "
+                                        "such a video stops the run before Step 1"),
     "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
                            help="whose hyper-parameters Steps 2-3 use (paper protocol: ucf ω 15, σ₁ 10, K 10%%; "
                                 "xd ω 30, σ₁ 30, K 15%%; default: %(default)s)"),
@@ -647,6 +651,8 @@ class Command:
     description: str
     items: list[str | OneOf] = field(default_factory=list)
     prog: str | None = None
+    # Checks argparse cannot make alone, run inside ``parse`` so a mistake is the only line printed.
+    checks: tuple[Callable[[argparse.Namespace], None], ...] = ()
 
     def parser(self) -> argparse.ArgumentParser:
         return build_parser(self.description, self.items, self.prog)
@@ -657,6 +663,13 @@ class Command:
 
         args = self.parser().parse_args(argv)
         names = {name for item in self.items for name in (item.names if isinstance(item, OneOf) else (item,))}
-        for line in fill_defaults(args, names):
+        taken = fill_defaults(args, names)
+        for check in self.checks:
+            check(args)
+        if getattr(args, "no_progress", False):
+            from vera.progress import quiet_library_bars
+
+            quiet_library_bars()
+        for line in taken:
             print(f"using {line}")
         return args

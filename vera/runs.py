@@ -314,8 +314,9 @@ class RunFolder:
             return "resume"
         if previous is not None and previous.get("kind", self.kind) != self.kind:
             # Another stage's folder: its outputs are not this run's to replace, even with --overwrite.
-            raise VeraError(f"output folder {self.path} holds a {previous['kind']} run, not {self.kind}; use another "
-                            f"folder (--overwrite replaces only {self.kind} runs)")
+            kind = str(previous["kind"])
+            raise VeraError(f"output folder {self.path} holds {'an' if kind[:1] in 'aeiou' else 'a'} {kind} run, not "
+                            f"{self.kind}; use another folder (--overwrite replaces only {self.kind} runs)")
         if previous is None and (self.adopt_unrecorded or not self.outputs()):
             return "fresh"
         if not self.overwrite:

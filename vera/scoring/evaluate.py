@@ -27,6 +27,7 @@ from vera.scoring.video import VideoSteps, frames_from_segments
 from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
+KIND = "evaluation"
 METRICS_FILE = "metrics.json"
 FRAME_SCORES_DIR = "frame_scores"
 CURVE_FILES = ("roc.png", "pr.png")
@@ -297,7 +298,7 @@ def evaluation_folder(output_dir: Path, options: ScoringOptions, *, annotations:
         return [folder / METRICS_FILE, folder / FRAME_SCORES_DIR, *(folder / name for name in CURVE_FILES),
                 folder / STAGES_FILE]
 
-    return RunFolder(output_dir, "evaluation", identity, overwrite=overwrite, outputs=outputs)
+    return RunFolder(output_dir, KIND, identity, overwrite=overwrite, outputs=outputs)
 
 
 def write_outputs(evaluation: Evaluation, folder: RunFolder, curves: bool = True) -> None:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from vera.data.annotations import TestVideo
+from vera.data.annotations import TestVideo, check_frame_count
 from vera.distributed import Ranks
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
@@ -260,13 +260,10 @@ class Step1Runner:
     # -- frames to requests -----------------------------------------------------------------
 
     def _check_length(self, video: TestVideo, frames: VideoFrames | FramesInfo) -> None:
-        if frames.num_frames != video.length:
-            message = (f"video {video.key}: the annotation gives {video.length} frames but {frames.source} "
-                       f"has {frames.num_frames}")
-            if not self.settings.allow_length_mismatch:
-                raise VeraError(message + " (wrong frame rate at extraction? --allow-length-mismatch "
-                                          "uses the annotation's length where the frames exist)")
-            self.summary.warnings.append(message + "; using the annotation's length")
+        warning = check_frame_count(video.key, video.length, frames.num_frames, frames.source,
+                                    self.settings.allow_length_mismatch)
+        if warning is not None:
+            self.summary.warnings.append(warning)
 
     def _requests(self, states: list[_VideoState]) -> Iterator[tuple[_VideoState, Segment, VLMRequest]]:
         """Segments still to answer, video after video, each with its request; a bad video is skipped.
