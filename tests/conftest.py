@@ -66,3 +66,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def let_go_of_run_folders():
+    """Run folders are let go when a test ends, as a command's are when its process exits; so are those of the
+    wider fixtures set up before it (their runs are finished commands to the test)."""
+    from vera.runs import release_folders
+
+    release_folders()
+    yield
+    release_folders()

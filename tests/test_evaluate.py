@@ -357,7 +357,7 @@ def test_a_rerun_replaces_every_output_and_other_settings_need_overwrite(tmp_pat
     # The same settings with one video fewer and no curves: nothing of the first run may remain.
     (tmp_path / "scores" / "Arson002_x264.json").unlink()
     assert _cli(tmp_path, annotation, "--allow-missing", "--no-curves") == 0
-    assert sorted(os.listdir(out)) == ["frame_scores", "metrics.json", "run.json", "stages.npz"]
+    assert sorted(os.listdir(out)) == [".lock", "frame_scores", "metrics.json", "run.json", "stages.npz"]  # held
     remaining = [video.key for video in videos if video.key != "Arson002_x264"]
     with np.load(out / "stages.npz") as stages:
         assert sorted({name.split("/")[0] for name in stages.files}) == sorted(remaining)

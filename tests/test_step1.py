@@ -460,6 +460,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     cli = importlib.import_module("vera.commands.generate_initial_score")
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl"}))  # a model folder, no weights read
     base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path), "--model", str(tmp_path),
             "--output", str(tmp_path / "out")]
     assert run_cli(cli.main, base + ["--preset", "ucf", "--shard", "2/2"]) == 2

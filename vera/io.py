@@ -6,6 +6,7 @@ half-written file behind: a reader sees the old file or the new one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from vera.errors import VeraError
 
 _FILE_MODE = 0o644
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -32,8 +34,11 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None and error.errno in _FULL_DISK:
+            # A write on a full disk names no file: name the one this was meant to be.
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
 
 

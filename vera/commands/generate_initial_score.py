@@ -84,4 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.
         return 0
     print(summary.text())
-    return 1 if summary.failed else 0
+    if summary.failed:
+        from vera.errors import VeraError
+
+        listed = "; ".join(list(summary.failed.values())[:3])
+        raise VeraError(f"{len(summary.failed)} of {summary.videos} videos failed ({listed}); fix them and rerun to "
+                        "resume")
+    return 0

@@ -193,7 +193,7 @@ def _is_finished(path: Path, key: str, rows: int, width: int) -> bool:
         return False
     try:
         shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise VeraError(f"video {key}: cannot read existing feature file {path} ({error}); delete it to recompute") from None
     if shape != (rows, width):
         raise VeraError(f"video {key}: existing {path} has shape {shape}, expected {(rows, width)}; delete it to recompute")
@@ -210,7 +210,7 @@ def _partial_rows(path: Path, rows: int, width: int) -> np.ndarray | None:
         return None
     try:
         partial = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None  # only a cache: a damaged one is recomputed
     if partial.ndim != 2 or partial.shape[1] != width or not 0 < len(partial) < rows:
         return None

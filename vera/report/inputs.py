@@ -199,7 +199,7 @@ def _video(key: str, scores_dir: Path, truth: TestVideo | None, frames_dir: Path
         frame_file = frames_dir / f"{key}.npy"
         try:
             frame_scores = np.load(frame_file, allow_pickle=False)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:
             raise VeraError(f"video {key}: cannot read frame scores {frame_file} ({error})") from None
         if frame_scores.ndim != 1 or not 0 < frame_scores.size <= length or not np.all(np.isfinite(frame_scores)):
             raise VeraError(f"video {key}: frame scores {frame_file} must be up to {length} finite numbers "

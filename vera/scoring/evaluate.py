@@ -78,7 +78,7 @@ def _missing_files(videos: list[TestVideo], scores_dir: Path, features_dir: Path
 def load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
     try:
         features = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise VeraError(f"video {key}: cannot read feature file {path} ({error})") from None
     if features.ndim != 2 or features.shape[0] != expected_rows:
         raise VeraError(

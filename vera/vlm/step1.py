@@ -185,7 +185,8 @@ def step1_folder(settings: Step1Settings, identity: dict, videos: list[TestVideo
         return [path for path in folder.glob("*.json")
                 if path.name.startswith("summary") or (keys is None or path.name in keys)]
 
-    return RunFolder(settings.output, KIND, identity, overwrite=settings.overwrite, outputs=outputs, record=record)
+    return RunFolder(settings.output, KIND, identity, overwrite=settings.overwrite, outputs=outputs, record=record,
+                     shared=settings.shard[1] > 1)  # the jobs of one sharded run write into one folder
 
 
 class _VideoState:
