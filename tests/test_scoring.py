@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 
+from reference.released_steps import released_scene_context
 from released_reference import reference_video
 from vera.scoring.steps import (
     ScoringOptions,
@@ -19,7 +20,6 @@ from vera.scoring.steps import (
     released_neighbour_count,
     released_neighbours,
     released_position_weights,
-    released_scene_context,
     released_smoothing,
 )
 
@@ -148,9 +148,7 @@ def test_fast_neighbours_agree_with_argsort_where_it_matters():
     assert swapped_rows > 0  # the case this test is about does occur
 
 
-@pytest.mark.parametrize("block_elements", [1 << 21, 1000])
-def test_heavy_ties_with_mixed_scores_fall_back_to_numpy_argsort(monkeypatch, block_elements):
-    monkeypatch.setattr("vera.scoring.steps._BLOCK_ELEMENTS", block_elements)  # 1000: blocks of 8 rows on threads
+def test_heavy_ties_with_mixed_scores_fall_back_to_numpy_argsort():
     rng = np.random.default_rng(11)
     h = 120
     base = rng.standard_normal((4, 8)).astype(np.float32)
