@@ -86,43 +86,18 @@ def paper_similarity(features: np.ndarray) -> np.ndarray:
     return cosine_similarity(rows[first])[np.ix_(inverse, inverse)]
 
 
-def released_neighbours(similarity: np.ndarray, k: int, scores: np.ndarray) -> np.ndarray:
-    """Φ as released: ``np.argsort(similarity, axis=1)[:, -k:]`` (ascending similarity; K = 0 takes all).
+def released_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
+    """Φ as released: ``np.argsort(similarity, axis=1)[:, -k:]``, ascending similarity.
 
-    The K largest of a row come from a partition, which is several times
-    cheaper than sorting the row; they equal numpy's argsort except where
-    equal similarities make argsort's own tie order decide. Segments of equal
-    similarity *and* equal answer may trade places (every sum Step 2 makes
-    reads the same numbers in the same positions); a row where a tie joins
-    different answers takes numpy's argsort of that row, i.e. what the
-    released code computes.
+    The same call on the same float32 matrix, so that among equal
+    similarities numpy's own tie order picks the neighbours and orders the
+    sum, as in the released script. Released quirk: K = 0 takes all columns.
     """
-    h = similarity.shape[0]
-    if k == 0 or k >= h - 1:
-        return np.argsort(similarity, axis=1)[:, -k:]
-    scores = np.asarray(scores)
-    # The K + 1 largest: a tie across the K-th place shows as equal first and second values.
-    candidates = np.argpartition(similarity, h - k - 1, axis=1)[:, h - k - 1 :]
-    values = np.take_along_axis(similarity, candidates, axis=1)
-    order = np.argsort(values, axis=1)
-    candidates, values = np.take_along_axis(candidates, order, axis=1), np.take_along_axis(values, order, axis=1)
-    answers = scores[candidates]
-    undecided = np.any((values[:, 1:] == values[:, :-1]) & (answers[:, 1:] != answers[:, :-1]), axis=1)
-    # A tie across the K-th place may also hold segments outside the K + 1: their answers count too.
-    edge = np.flatnonzero((values[:, 0] == values[:, 1]) & ~undecided)
-    if edge.size:
-        tied = similarity[edge] == values[edge, :1]
-        tied_answers = np.where(tied, scores[None, :].astype(np.float64), np.nan)
-        undecided[edge] = np.nanmin(tied_answers, axis=1) != np.nanmax(tied_answers, axis=1)
-    neighbours = candidates[:, 1:]
-    rows = np.flatnonzero(undecided)
-    if rows.size:
-        neighbours[rows] = np.argsort(similarity[rows], axis=1)[:, -k:]
-    return neighbours
+    return np.argsort(similarity, axis=1)[:, -k:]
 
 
-def paper_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
-    """Φ from the paper: the K most similar segments, most similar first, ties to the lower index."""
+def paper_neighbours(similarity: np.ndarray, k: int | None) -> np.ndarray:
+    """Φ from the paper: the K most similar segments, most similar first, ties to the lower index (None: all)."""
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
 
 
@@ -336,19 +311,19 @@ class VideoSteps:
     """Steps 2–3 of one video (segment scores yᵤ, segment features eᵤ) under any ``ScoringOptions``.
 
     It keeps what a setting does not change: the similarity matrix, Step 2's
-    values of each (K, τ) and, with ``full_sort`` (a sweep over many K), each
+    values of each (K, τ) and, with ``keep_order`` (a sweep over many K), each
     row's full argsort, from which every K is a slice. ``compute_auc.py`` asks a fresh one for one setting,
     ``reproduce_tables.py`` one per video for every setting: the same methods
     compute the same arrays, so a sweep's numbers are those of separate runs.
     """
 
     def __init__(self, scores: np.ndarray, features: np.ndarray | None, last_segment_frames: int, key: str = "",
-                 full_sort: bool = False):
+                 keep_order: bool = False):
         self.scores = np.asarray(scores, dtype=np.float64)
         self.features = features
         self.last_segment_frames = last_segment_frames
         self.key = key
-        self.full_sort = full_sort
+        self.keep_order = keep_order
         self._similarity: dict[bool, np.ndarray] = {}
         self._order: dict[bool, np.ndarray] = {}
         self._context: dict[tuple, np.ndarray] = {}
@@ -370,11 +345,10 @@ class VideoSteps:
         if options.random_k is not None:  # K = 0 is the released "all segments"
             return random_neighbours(self.num_segments, k or self.num_segments, video_rng(options.random_k, self.key))
         similarity = self.similarity(released)
-        if not self.full_sort:
-            return released_neighbours(similarity, k, self.scores) if released else paper_neighbours(similarity, k)
-        if released not in self._order:  # the released order: ascending; the paper's: descending, stable
-            self._order[released] = (np.argsort(similarity, axis=1) if released
-                                     else np.argsort(-similarity, axis=1, kind="stable"))
+        if not self.keep_order:
+            return released_neighbours(similarity, k) if released else paper_neighbours(similarity, k)
+        if released not in self._order:  # every K of a sweep is a slice of one full sort
+            self._order[released] = released_neighbours(similarity, 0) if released else paper_neighbours(similarity, None)
         order = self._order[released]
         return order[:, -k:] if released else order[:, :k]
 

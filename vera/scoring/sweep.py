@@ -71,7 +71,7 @@ def sweep(
     kept: list[_Kept] = []
     for item in inputs:
         key = item.video.key
-        steps = VideoSteps(item.segments.scores, item.features, item.segments.last_segment_frames, key, full_sort=True)
+        steps = VideoSteps(item.segments.scores, item.features, item.segments.last_segment_frames, key, keep_order=True)
         needed = dict.fromkeys(part for part, keys in zip(parts, chosen) if key in keys)
         kept.append(_Kept(key, item.segments.last_segment_frames, item.labels,
                           {part: steps.stages(part)["values"] for part in needed}))
