@@ -1,4 +1,4 @@
-"""Steps 2 and 3 of VERA's inference (paper §3.3) for one video: segment answers in, frame scores out.
+"""Steps 2 and 3 of VERA's inference, as the paper names them, for one video: answers in, frame scores out.
 
 Step 2 (scene context) replaces each segment's answer yᵤ by the
 softmax(S/τ)-weighted mean of the answers of its K most similar segments;
@@ -335,7 +335,8 @@ class VideoSteps:
     def similarity(self, released: bool) -> np.ndarray:
         """S: float32 as stored (released), or float64 with exact ties for equal rows (paper)."""
         if released not in self._similarity:
-            self._similarity[released] = cosine_similarity(self.features) if released else paper_similarity(self.features)
+            compute = cosine_similarity if released else paper_similarity
+            self._similarity[released] = compute(self.features)
         return self._similarity[released]
 
     def neighbours(self, options: ScoringOptions) -> np.ndarray:
@@ -348,7 +349,8 @@ class VideoSteps:
         if not self.keep_order:
             return released_neighbours(similarity, k) if released else paper_neighbours(similarity, k)
         if released not in self._order:  # every K of a sweep is a slice of one full sort
-            self._order[released] = released_neighbours(similarity, 0) if released else paper_neighbours(similarity, None)
+            self._order[released] = (released_neighbours(similarity, 0) if released
+                                     else paper_neighbours(similarity, None))
         order = self._order[released]
         return order[:, -k:] if released else order[:, :k]
 
