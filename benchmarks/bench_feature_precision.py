@@ -96,7 +96,7 @@ def compare(key: str, full: np.ndarray, half: np.ndarray, score_sets: list[np.nd
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path)
     parser.add_argument("--random-init", action="store_true")
     parser.add_argument("--tiny", action="store_true")

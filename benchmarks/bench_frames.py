@@ -146,7 +146,7 @@ def seek_accuracy(work: Path) -> list[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__.split("\n\n")[0])
     parser.add_argument("--clips", type=Path, default=ROOT.parent / "shared" / "data" / "clips")
     parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()

@@ -20,7 +20,7 @@ CLIPS = Path(__file__).resolve().parents[2] / "shared" / "data" / "clips"
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=Path, default=CLIPS, help="folder of the real clips (*.mp4)")
     parser.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--repeats", type=int, default=2, help="times the clips are read over per measurement")

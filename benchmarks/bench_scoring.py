@@ -202,7 +202,7 @@ CHILDREN = {"compare": run_compare, "floor": run_floor, "floor_process": run_flo
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=1024, help="feature width (ImageBind: 1024)")
     parser.add_argument("--workdir", type=Path, help="where generated inputs go (default: a temporary folder)")
     parser.add_argument("--annotations", type=Path, default=ANNOTATIONS, help="UCF_Eval.json")

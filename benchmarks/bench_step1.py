@@ -241,7 +241,7 @@ def input_pipeline(clips: Path, image_size: int = 448, workers: tuple[int, ...] 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=("tiny", "internvl2-8b"), default="tiny")
     parser.add_argument("--batch-size", type=int, default=None, help="segments per batched generate call (default: "
                         "48 on a GPU, 8 on a CPU)")

@@ -1,10 +1,10 @@
-"""The README's serving-engine command lines, parsed by each engine's own argument parser.
+"""The serving-engine command lines of docs/models.md, parsed by each engine's own argument parser.
 
-    python benchmarks/check_serve_commands.py [--readme README.md] [--json OUT]
+    python benchmarks/check_serve_commands.py [--page docs/models.md] [--json OUT]
 
 Run it with an interpreter where vLLM, SGLang and LMDeploy import (no GPU is
 needed to build their parsers). It reads the ``vllm serve``, ``python -m
-sglang.launch_server`` and ``lmdeploy serve api_server`` lines of the README's
+sglang.launch_server`` and ``lmdeploy serve api_server`` lines of the page's
 bash blocks (joining ``\\`` continuations) and hands each to the parser its
 engine builds for that command: vLLM's server parser (the model as
 ``--model``), SGLang's ``ServerArgs`` parser (and its conversation template
@@ -16,7 +16,7 @@ serves the model (``compare_served.py`` does that for vLLM).
 Exits 1 when a line does not parse, when its engine does not import here
 (unless ``--allow-missing``), when a shell line names an engine command but
 does not start with it (``CUDA_VISIBLE_DEVICES=0 vllm serve …`` would
-otherwise go unchecked), or when the README has none of the three.
+otherwise go unchecked), or when the page has none of the three.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ PREFIXES = {"vllm": ["vllm", "serve"], "sglang": ["python", "-m", "sglang.launch
 
 
 def readme_commands(readme: str, unread: list[str] | None = None) -> list[tuple[str, list[str]]]:
-    """(engine, arguments after the command) for every engine line of the README's shell blocks.
+    """(engine, arguments after the command) for every engine line of a Markdown page's shell blocks.
 
     A line that names an engine command elsewhere than at its start goes to ``unread``.
     """
@@ -59,7 +59,9 @@ def parse_vllm(arguments: list[str]) -> dict:
     from vllm.entrypoints.launchers.cli_args import make_arg_parser
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
-    parsed = make_arg_parser(FlexibleArgumentParser()).parse_args(["--model", *arguments])
+    # Abbreviations off here and below: a README line spells each flag in full, so that a flag the engine
+    # adds later cannot turn an abbreviation into another option.
+    parsed = make_arg_parser(FlexibleArgumentParser(allow_abbrev=False)).parse_args(["--model", *arguments])
     return {"model": parsed.model, "limit_mm_per_prompt": parsed.limit_mm_per_prompt}
 
 
@@ -67,7 +69,7 @@ def parse_sglang(arguments: list[str]) -> dict:
     from sglang.srt.parser.conversation import chat_template_exists
     from sglang.srt.server_args import ServerArgs
 
-    parser = argparse.ArgumentParser()
+    parser = argparse.ArgumentParser(allow_abbrev=False)
     ServerArgs.add_cli_args(parser)
     parsed = parser.parse_args(arguments)
     if parsed.chat_template is not None and not chat_template_exists(parsed.chat_template):
@@ -108,15 +110,16 @@ def check(engine: str, arguments: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--page", type=Path, default=ROOT / "docs" / "models.md",
+                        help="the Markdown page whose bash blocks hold the engine lines")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--allow-missing", action="store_true", help="an engine that does not import is no failure")
     args = parser.parse_args(argv)
-    if not args.readme.is_file():
-        parser.error(f"not a file: {args.readme}")
+    if not args.page.is_file():
+        parser.error(f"not a file: {args.page}")
     unread: list[str] = []
-    commands = readme_commands(args.readme.read_text(encoding="utf-8"), unread)
+    commands = readme_commands(args.page.read_text(encoding="utf-8"), unread)
     versions, results = {engine: None for engine in PREFIXES}, []
     for engine, distribution in DISTRIBUTIONS:
         try:

@@ -155,7 +155,7 @@ def compare(original: dict[str, np.ndarray], project: dict[str, np.ndarray]) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--original-code", type=Path, required=True, help="InternVL2's remote code, a flat package")
     parser.add_argument("--original-python", type=Path, required=True, help="python with transformers < 4.50")
     parser.add_argument("--max-new-tokens", type=int, default=20)

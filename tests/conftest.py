@@ -22,7 +22,7 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 def shared_data() -> Path:
     """``../shared/data`` beside the project; tests that need it skip where it is absent."""
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"real data folder {SHARED_DATA} is absent (see the README, 'Tests')")
+        pytest.skip(f"real data folder {SHARED_DATA} is absent (see the README, 'Test')")
     return SHARED_DATA
 
 
@@ -66,3 +66,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def let_go_of_run_folders():
+    """Run folders are let go when a test ends, as a command's are when its process exits; so are those of the
+    wider fixtures set up before it (their runs are finished commands to the test)."""
+    from vera.runs import release_folders
+
+    release_folders()
+    yield
+    release_folders()

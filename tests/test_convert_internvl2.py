@@ -670,12 +670,70 @@ def test_qwen2_and_phi3_checkpoints_convert(tmp_path, arch, shared_data):
         reference = lambda text: original(text, add_special_tokens=False)["input_ids"]  # noqa: E731
     else:
         assert rendered == f"<s><|system|>\n{SYSTEM}<|end|><|user|>\nQ<|end|><|assistant|>\n"
-        added = {token: processor.tokenizer.convert_tokens_to_ids(token)
-                 for token in ["<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"]
-                 + INTERNVL_TOKENS}
+        # The special tokens' ids as the source checkpoint's own tokenizer_config.json assigns them.
+        decoder = json.loads((tmp_path / "src" / "tokenizer_config.json").read_text())["added_tokens_decoder"]
+        added = {entry["content"]: int(index) for index, entry in decoder.items()}
+        assert set(added) == {"<unk>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>",
+                              *INTERNVL_TOKENS}
         reference = lambda text: slow_encode(source["sp"], added, text)  # noqa: E731
     for text in _strings(shared_data) + [rendered]:
         assert processor.tokenizer(text, add_special_tokens=False)["input_ids"] == reference(text), repr(text[:60])
     sep = "<|im_end|>" if arch == "qwen2" else "<|end|>"
     generation = json.loads((tmp_path / "dst" / "generation_config.json").read_text())
-    assert generation["eos_token_id"] == processor.tokenizer.convert_tokens_to_ids(sep)
+    assert generation["eos_token_id"] == (original.convert_tokens_to_ids(sep) if arch == "qwen2" else added[sep])
+
+
+# -- keys a config leaves out -------------------------------------------------------------------
+
+def _without(src: Path, *keys: str) -> None:
+    """Drop ``keys`` from the checkpoint's vision_config, as a config written with the class defaults may."""
+    config = json.loads((src / "config.json").read_text())
+    for key in keys:
+        config["vision_config"].pop(key)
+    (src / "config.json").write_text(json.dumps(config))
+
+
+def test_a_vision_config_without_qk_normalization_builds_query_key_norms(tmp_path):
+    """InternVisionConfig's own default is qk_normalization=True (InternVL2-26B and larger use the norms)."""
+    from transformers import AutoModelForImageTextToText
+
+    from vera.commands import run
+
+    norms = {f"vision_model.encoder.layers.{layer}.attn.{name}.weight": torch.rand(VIT_HIDDEN) + 0.5
+             for layer in range(LAYERS) for name in ("q_norm", "k_norm")}
+    original = write_original(tmp_path / "src", extra=norms)
+    _without(tmp_path / "src", "qk_normalization")
+    assert run("convert_internvl2", [str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
+    vision = json.loads((tmp_path / "dst" / "config.json").read_text())["vision_config"]
+    assert vision["use_qk_norm"] is True
+    assert (vision["attention_bias"], vision["norm_type"]) == (True, "layer_norm")  # stated, so kept
+    model, info = AutoModelForImageTextToText.from_pretrained(tmp_path / "dst", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    state = model.state_dict()
+    for layer in range(LAYERS):
+        for name in ("q_norm", "k_norm"):
+            got = state[f"model.vision_tower.encoder.layer.{layer}.attention.{name}.weight"]
+            assert torch.equal(got, original["weights"][f"vision_model.encoder.layers.{layer}.attn.{name}.weight"])
+
+
+def test_absent_vision_keys_take_the_original_class_defaults(tmp_path):
+    """Without qkv_bias the class builds qkv without a bias (False), without norm_type RMSNorms (no bias), without
+    qk_normalization the query/key norms: a checkpoint whose tensors say otherwise is refused."""
+    from vera.vlm.convert_internvl2 import convert
+
+    write_original(tmp_path / "bias")
+    _without(tmp_path / "bias", "qkv_bias")
+    with pytest.raises(VeraError, match=r"^6 tensors do not fit the native shapes, e\.g\. "
+                                        r"vision_model\.encoder\.layers\.0\.attn\.qkv\.bias .*: native None$"):
+        convert(tmp_path / "bias", tmp_path / "out")
+    write_original(tmp_path / "rms")
+    _without(tmp_path / "rms", "norm_type")
+    with pytest.raises(VeraError, match=r"^4 tensors do not fit the native shapes, e\.g\. "
+                                        r"vision_model\.encoder\.layers\.0\.norm1\.bias .*: native None$"):
+        convert(tmp_path / "rms", tmp_path / "out")
+    write_original(tmp_path / "norms")
+    _without(tmp_path / "norms", "qk_normalization")
+    with pytest.raises(VeraError, match=r"^4 native parameters have no source tensor, e\.g\. "
+                                        r"model\.vision_tower\.encoder\.layer\.0\.attention\.k_norm\.weight"):
+        convert(tmp_path / "norms", tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -137,17 +137,33 @@ def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tin
 
 
 def test_labels_give_the_ground_truth_and_the_auc(clips, tiny_models, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
     labels = tmp_path / "labels.csv"
-    labels.write_text("video,class,intervals\nFighting033_x264_570_841,Fighting,0-271\n"
+    labels.write_text("video,class,intervals\nFighting033_x264_570_841,Fighting,16-100;200-271\n"
                       "v=JfLYNEsrTew__#1_label_G-0-0_52_431,Normal,\n")
     output = tmp_path / "out"
     assert run("detect", _argv(clips, tiny_models.path("internvl"), output, "--labels", str(labels),
                                features=("--skip-step2",))) == 0
     assert not (output / "features").exists()
+    annotations = {Path(entry["video"]).stem: entry
+                   for entry in json.loads((output / "input" / "annotations.json").read_text())}
+    assert annotations["Fighting033_x264_570_841"]["video"] == "Fighting/Fighting033_x264_570_841.mp4"
+    assert annotations["Fighting033_x264_570_841"]["temporal_label"] == [16, 100, 200, 271]
+    assert annotations["v=JfLYNEsrTew__#1_label_G-0-0_52_431"]["temporal_label"] == [-1, -1]
+    # The ground truth by hand: frames 16-99 and 200-270 of the fight, none of the normal video.
+    truth = {"Fighting033_x264_570_841": [0] * 16 + [1] * 84 + [0] * 100 + [1] * 71,
+             "v=JfLYNEsrTew__#1_label_G-0-0_52_431": [0] * 379}
+    scores = {key: np.load(output / "scores" / "frame_scores" / f"{key}.npy") for key in CLIPS}
+    assert all(scores[key].size == len(truth[key]) == CLIPS[key] for key in CLIPS)
+    expected = roc_auc_score(truth["Fighting033_x264_570_841"] + truth["v=JfLYNEsrTew__#1_label_G-0-0_52_431"],
+                             np.concatenate([scores[key] for key in truth]))
+    assert len({round(float(value), 6) for value in np.concatenate(list(scores.values()))}) > 2  # not a flat curve
+    page = (output / "report" / "index.html").read_text()
+    assert f"AUC over these videos&#x27; frames <b>{100 * expected:.2f} %</b>" in page
     rows = {row[0]["data-value"]: row for row in parse(output / "report" / "index.html").rows}
     assert rows["Fighting033_x264_570_841"][1]["data-value"] == "Fighting"
     assert rows["v=JfLYNEsrTew__#1_label_G-0-0_52_431"][1]["data-value"] == "Normal"
-    assert "AUC over these videos" in (output / "report" / "index.html").read_text()
 
 
 def test_without_a_model_offline_it_says_what_it_would_download(clips, tmp_path, monkeypatch, capsys):
@@ -207,3 +223,83 @@ def test_help_imports_no_heavy_library(command):
              "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'matplotlib', 'av') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "[]", result.stderr
+
+
+@pytest.fixture
+def with_bad_videos(shared_data, tmp_path):
+    """One good clip beside a 1-frame video (decodes, too short to score) and a file that is no video."""
+    from video_fixtures import write_index_video
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    shutil.copy(shared_data / "clips" / "Fighting033_x264_570_841.mp4", folder)
+    write_index_video(folder / "one_frame.mp4", 1, size=(64, 48))
+    (folder / "junk.mp4").write_bytes(b"not a video" * 100)
+    return folder
+
+
+def test_a_too_short_video_stops_the_run_before_step1(with_bad_videos, tiny_models, tmp_path):
+    output = tmp_path / "out"
+    bad = "one_frame.mp4"
+    argv = [str(with_bad_videos / "Fighting033_x264_570_841.mp4"), str(with_bad_videos / bad),
+            "--model", str(tiny_models.path("internvl")), "--random-init", "--tiny", "--max-new-tokens", "4",
+            "--device", "cpu", "--output", str(output), "--no-progress", "--workers", "1"]
+    done = subprocess.run([sys.executable, str(ROOT / "detect.py"), *argv], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: video one_frame: 1 frame(s), too short to score") and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert str(with_bad_videos / bad) in done.stderr and "--skip-bad-videos" in done.stderr
+    # Nothing computed: no annotation, no Step 1, no features.
+    assert not (output / "input" / "annotations.json").exists()
+    assert not (output / "step1").exists() and not (output / "features").exists()
+
+
+def test_skip_bad_videos_leaves_them_out_names_them_and_reports_the_others(with_bad_videos, tiny_models, tmp_path,
+                                                                          capsys):
+    output = tmp_path / "out"
+    labels = tmp_path / "labels.csv"  # rows for every file, the left-out ones included
+    labels.write_text("video,class,intervals\nFighting033_x264_570_841,Fighting,0-100\none_frame,Normal,\n"
+                      "junk.mp4,Normal,\n")
+    argv = [str(with_bad_videos), "--model", str(tiny_models.path("internvl")), "--skip-step2", "--labels",
+            str(labels), "--max-new-tokens", "4", "--device", "cpu", "--output", str(output), "--no-progress",
+            "--workers", "1", "--skip-bad-videos"]
+    assert run("detect", argv) == 0
+    out = capsys.readouterr().out
+    left = [line for line in out.splitlines() if line.startswith("left out (--skip-bad-videos): ")]
+    assert len(left) == 2
+    assert any(f"video one_frame: 1 frame(s), too short to score (at least 2 needed; {with_bad_videos}" in line
+               for line in left)
+    assert any("video junk: cannot open the video" in line and str(with_bad_videos / "junk.mp4") in line
+               for line in left)
+    assert [Path(entry["video"]).stem for entry in json.loads((output / "input" / "annotations.json").read_text())] \
+        == ["Fighting033_x264_570_841"]
+    assert sorted(path.name for path in (output / "step1").glob("*.json")) == ["Fighting033_x264_570_841.json",
+                                                                              "run.json", "summary.json"]
+    index = output / "report" / "index.html"
+    assert [row[0]["data-value"] for row in parse(index).rows] == ["Fighting033_x264_570_841"]
+    note = index.read_text().split('id="left-out"', 1)[1].split("</div>", 1)[0]
+    assert "Left out, not scored (2)" in note and "video one_frame: 1 frame(s)" in note and "video junk:" in note
+
+    # The same inputs give the same verdict on resume: without the option the run stops, naming the videos,
+    # and changes nothing; with it, the run resumes and names them again.
+    before = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    assert run("detect", argv[:-1]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: 2 of 3 videos cannot be scored: ") and "one_frame" in error and "junk" in error
+    assert len(error.strip().splitlines()) == 1
+    assert run("detect", argv) == 0
+    out = capsys.readouterr().out
+    assert "Step 1: all 1 videos answered before" in out and out.count("left out (--skip-bad-videos): ") == 2
+    after = {path: path.read_bytes() for path in output.rglob("*") if path.is_file()}
+    assert {path for path in after if "report" not in path.parts} == {path for path in before if "report" not in path.parts}
+    assert all(after[path] == before[path] for path in before if "step1" in path.parts)
+
+
+def test_skip_bad_videos_with_no_good_video_left_is_an_error(with_bad_videos, tiny_models, tmp_path, capsys):
+    (with_bad_videos / "Fighting033_x264_570_841.mp4").unlink()
+    output = tmp_path / "out"
+    assert run("detect", [str(with_bad_videos), "--model", str(tiny_models.path("internvl")), "--skip-step2",
+                          "--device", "cpu", "--output", str(output), "--workers", "1", "--skip-bad-videos"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: none of the 2 videos can be scored: ") and len(error.strip().splitlines()) == 1
+    assert not (output / "step1").exists()

@@ -113,6 +113,40 @@ def test_xd_ap_with_wu_ground_truth_file(shared_data, tmp_path):
         evaluate(videos, tmp_path / "s", tmp_path / "f", options, gt_frames_path=tmp_path / "gt.json")
 
 
+def test_xd_ap_takes_its_labels_from_the_gt_frames_file_not_the_intervals(shared_data, tmp_path):
+    # Labels that disagree with the annotation on purpose: each video's file labels are its annotated
+    # labels shifted by 48 frames and flipped in a fixed stretch, so reading the intervals gives another AP.
+    annotation = shared_data / "annotations" / "xd_test_800.json"
+    entries = [e for e in json.loads(annotation.read_text()) if not e["video"].endswith(".mp4")][:20]
+    (tmp_path / "xd.json").write_text(json.dumps(entries))
+    videos = load_test_annotations(tmp_path / "xd.json", "xd")
+    write_synthetic_inputs(videos, tmp_path / "s", tmp_path / "f", width=8, seed=3)
+    all_scores, file_labels, annotated_labels, gt = [], [], [], {}
+    for entry in entries:
+        content = json.loads((tmp_path / "s" / f"{entry['video']}.json").read_text())
+        frames = reference_video([int(c) for c in content], [content[c]["end"] for c in content],
+                                 [content[c]["score"] for c in content],
+                                 np.load(tmp_path / "f" / f"{entry['video']}.npy"), "xd", "ap")
+        annotated = reference_labels(entry["length"], entry["temporal_label"])[: len(frames)]
+        labels = [int(value) for value in annotated[48:] + annotated[:48]]
+        labels[100:164] = [1 - value for value in labels[100:164]]
+        gt[entry["video"]] = labels
+        all_scores += frames
+        file_labels += labels
+        annotated_labels += annotated
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    precision, recall, _ = precision_recall_curve(file_labels, all_scores)
+    expected = auc(recall, precision)
+    precision, recall, _ = precision_recall_curve(annotated_labels, all_scores)
+    assert abs(expected - auc(recall, precision)) > 0.01  # the file's labels give another AP than the intervals
+
+    evaluation = evaluate(videos, tmp_path / "s", tmp_path / "f", ScoringOptions("xd", "ap"),
+                          gt_frames_path=tmp_path / "gt.json")
+    assert evaluation.metrics["value"] == expected
+    for video in evaluation.videos:
+        assert video.labels.tolist() == gt[video.key], video.key
+
+
 @pytest.mark.parametrize("value, message", [
     (["0", 1], "frame 0 has label '0'; labels must be 0 or 1"),
     ([0, 1, 2], "frame 2 has label 2; labels must be 0 or 1"),
@@ -323,7 +357,7 @@ def test_a_rerun_replaces_every_output_and_other_settings_need_overwrite(tmp_pat
     # The same settings with one video fewer and no curves: nothing of the first run may remain.
     (tmp_path / "scores" / "Arson002_x264.json").unlink()
     assert _cli(tmp_path, annotation, "--allow-missing", "--no-curves") == 0
-    assert sorted(os.listdir(out)) == ["frame_scores", "metrics.json", "run.json", "stages.npz"]
+    assert sorted(os.listdir(out)) == [".lock", "frame_scores", "metrics.json", "run.json", "stages.npz"]  # held
     remaining = [video.key for video in videos if video.key != "Arson002_x264"]
     with np.load(out / "stages.npz") as stages:
         assert sorted({name.split("/")[0] for name in stages.files}) == sorted(remaining)

@@ -36,7 +36,7 @@ from vera.data.frames import (
     open_frames,
 )
 from vera.data.segments import segment_centres, segment_window, window_frame_indices
-from vera.runs import PARTIAL_DIR, RUN_FILE
+from vera.runs import LOCK_FILE, PARTIAL_DIR, RUN_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frame counts, sizes and rates of the real clips, from ../shared/data/README.md.
@@ -174,7 +174,9 @@ def test_corrupt_videos_are_reported_and_the_others_complete(clips: Path, tmp_pa
     result = subprocess.run([sys.executable, str(ROOT / "Preprocessing" / "extract_frames.py"), "--videos",
                              str(videos_dir), "--frames", str(frames_dir), "--workers", "2", "--no-progress"],
                             capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1
+    assert result.returncode == 2  # bad input
+    assert result.stderr.startswith("error: 2 of 3 videos failed (") and result.stderr.count("\n") == 1
+    assert result.stderr.endswith("); fix them and rerun to resume\n")
     failures = [line for line in result.stdout.splitlines() if line.startswith("FAILED")]
     assert len(failures) == 2 and any("garbage.avi" in line for line in failures)
     assert any("truncated.mp4" in line for line in failures)
@@ -195,7 +197,7 @@ def test_a_crashing_worker_fails_only_its_video(tmp_path: Path) -> None:
     assert failures["crash"].startswith("video crash: the worker crashed twice")
     assert failures["oops"] == "video oops: RuntimeError('unexpected')"
     assert {key: entry.frames for key, entry in read_manifest(tmp_path / "frames").items()} == {"a": 12, "b": 12}
-    assert sorted(os.listdir(tmp_path / "frames")) == ["a", "b", MANIFEST_NAME, RUN_FILE]
+    assert sorted(os.listdir(tmp_path / "frames")) == [LOCK_FILE, "a", "b", MANIFEST_NAME, RUN_FILE]  # held still
 
 
 def test_annotated_lengths_are_checked(clips: Path, clip_frames: Path, tmp_path: Path) -> None:
@@ -340,13 +342,18 @@ def test_a_video_that_decodes_short_fails_unless_allowed(tmp_path: Path, capsys:
     assert report.of("failed")[0].message == (
         f"video cut: decoded {decodable} of the 200 frames {cut} declares (cut short or corrupt?); "
         "--allow-short keeps the frames that decode")
-    assert read_manifest(tmp_path / "frames") == {} and sorted(os.listdir(tmp_path / "frames")) == [MANIFEST_NAME, "run.json"]
+    assert read_manifest(tmp_path / "frames") == {}
+    assert sorted(os.listdir(tmp_path / "frames")) == [LOCK_FILE, MANIFEST_NAME, "run.json"]
 
     from vera.commands.extract_frames import main
+    from vera.errors import run_cli
     argv = ["--videos", str(cut.parent), "--frames", str(tmp_path / "frames"), "--workers", "1", "--no-progress"]
-    assert main(argv) == 1
-    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+    assert run_cli(main, argv) == 2
+    printed = capsys.readouterr()
+    assert printed.out.strip().splitlines()[-1] == (
         "frames: 0 videos written (0 frames), 0 skipped as already complete, 1 failed")
+    assert printed.err == f"error: 1 of 1 videos failed ({report.of('failed')[0].message}); fix them and rerun " \
+                          "to resume\n"
     assert main([*argv, "--allow-short"]) == 0
     entry = read_manifest(tmp_path / "frames")["cut"]
     assert (entry.frames, entry.declared_frames) == (decodable, 200)  # the manifest says it is short

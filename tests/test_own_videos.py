@@ -9,8 +9,11 @@ import subprocess
 import sys
 
 import cv2
+import numpy as np
 import pytest
+from sklearn.metrics import auc, roc_curve
 
+from released_reference import reference_video
 from scripts import ROOT
 from vera.commands import run
 from vera.data.annotations import NORMAL_CLASS, load_test_annotations
@@ -66,7 +69,7 @@ def test_lengths_are_decoded_frames_and_keys_are_file_names(clips, tmp_path):
 
 def test_labels_then_compute_auc_on_the_file(clips, tmp_path, capsys):
     for path in list(clips.rglob("A.Beautiful*")):
-        path.unlink()  # the UCF reader cuts keys at the first dot; this file name has several
+        path.unlink()  # an XD-Violence clip: three UCF classes are enough here
     labels = _labels(tmp_path, [
         "Fighting033_x264_570_841.mp4,Fighting,100-200",
         "sub/RoadAccidents133_x264_270_451.mp4,RoadAccidents,20-60; 90-150",
@@ -96,20 +99,51 @@ def test_labels_then_compute_auc_on_the_file(clips, tmp_path, capsys):
                                "--features", str(tmp_path / "features"), "--output", str(result), "--no-curves"]) == 0
     metrics = json.loads((result / "metrics.json").read_text())
     assert metrics["num_videos"] == 3 and metrics["num_frames"] == 271 + 181 + 379
-    assert set(metrics["auc_per_class"]) == {"Fighting", "RoadAccidents"}
-    assert 0.0 <= metrics["value"] <= 1.0
+    # The released UCF AUC over the hand-written intervals, through the loop-by-loop reference.
+    truth = {"Fighting033_x264_570_841": [0] * 100 + [1] * 100 + [0] * 71,
+             "RoadAccidents133_x264_270_451": [0] * 20 + [1] * 40 + [0] * 30 + [1] * 60 + [0] * 31,
+             "v=JfLYNEsrTew__#1_label_G-0-0_52_431": [0] * 379}
+    frames = {}
+    for key in truth:
+        content = json.loads((tmp_path / "scores" / f"{key}.json").read_text())
+        frames[key] = reference_video([int(c) for c in content], [content[c]["end"] for c in content],
+                                      [content[c]["score"] for c in content],
+                                      np.load(tmp_path / "features" / f"{key}.npy"), "ucf", "auc")
+        assert len(frames[key]) == len(truth[key])
+
+    def roc_area(keys):
+        fpr, tpr, _ = roc_curve(sum((truth[k] for k in keys), []), sum((list(frames[k]) for k in keys), []))
+        return auc(fpr, tpr)
+
+    assert metrics["value"] == roc_area(list(truth))
+    normal = "v=JfLYNEsrTew__#1_label_G-0-0_52_431"
+    assert metrics["auc_per_class"] == pytest.approx(
+        {"Fighting": roc_area(["Fighting033_x264_570_841", normal]),
+         "RoadAccidents": roc_area(["RoadAccidents133_x264_270_451", normal])}, abs=1e-12)
 
 
-def test_a_file_name_the_reader_would_misread_is_refused(clips, tmp_path, capsys):
-    # Under the current UCF key rule 'A.Beautiful.Mind…' reads back as 'A': the file is not written.
+def test_a_file_name_the_reader_would_misread_is_refused(shared_data, tmp_path, capsys):
+    # The UCF reader takes every video whose name starts with "Normal" as normal: a fight filed under
+    # such a name would read back as a normal video with anomalous frames, so no file is written.
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(shared_data / "clips" / "Fighting033_x264_570_841.mp4", videos / "Normal_fight.mp4")
     output = tmp_path / "mine.json"
-    status = run("make_annotations", ["--videos", str(clips), "--dataset", "ucf", "--output", str(output),
+    status = run("make_annotations", ["--videos", str(videos), "--dataset", "ucf", "--output", str(output),
+                                      "--labels", str(_labels(tmp_path, ["Normal_fight.mp4,Fighting,100-200"])),
                                       "--workers", "1"])
-    if status == 0:  # the project's shared key rule keeps the whole stem: then the file must read back whole
-        assert {video.key for video in load_test_annotations(output, "ucf")} == set(CLIP_FRAMES)
-    else:
-        assert status == 2 and not output.exists()
-        assert "A.Beautiful.Mind.2001" in capsys.readouterr().err
+    error = capsys.readouterr().err
+    assert status == 2 and not output.exists() and list(tmp_path.glob(".mine.json*")) == []
+    assert len(error.strip().splitlines()) == 1 and error.startswith("error: ")
+    assert "video Normal_fight is in the normal class (Fighting/Normal_fight.mp4) but has anomalous " \
+           "intervals [(100, 200)]" in error
+
+
+def test_a_file_name_with_dots_reads_back_whole(clips, tmp_path):
+    output = tmp_path / "mine.json"
+    assert run("make_annotations", ["--videos", str(clips), "--dataset", "ucf", "--output", str(output),
+                                    "--workers", "1"]) == 0
+    assert {video.key: video.length for video in load_test_annotations(output, "ucf")} == CLIP_FRAMES
 
 
 @pytest.fixture(scope="module")

@@ -67,3 +67,52 @@ REAL_LOOKING_ANSWERS = [
 def test_released_rule_on_real_looking_answers(text, label):
     assert released_score(text) == label
     assert parse_answer(text).score == label
+
+
+# Answers that tell the released rule from every other reading of "the label after Output", each
+# labelled by hand: the score by the rule above, the status by the number of 0/1 digits after the
+# last marker (one: ok; none: no-label; several: ambiguous).
+SEPARATING_ANSWERS = [
+    # Several markers: only the text after the last one counts, and all of it.
+    ("Output: 1\nExplanation: nobody draws a weapon.\nOutput: 0", 0, "ok"),
+    ("Output: 0\nOn a second look the man is armed.\nOutput: 1", 1, "ok"),
+    ("Output: Yes, there is an anomaly.\nOutput:", 1, "no-label"),
+    ("Output: 0\noutput: 1", 0, "ambiguous"),  # the lower-case word is no marker: the 1 is part of the tail
+    # A marker inside the explanation.
+    ("Answers to Prompt Questions:\n1. The Output of the camera is dark at 0:00.\nOutput: 1", 1, "ok"),
+    ("Output: 0\nExplanation: the Output shows 1 person walking.", 1, "ok"),
+    # Digits before and after the label.
+    ("Answers to Prompt Questions:\n1. 3 people stand still.\nOutput: 1\n10 frames checked.", 0, "ambiguous"),
+    ("Output: 0 (2 people, 1 car)", 0, "ambiguous"),
+    ("Answers to Prompt Questions:\n1. 10 cars pass.\nOutput: 1.", 1, "ok"),
+    # No marker at all: the whole text is searched.
+    ("No, there is no anomaly in 10 seconds of video.", 0, "no-marker"),
+    ("Yes, there is an anomaly: 1 man falls.", 1, "no-marker"),
+]
+
+# Other readings of the rule that a reimplementation might make; the answers above must tell each from it.
+OTHER_READINGS = {
+    "after the first marker only": lambda t: 0 if "0" in (t.split("Output") + [t])[1] else 1,
+    "after the first marker, to the end": lambda t: 0 if "0" in t.split("Output", 1)[-1] else 1,
+    "first digit after the last marker": lambda t: next(
+        (int(c) for c in t.split("Output")[-1] if c in "01"), 1),
+    "last digit after the last marker": lambda t: next(
+        (int(c) for c in reversed(t.split("Output")[-1]) if c in "01"), 1),
+    "1 if a 1 follows the last marker": lambda t: 1 if "1" in t.split("Output")[-1] else 0,
+    "the last character": lambda t: 1 if t[-1:] == "1" else 0,
+    "marker in any case": lambda t: 0 if "0" in t.lower().split("output")[-1] else 1,
+    "no marker means anomalous": lambda t: 0 if "Output" in t and "0" in t.split("Output")[-1] else 1,
+    "a 0 anywhere": lambda t: 0 if "0" in t else 1,
+}
+
+
+@pytest.mark.parametrize("text, score, status", SEPARATING_ANSWERS)
+def test_released_rule_on_answers_that_separate_the_readings(text, score, status):
+    assert released_score(text) == score
+    assert parse_answer(text) == ParsedAnswer(score=score, well_formed=status == "ok", status=status)
+
+
+@pytest.mark.parametrize("reading", sorted(OTHER_READINGS))
+def test_the_answers_tell_the_released_rule_from_each_other_reading(reading):
+    differs = [text for text, score, _ in SEPARATING_ANSWERS if OTHER_READINGS[reading](text) != score]
+    assert differs, f"no answer tells the released rule from {reading!r}"

@@ -14,7 +14,8 @@ import pytest
 from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.figures import moving_average, question_versions
-from vera.learning.loop import TrainingOptions, train
+from vera.learning.launch import train
+from vera.learning.settings import TrainingOptions
 from vera.scoring.synthetic import write_synthetic_inputs
 from vera.vlm.backends.base import VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend

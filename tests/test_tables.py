@@ -142,6 +142,22 @@ def test_table_files_are_shaped_like_the_paper(small_set, tmp_path):
     assert json.loads((out / "run.json").read_text())["identity"]["kind"] == "reproduce_tables"
 
 
+def test_a_scenario_class_absent_from_the_annotations_leaves_its_column_out(small_set, tmp_path):
+    annotation, _, root = small_set
+    entries = [entry for entry in json.loads(annotation.read_text()) if "/Shoplifting/" not in entry["video"]]
+    (tmp_path / "no_store.json").write_text(json.dumps(entries))
+    assert reproduce_tables.main(["--dataset", "ucf", "--annotations", str(tmp_path / "no_store.json"), "--scores",
+                                  str(root / "scores"), "--features", str(root / "features"), "--output",
+                                  str(tmp_path / "o")]) == 0
+    grid = (tmp_path / "o" / "table11_scenarios.md").read_text()
+    assert "| questions, videos | All | Traffic |\n" in grid and "| Q*, paper | 86.55 | 70.43 |\n" in grid
+    assert "- Left out: Store (no Shoplifting video in the annotations)." in grid
+    rows = json.loads((tmp_path / "o" / "tables.json").read_text())["table11_scenarios"]
+    # "All" without normal videos: the anomalous classes left (Arrest, RoadAccidents); Traffic: RoadAccidents.
+    assert sorted({json.dumps(row["setting"].get("classes")) for row in rows}) == [
+        '["Arrest", "RoadAccidents"]', '["RoadAccidents"]', "null"]
+
+
 def test_xd_tables_have_no_paper_ablation_values_and_no_scenarios(small_set, tmp_path):
     _xd_set(small_set, tmp_path, "G-0-0")
     reproduce_tables.main(["--dataset", "xd", "--annotations", str(tmp_path / "xd.json"), "--scores",

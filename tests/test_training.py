@@ -18,18 +18,11 @@ import pytest
 from vera.vlm.backends.base import VLMAnswer, VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.errors import VeraError
-from vera.learning.loop import (
-    BEST_FILE,
-    CHECKPOINT_FILE,
-    HISTORY_FILE,
-    INITIAL_QUESTIONS,
-    VALIDATION_FILE,
-    TrainingOptions,
-    batch_at,
-    epoch_order,
-    load_checkpoint,
-    train,
-)
+from vera.learning.launch import train
+from vera.learning.run_state import BEST_FILE, CHECKPOINT_FILE, HISTORY_FILE, VALIDATION_FILE, load_checkpoint
+from vera.learning.settings import TrainingOptions
+from vera.learning.training_data import batch_at, epoch_order
+from vera.vlm.prompts import INITIAL_QUESTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = "logs/version_0/metrics.csv"
@@ -207,6 +200,21 @@ def test_progress_is_plain_lines_when_not_a_terminal(ucf: dict, tmp_path: Path,
                         r"([0-9.]+/s|[0-9.]+ s/step), eta \d+ s", lines[1]), lines[1]
     assert re.fullmatch(r"training: 2/2 steps \(100\.0%\), ([0-9.]+/s|[0-9.]+ s/step), finished in \d+ s, "
                         r"best=1\.0, train_acc=0\.0", err.splitlines()[-1]), err
+
+
+@pytest.mark.parametrize("max_steps, steps, line", [
+    (10, 4, "--max-steps 10 is cut short by --epochs 2: 2 epochs of 2 steps end the run after 4 steps "
+            "(raise --epochs to train longer)"),
+    (3, 3, "--max-steps 3 ends the run before --epochs 2 does (2 epochs of 2 steps would be 4)"),
+    (4, 4, None),
+])
+def test_a_limit_cut_short_by_the_other_is_said_in_one_line(ucf: dict, tmp_path: Path, capsys, max_steps, steps,
+                                                            line) -> None:
+    # 4 training videos in batches of 2: 2 steps per epoch, 2 epochs.
+    state, _ = _run(ucf, tmp_path / "run", Script({}), max_steps=max_steps, val_every=100)
+    assert state.step == steps
+    said = [text for text in capsys.readouterr().err.splitlines() if text.startswith("--max-steps")]
+    assert said == ([line] if line else [])
 
 
 def test_frames_are_the_released_indices(ucf: dict, tmp_path: Path) -> None:
@@ -523,3 +531,40 @@ def test_two_processes_through_training_py_match_one_process(tiny_internvl: Path
     for name in (HISTORY_FILE, VALIDATION_FILE, BEST_FILE, METRICS):
         assert (ddp / name).read_bytes() == (single / name).read_bytes(), name
     assert [p.name for p in (ddp / "logs").iterdir()] == ["version_0"]
+
+
+def test_num_frames_above_a_video_length_is_refused_through_training_py(shared_data: Path, tiny_internvl: Path,
+                                                                        tmp_path: Path, capsys) -> None:
+    """``--num-frames 1000`` on clips of 181 and 271 frames would show each frame 3.7-5.5 times: refused before
+    the model loads, naming the shortest video, its length, its list and the option."""
+    train_list = tmp_path / "train.json"
+    train_list.write_text(json.dumps([
+        {"video": "frames/Fighting/Fighting033_x264_570_841.mp4", "length": 271},
+        {"video": "frames/RoadAccidents/RoadAccidents133_x264_270_451.mp4", "length": 181},
+    ]))
+    out = tmp_path / "run"
+    from vera.commands import run
+
+    argv = ["--dataset", "ucf", "--train", str(train_list), "--val", str(train_list), "--videos",
+            str(shared_data / "clips"), "--model", str(tiny_internvl), "--num-frames", "1000", "--accelerator", "cpu",
+            "--output", str(out)]
+    assert run("training", argv) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"error: --num-frames 1000 is more than the 181 frames of video RoadAccidents133_x264_270_451 (--train "
+        f"{train_list}), whose frames would repeat, 5.5 times each on average; 2 listed videos are shorter; use "
+        "--num-frames 181 or fewer"]
+    assert not (out / HISTORY_FILE).exists() and not (out / "run.json").exists()
+
+
+def test_num_frames_up_to_the_shortest_video_is_accepted(ucf: dict, tmp_path: Path) -> None:
+    # The ucf fixture's videos have 16 frames each: 16 is every frame once, 17 is refused.
+    entries = json.loads(ucf["val"].read_text())
+    entries[1]["length"] = 15
+    (tmp_path / "val15.json").write_text(json.dumps(entries))
+    with pytest.raises(VeraError, match=r"^--num-frames 16 is more than the 15 frames of video Normal_Videos010_x264 "
+                                        r"\(--val .*val15.json\), whose frames would repeat, 1.1 times each on average; "
+                                        r"use --num-frames 15 or fewer$"):
+        _run({**ucf, "val": tmp_path / "val15.json"}, tmp_path / "a", Script(ANSWERS), num_frames=16)
+    state, _ = _run(ucf, tmp_path / "b", Script(ANSWERS), num_frames=16, max_steps=1)
+    assert state.step == 1
+    assert all(r["frames"] == list(range(16)) for r in _jsonl(tmp_path / "b" / HISTORY_FILE)[0]["learner"])

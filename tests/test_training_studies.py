@@ -24,7 +24,8 @@ from test_training import (  # noqa: F401 - ucf is a fixture
 )
 
 from vera.errors import VeraError, run_cli
-from vera.learning.loop import BEST_FILE, HISTORY_FILE, VALIDATION_FILE, load_checkpoint, train
+from vera.learning.launch import train
+from vera.learning.run_state import BEST_FILE, HISTORY_FILE, VALIDATION_FILE, load_checkpoint
 from vera.learning.optimizer_prompt import DEFAULT_OPTIMIZER_TEMPLATE, build_optimizer_prompt, state_question_limit
 from vera.learning.sampling import training_frame_indices
 from vera.options import questions_source

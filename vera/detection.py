@@ -1,7 +1,8 @@
 """VERA on any videos in one run (``detect.py``): every stage, each in its own resumable folder.
 
     OUTPUT/input/     annotations.json (keys and decoded lengths; labels with --labels) and videos/, links
-                      to the files, through which every stage reads their frames (``vera.data.frames``)
+                      to the files, through which every stage reads their frames (``vera.data.frames``);
+                      left_out.json, the videos that cannot be scored (with ``skip_bad_videos``)
     OUTPUT/step1/     Step 1: <key>.json, each segment's answer to the guiding questions
     OUTPUT/features/  ImageBind segment features <key>.npy (not with --skip-step2)
     OUTPUT/scores/    Steps 2-3 (the paper protocol, any length, no labels needed): frame_scores/<key>.npy,
@@ -11,7 +12,8 @@
 Each folder is a ``vera.runs.RunFolder``: rerunning the command resumes where
 it stopped (finished videos are skipped), and a folder made with other
 settings is refused unless ``overwrite``, which then redoes that stage. Every
-folder is checked before a model loads.
+folder is checked, and every video decoded whole and its length checked,
+before a model loads.
 """
 
 from __future__ import annotations
@@ -22,14 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vera.data.annotations import TestVideo, load_test_annotations
-from vera.data.own_videos import measure_files, read_labels, video_files, write_annotations
+from vera.data.own_videos import MeasuredVideo, measure_each, read_labels, video_files, write_annotations
+from vera.data.segments import MIN_SCORED_FRAMES
 from vera.errors import VeraError
-from vera.io import sha256_text
+from vera.io import read_json, sha256_text, write_json_atomic
 from vera.runs import RunFolder
 
 ANNOTATION_DATASET = "ucf"  # the file format only (class as folder); any key and any label fit it
 ANNOTATIONS_FILE = "annotations.json"
 LINKS_DIR = "videos"
+LEFT_OUT_FILE = "left_out.json"  # the videos that cannot be scored: [{"video": path, "reason": line}]
+_SHOWN = 3
 
 
 @dataclass(frozen=True)
@@ -47,6 +52,10 @@ class DetectPaths:
     @property
     def videos(self) -> Path:
         return self.input / LINKS_DIR
+
+    @property
+    def left_out(self) -> Path:
+        return self.input / LEFT_OUT_FILE
 
     @property
     def step1(self) -> Path:
@@ -71,33 +80,72 @@ def input_folder(paths: DetectPaths, files: list[Path], labels: Path | None, ove
                 "labels_sha256": None if labels is None else sha256_text(labels.read_text(encoding="utf-8"))}
 
     def outputs(folder: Path) -> list[Path]:
-        return [folder / ANNOTATIONS_FILE, folder / LINKS_DIR]
+        return [folder / ANNOTATIONS_FILE, folder / LINKS_DIR, folder / LEFT_OUT_FILE]
 
     return RunFolder(paths.input, "detect-input", identity, overwrite=overwrite, outputs=outputs)
 
 
+def unscorable(video: MeasuredVideo | str) -> str | None:
+    """Why a measured video cannot be scored (one line naming it), or None: it does not decode, or it is
+    shorter than Steps 2-3 score."""
+    if isinstance(video, str):
+        return video
+    if video.length < MIN_SCORED_FRAMES:
+        return (f"video {video.key}: {video.length} frame(s), too short to score (at least {MIN_SCORED_FRAMES} "
+                f"needed; {video.path})")
+    return None
+
+
+def check_left_out(left_out: list[dict], total: int, skip_bad_videos: bool, log) -> None:
+    """Stop on videos that cannot be scored, naming them, or (``skip_bad_videos``) name each and go on."""
+    reasons = [entry["reason"] for entry in left_out]
+    if not reasons:
+        return
+    listed = "; ".join(reasons[:_SHOWN]) + ("; …" if len(reasons) > _SHOWN else "")
+    if len(reasons) == total:
+        raise VeraError(listed if total == 1 else f"none of the {total} videos can be scored: {listed}")
+    if not skip_bad_videos:
+        counted = listed if len(reasons) == 1 else f"{len(reasons)} of {total} videos cannot be scored: {listed}"
+        raise VeraError(f"{counted} (--skip-bad-videos leaves such videos out and goes on with the others)")
+    for reason in reasons:
+        log(f"left out (--skip-bad-videos): {reason}")
+
+
 def prepare_inputs(paths: DetectPaths, inputs: list[Path], labels: Path | None, workers: int,
-                   overwrite: bool) -> tuple[list[TestVideo], list[float]]:
+                   overwrite: bool, skip_bad_videos: bool = False,
+                   log=print) -> tuple[list[TestVideo], list[float], list[dict]]:
     """Measure the videos (once), link them under one folder and write their annotation file.
 
-    Returns the videos as every stage reads them, and the frame rates found
-    (empty when resumed).
+    Every video is decoded whole here, before any model runs: one that does
+    not decode or is too short to score stops the run, naming it, or with
+    ``skip_bad_videos`` is left out (named, and recorded in ``left_out.json``,
+    so that a resumed run says the same). Returns the videos as every stage
+    reads them, the frame rates found (empty when resumed) and the videos left
+    out (``{"video", "reason"}``).
     """
     files = video_files(inputs)
     folder = input_folder(paths, files, labels, overwrite).open()
     rates: list[float] = []
-    if not (folder.resumed and paths.annotations.is_file()):
-        measured = measure_files(files, workers)
-        chosen = read_labels(labels, measured) if labels else None
+    if folder.resumed and paths.annotations.is_file():
+        left_out = read_json(paths.left_out, "list of left-out videos") if paths.left_out.is_file() else []
+        check_left_out(left_out, len(files), skip_bad_videos, log)
+    else:
+        results = measure_each(files, workers)
+        left_out = [{"video": str(path), "reason": reason} for path, result in zip(files, results)
+                    if (reason := unscorable(result)) is not None]
+        check_left_out(left_out, len(files), skip_bad_videos, log)
+        measured = [result for result in results if unscorable(result) is None]
+        chosen = read_labels(labels, measured, [Path(entry["video"]) for entry in left_out]) if labels else None
         paths.videos.mkdir(parents=True, exist_ok=True)
         for video in measured:
             link = paths.videos / f"{video.key}{video.path.suffix.lower()}"
             if link.is_symlink() or link.exists():
                 link.unlink()
             os.symlink(video.path.resolve(), link)
+        write_json_atomic(paths.left_out, left_out)
         write_annotations(measured, chosen, ANNOTATION_DATASET, paths.annotations, overwrite=True)
         rates = sorted({round(video.fps, 3) for video in measured if video.fps})
-    return load_test_annotations(paths.annotations, ANNOTATION_DATASET), rates
+    return load_test_annotations(paths.annotations, ANNOTATION_DATASET), rates, left_out
 
 
 def release_memory() -> None:
@@ -144,6 +192,8 @@ class DetectSettings:
     max_explanations: int = 30
     overwrite: bool = False
     progress: bool = True
+    skip_bad_videos: bool = False  # leave out videos that do not decode or are too short, instead of stopping
+    prompt_source: str = "--preset ucf, the default template"  # where the questions came from, for errors
 
 
 def _feature_settings(settings: DetectSettings, half: int):
@@ -169,7 +219,8 @@ def run_detect(settings: DetectSettings, log=print) -> Path:
     from vera.vlm.step1 import Step1Settings, step1_folder, step1_identity
 
     paths = DetectPaths(settings.output)
-    videos, rates = prepare_inputs(paths, settings.inputs, settings.labels, settings.workers, settings.overwrite)
+    videos, rates, left_out = prepare_inputs(paths, settings.inputs, settings.labels, settings.workers,
+                                             settings.overwrite, settings.skip_bad_videos, log)
     log(f"{len(videos)} videos, {sum(video.length for video in videos)} frames ({paths.annotations})")
     if rates and rates != [30.0] and settings.fps is None:
         log(f"frame rates found: {', '.join(f'{rate:g}' for rate in rates)} fps; the segment windows assume "
@@ -211,15 +262,21 @@ def run_detect(settings: DetectSettings, log=print) -> Path:
     from vera.report.inputs import load_report_inputs
 
     inputs = load_report_inputs(paths.step1, paths.scores, sources["annotations"], ANNOTATION_DATASET)
+    inputs.left_out = [entry["reason"] for entry in left_out]
     return write_report(inputs, report, sources)
 
 
 def _step1(settings: DetectSettings, step1, videos: list[TestVideo], log) -> None:
     from vera.vlm.backends import load_backend
+    from vera.vlm.context import check_context
+    from vera.vlm.prompts import build_learner_prompt
     from vera.vlm.step1 import Step1Runner
 
     backend = load_backend("hf", settings.model, device=settings.device, dtype=settings.dtype,
                            max_batch_size=settings.batch_size, local_files_only=settings.local_files_only)
+    prompt = build_learner_prompt(settings.template, settings.questions, step1.num_frames, step1.frame_layout)
+    check_context(backend, prompt, step1.frame_layout, step1.num_frames, step1.image_size, step1.max_new_tokens,
+                  settings.prompt_source)
     summary = Step1Runner(backend, settings.template, settings.questions, step1).run(videos)
     del backend
     release_memory()

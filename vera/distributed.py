@@ -174,10 +174,11 @@ class Ranks:
         machine, which finds that record on a shared file system and resumes,
         or prepares its own machine's folder where the file system is not
         shared; then all the others, which find the record and resume.
+        Rank 0 alone holds the folder's lock: the ranks of a run are one writer.
         """
         phase = 0 if self.rank == 0 else 1 if self.local_rank == 0 else 2
         for step in range(3 if self.active else 1):
-            self.together(lambda step=step: folder.open() if phase == step else None)
+            self.together(lambda step=step: folder.open(hold=self.is_main) if phase == step else None)
         return folder
 
 

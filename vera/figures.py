@@ -14,7 +14,6 @@ Only ``matplotlib.figure`` is used (no pyplot): no global state, no display.
 
 from __future__ import annotations
 
-import json
 from io import BytesIO
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 from vera.data.annotations import TestVideo
 from vera.data.segments import SEGMENT_STRIDE
 from vera.errors import VeraError
-from vera.io import read_text, write_bytes_atomic, write_text_atomic
+from vera.io import parse_json, read_text, write_bytes_atomic, write_text_atomic
 
 _COLOURS = {"answers": "#9e9e9e", "context": "#1f77b4", "smoothed": "#ff7f0e", "final": "#000000",
             "truth": "#d62728"}
@@ -42,10 +41,7 @@ def read_jsonl(path: Path) -> list[dict]:
     for number, line in enumerate(read_text(path, "run record").splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as error:
-            raise VeraError(f"{path} line {number} is not valid JSON ({error.msg})") from None
+        records.append(parse_json(line, f"{path} line {number}"))
     return records
 
 

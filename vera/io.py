@@ -6,6 +6,7 @@ half-written file behind: a reader sees the old file or the new one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from vera.errors import VeraError
 
 _FILE_MODE = 0o644
+_FULL_DISK = (errno.ENOSPC, errno.EDQUOT)
 
 
 def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -32,8 +34,11 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             os.fsync(handle.fileno())
         os.chmod(tmp, _FILE_MODE)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(error, OSError) and error.filename is None and error.errno in _FULL_DISK:
+            # A write on a full disk names no file: name the one this was meant to be.
+            raise OSError(error.errno, error.strerror, str(path)) from None
         raise
 
 
@@ -69,18 +74,38 @@ def read_text(path: Path, what: str = "file") -> str:
         raise VeraError(f"cannot read {what} {path}: {error}") from None
 
 
-def read_json(path: Path, what: str = "JSON file") -> Any:
-    """Load a JSON file, or raise ``VeraError`` naming the file and the problem."""
-    path = Path(path)
+class _DuplicateKey(ValueError):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    # json's default keeps the last of two equal keys without a word; a second
+    # "temporal_label" or score for one segment would silently change the result.
+    result: dict = {}
+    for key, value in pairs:
+        if key in result:
+            raise _DuplicateKey(key)
+        result[key] = value
+    return result
+
+
+def parse_json(text: str, source: str) -> Any:
+    """Parse JSON ``text`` refusing an object with a key twice; errors name ``source`` (a file, a line)."""
     try:
-        with path.open(encoding="utf-8") as handle:
-            return json.load(handle)
-    except FileNotFoundError:
-        raise VeraError(f"{what} not found: {path}") from None
+        return json.loads(text, object_pairs_hook=_refuse_duplicates)
+    except _DuplicateKey as error:
+        raise VeraError(f"{source} has the key {json.dumps(error.key, ensure_ascii=False)} twice in one object; "
+                        "JSON keeps only the last, so the file is ambiguous") from None
     except json.JSONDecodeError as error:
-        raise VeraError(f"{what} {path} is not valid JSON ({error})") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise VeraError(f"cannot read {what} {path}: {error}") from None
+        raise VeraError(f"{source} is not valid JSON ({error})") from None
+
+
+def read_json(path: Path, what: str = "JSON file") -> Any:
+    """Load a JSON file, or raise ``VeraError`` naming the file and the problem (a key twice included)."""
+    path = Path(path)
+    return parse_json(read_text(path, what), f"{what} {path}")
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:

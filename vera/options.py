@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -399,7 +400,7 @@ OPTIONS: dict[str, Option] = {
     "score_mode": _opt("--score-mode", choices=SCORE_MODES, default="generate",
                        help="generate: the model answers the questions and its answer's label is the score (the "
                             "paper's protocol); label: no answer, the label is read from the logits after a forced "
-                            "'Output:' (one forward pass, a faster approximation; README, 'Step 1 speed') "
+                            "'Output:' (one forward pass, a faster approximation; docs/speed.md) "
                             "(default: %(default)s)"),
     "static_cache": _opt("--static-cache", action="store_true",
                          help="pre-allocate the key-value cache for generation (transformers' static cache); "
@@ -590,9 +591,13 @@ OPTIONS: dict[str, Option] = {
                           help="video files, or folders searched recursively for videos"),
     "detect_model": _opt("--model", type=model_ref, metavar="PATH_OR_ID",
                          help="local folder or Hugging Face id of the VLM (default: the paper's InternVL2-8B, "
-                              "downloaded and converted once into the cache; see the README)"),
+                              "downloaded and converted once into the cache; see docs/models.md)"),
     "detect_features": _opt("--features", type=existing_file, metavar="FILE",
                             help="ImageBind's checkpoint (imagebind_huge.pth), for Step 2's segment features"),
+    "detect_skip_bad_videos": _opt("--skip-bad-videos", action="store_true",
+                                   help="leave out, naming them, the videos that cannot be decoded or are too "
+                                        "short to score (under 2 frames), and go on with the others; without it "
+                                        "such a video stops the run before Step 1"),
     "detect_dataset": _opt("--dataset", choices=DATASETS, default="ucf",
                            help="whose hyper-parameters Steps 2-3 use (paper protocol: ucf ω 15, σ₁ 10, K 10%%; "
                                 "xd ω 30, σ₁ 30, K 15%%; default: %(default)s)"),
@@ -620,11 +625,60 @@ def check_backend_options(args: argparse.Namespace) -> None:
                 raise VeraError(f"argument {flag}: only with --backend openai")
 
 
+# A flag of one command that users naturally type in another, and the flags the other takes instead
+# (Step 1 and feature extraction take --device; training takes --accelerator and --devices).
+FLAG_ALTERNATIVES = {
+    "--device": ("--accelerator", "--devices"),
+    "--accelerator": ("--device",),
+    "--devices": ("--device",),
+}
+
+
+def _flag_usage(action: argparse.Action) -> str:
+    flag = action.option_strings[-1]
+    if action.nargs == 0:
+        return flag
+    if action.choices:
+        return f"{flag} {{{','.join(action.choices)}}}"
+    return f"{flag} {action.metavar or action.dest.upper()}"
+
+
 class _Parser(argparse.ArgumentParser):
-    """argparse that reports a mistake as one ``VeraError`` line instead of usage text and exit."""
+    """argparse that reports a mistake as one ``VeraError`` line instead of usage text and exit.
+
+    Abbreviations are off: a prefix of a flag (``--device`` of ``--devices``) is
+    an unknown option, named as such, never silently another flag.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(allow_abbrev=False, **kwargs)
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        # A flag of another command is named before argparse would complain of missing options.
+        tokens = sys.argv[1:] if args is None else list(args)
+        tokens = tokens[: tokens.index("--")] if "--" in tokens else tokens
+        foreign = [flag for flag in dict.fromkeys(token.split("=", 1)[0] for token in tokens)
+                   if flag in FLAG_ALTERNATIVES and flag not in self._option_string_actions]
+        if foreign:
+            self.error(f"unrecognized arguments: {' '.join(foreign)}")
+        return super().parse_known_args(args, namespace)
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise VeraError(message)
+        raise VeraError(message + self._alternatives(message))
+
+    def _alternatives(self, message: str) -> str:
+        """For an unknown flag that another command takes, the flags this command takes instead."""
+        prefix = "unrecognized arguments: "
+        if not message.startswith(prefix):
+            return ""
+        hints = []
+        for flag in dict.fromkeys(token.split("=", 1)[0] for token in message[len(prefix):].split()):
+            offered = [self._option_string_actions[alternative] for alternative in FLAG_ALTERNATIVES.get(flag, ())
+                       if alternative in self._option_string_actions]
+            if offered:
+                hints.append(f"this command has no {flag}; it takes "
+                             + " and ".join(_flag_usage(action) for action in offered))
+        return f" ({'; '.join(hints)})" if hints else ""
 
 
 def build_parser(description: str, items: Iterable[str | OneOf], prog: str | None = None) -> argparse.ArgumentParser:
@@ -647,6 +701,8 @@ class Command:
     description: str
     items: list[str | OneOf] = field(default_factory=list)
     prog: str | None = None
+    # Checks argparse cannot make alone, run inside ``parse`` so a mistake is the only line printed.
+    checks: tuple[Callable[[argparse.Namespace], None], ...] = ()
 
     def parser(self) -> argparse.ArgumentParser:
         return build_parser(self.description, self.items, self.prog)
@@ -657,6 +713,13 @@ class Command:
 
         args = self.parser().parse_args(argv)
         names = {name for item in self.items for name in (item.names if isinstance(item, OneOf) else (item,))}
-        for line in fill_defaults(args, names):
+        taken = fill_defaults(args, names)
+        for check in self.checks:
+            check(args)
+        if getattr(args, "no_progress", False):
+            from vera.progress import quiet_library_bars
+
+            quiet_library_bars()
+        for line in taken:
             print(f"using {line}")
         return args

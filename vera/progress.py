@@ -163,3 +163,19 @@ class Progress:
 def progress(iterable: Iterable[Any] | None = None, **options: Any) -> Progress:
     """``Progress(iterable, total=…, desc=…, unit=…, enabled=…)``: a bar on a terminal, log lines elsewhere."""
     return Progress(iterable, **options)
+
+
+def quiet_library_bars() -> None:
+    """Turn off the bars that Hugging Face libraries draw themselves (transformers' "Loading weights"), for
+    ``--no-progress``: set before they are imported, else switched off in the imported modules."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    if "huggingface_hub" in sys.modules:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers" in sys.modules:
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()

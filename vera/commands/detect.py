@@ -9,6 +9,8 @@ Frames are read straight from the files; no annotation is needed (--labels CSV a
 Data/make_annotations.py). Without --model the paper's InternVL2-8B is used, downloaded and converted once
 into ~/.cache/vera (or $VERA_CACHE). Steps 2-3 follow the paper protocol with --dataset's hyper-parameters.
 Writes OUTPUT/input, step1, features, scores and report/index.html; rerunning resumes where it stopped.
+Every video is decoded and measured before Step 1: one that does not decode or is too short to score stops
+the run, naming it, unless --skip-bad-videos leaves it out (named on the console and in the report).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ COMMAND = Command(__doc__, [
     "detect_inputs", "detect_model", OneOf(("questions", "preset"), required=False), "prompt_file", "frame_layout",
     OneOf(("detect_features", "random_init", "skip_step2")), "tiny", "output", "detect_dataset", "labels", "fps",
     "max_new_tokens", "step1_batch_size", "device", "dtype", "workers", "input_workers", "top_k", "max_explanations",
-    "overwrite", "no_progress",
+    "detect_skip_bad_videos", "overwrite", "no_progress",
 ], prog="detect.py")
 
 
@@ -39,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     model, local_files_only = locate_model(args.model if args.model is not None else paper_model())
     from vera.data.readahead import resolve_workers
     from vera.detection import DetectSettings, run_detect
+    from vera.vlm.context import prompt_source
     from vera.vlm.prompts import load_questions, load_template, preset_questions
 
     settings = DetectSettings(
@@ -51,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, workers=args.workers,
         input_workers=resolve_workers(args.input_workers), top_k=args.top_k,
         max_explanations=args.max_explanations, overwrite=args.overwrite, progress=not args.no_progress,
+        skip_bad_videos=args.skip_bad_videos,
+        prompt_source=prompt_source(args.questions, args.preset or "ucf", args.prompt_file),
     )
     index = run_detect(settings)
     print(f"report: {index}")

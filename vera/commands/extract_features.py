@@ -10,9 +10,12 @@ in Inference/generate_initial_score.py; give both steps the same value.
 Rerunning the same command resumes: finished videos are skipped and a video
 cut short continues from its last saved rows; OUTPUT/run.json records the
 model and settings, and a folder made with others is refused unless
---overwrite. --random-init (ImageBind-huge's
-shape) and --random-init --tiny (a small model of the same architecture) run
-the whole path without weights. --devices N (one process per GPU) and
+--overwrite. A video whose frames are not as many as its annotated length
+fails by name, as in Step 1 (--allow-length-mismatch reads a longer one up to
+that length; --clamp-short repeats the last frame of a shorter one).
+--random-init (ImageBind-huge's shape) and --random-init --tiny (a small
+model of the same architecture) run the whole path without weights.
+--devices N (one process per GPU) and
 --num-nodes M split the videos across processes, started here by Lightning or
 by torchrun / SLURM (see the README). --input-workers N reads the frames in N
 processes (per GPU process) ahead of the model; the features are the same.
@@ -24,8 +27,8 @@ from vera.options import Command, OneOf
 
 COMMAND = Command(__doc__, [
     "annotations", "dataset_optional", OneOf(("frames", "videos")), "output", OneOf(("checkpoint", "random_init")),
-    "tiny", "features_batch_size", "device", "dtype", "fps", "clamp_short", "limit", "overwrite", "no_progress",
-    "devices", "num_nodes", "accelerator", "input_workers",
+    "tiny", "features_batch_size", "device", "dtype", "fps", "clamp_short", "allow_length_mismatch", "limit",
+    "overwrite", "no_progress", "devices", "num_nodes", "accelerator", "input_workers",
 ], prog="extract_features.py")
 
 
@@ -65,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                                                          device=device, dtype=dtype))
     report = extract_features(videos, encoder, args.output, settings, frames_dir=args.frames, videos_dir=args.videos,
                               batch_size=args.batch_size, clamp_short=args.clamp_short,
+                              allow_length_mismatch=args.allow_length_mismatch,
                               show_progress=not args.no_progress, overwrite=args.overwrite, ranks=ranks,
                               input_workers=resolve_workers(args.input_workers, args.devices))
     if not ranks.is_main:

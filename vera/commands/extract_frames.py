@@ -12,7 +12,7 @@ complete are skipped, so rerunning the same command resumes a killed run.
 <frames>/run.json the decoder and JPEG quality. With
 --annotations, every video whose frame count differs from its annotated length
 is listed. A video that cannot be decoded, or decodes fewer frames than it
-declares (unless --allow-short), is reported and skipped; the exit status is 1.
+declares (unless --allow-short), is reported and skipped; the exit status is 2.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.data.extraction import annotated_lengths, extract_videos, length_mismatches, read_manifest
     from vera.data.frames import list_videos
+    from vera.errors import VeraError
 
     lengths = annotated_lengths(args.annotations, args.dataset) if args.annotations else None
     videos = list_videos(args.videos)
     if not videos:
-        print(f"no videos found under {args.videos}")
-        return 1
+        raise VeraError(f"no videos found under {args.videos}")
     report = extract_videos(videos, args.frames, workers=args.workers, progress=not args.no_progress,
                             overwrite=args.overwrite, allow_short=args.allow_short)
 
@@ -47,4 +47,8 @@ def main(argv: list[str] | None = None) -> int:
               f"videos match, {len(mismatches)} differ; {len(missing)} annotated videos have no frames"
               + (f" (e.g. {', '.join(missing[:3])})" if missing else ""))
     print(report.summary)
-    return 1 if report.of("failed") else 0
+    failed = report.of("failed")
+    if failed:
+        listed = "; ".join(outcome.message for outcome in failed[:3])
+        raise VeraError(f"{len(failed)} of {len(videos)} videos failed ({listed}); fix them and rerun to resume")
+    return 0

@@ -20,18 +20,17 @@ COMMAND = Command(__doc__, [
     "fps", "max_new_tokens", "device", "dtype", "allow_length_mismatch", "overwrite", "no_progress", "dump_inputs",
     "score_mode", "decoder", "static_cache", "compile", "devices", "num_nodes", "accelerator", "input_workers",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
-], prog="generate_initial_score.py")
+], prog="generate_initial_score.py", checks=(check_backend_options,))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.distributed import check_device_options
 
-    check_backend_options(args)
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.vlm.backends import choose_model, load_backend, server_settings
 
-    chosen = choose_model(args)
+    chosen = choose_model(args.backend, args.model, args.served_model)
     model, local_files_only = chosen.name, chosen.local_files_only
     from vera.data.annotations import load_test_annotations
     from vera.distributed import launch
@@ -63,14 +62,32 @@ def main(argv: list[str] | None = None) -> int:
     image_format = args.image_format if args.backend == "openai" else None  # as the backend's describe() gives it
     step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings, image_format),
                  videos).check()
+    server = server_settings(args.backend, base_urls=args.base_url, concurrency=args.concurrency,
+                             timeout=args.request_timeout, retries=args.retries, image_format=args.image_format)
     ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
-    backend = ranks.together(lambda: load_backend(
-        args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
-        local_files_only=local_files_only, server=server_settings(args), static_cache=args.static_cache,
-        compile=args.compile, decoder=args.decoder))
+    from vera.vlm.context import check_context, prompt_source
+
+    def load_checked():
+        backend = load_backend(
+            args.backend, model, device=ranks.device, dtype=args.dtype, max_batch_size=args.batch_size,
+            local_files_only=local_files_only, server=server, static_cache=args.static_cache,
+            compile=args.compile, decoder=args.decoder)
+        # label mode appends only the answer's few prefix tokens; generate may add --max-new-tokens
+        check_context(backend, prompt, settings.frame_layout, settings.num_frames, settings.image_size,
+                      args.max_new_tokens if args.score_mode == "generate" else 0,
+                      prompt_source(args.questions, args.preset, args.prompt_file))
+        return backend
+
+    backend = ranks.together(load_checked)
     summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
     if not ranks.is_main:
         # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.
         return 0
     print(summary.text())
-    return 1 if summary.failed else 0
+    if summary.failed:
+        from vera.errors import VeraError
+
+        listed = "; ".join(list(summary.failed.values())[:3])
+        raise VeraError(f"{len(summary.failed)} of {summary.videos} videos failed ({listed}); fix them and rerun to "
+                        "resume")
+    return 0

@@ -26,8 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.output.exists() and not args.overwrite:  # said before decoding anything
         raise VeraError(f"{args.output} exists; pass --overwrite to replace it")
     from vera.data.annotations import NORMAL_CLASS
-    from vera.data.own_videos import measure_videos, read_labels, write_annotations
+    from vera.data.own_videos import measure_videos, read_label_rows, read_labels, write_annotations
 
+    if args.labels:
+        read_label_rows(args.labels)  # a malformed CSV is told before every frame is decoded
     videos = measure_videos(args.videos, workers=args.workers)
     labels = read_labels(args.labels, videos) if args.labels else None
     write_annotations(videos, labels, args.dataset, args.output, overwrite=args.overwrite)

@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if (args.run / "metrics.json").is_file():
         written = _score_curves(args)
     else:
-        from vera.learning.loop import HISTORY_FILE, VALIDATION_FILE
+        from vera.learning.run_state import HISTORY_FILE, VALIDATION_FILE
 
         if not (args.run / VALIDATION_FILE).is_file() and not (args.run / HISTORY_FILE).is_file():
             raise VeraError(f"{args.run} is neither a compute_auc.py output (metrics.json) nor a training.py output "

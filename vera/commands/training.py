@@ -22,22 +22,24 @@ COMMAND = Command(__doc__, [
     "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "dump_inputs",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
     "frame_sampling", "num_questions", "no_optimizer_frames",
-], prog="training.py")
+], prog="training.py", checks=(check_backend_options,))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
-    check_backend_options(args)
     from vera.vlm.backends import choose_model, load_backend, server_settings
 
-    chosen = choose_model(args)  # before Lightning is imported and processes start
+    chosen = choose_model(args.backend, args.model, args.served_model)  # before Lightning and its processes
     model, local_files_only = chosen.name, chosen.local_files_only
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
     from vera.errors import VeraError
-    from vera.learning.loop import INITIAL_QUESTIONS, TrainingOptions, train
+    from vera.learning.launch import train
+    from vera.learning.settings import TrainingOptions
+    from vera.vlm.context import check_context, prompt_source
     from vera.vlm.input_dump import enable_input_dumps
-    from vera.vlm.prompts import load_template, questions_from, resolve_frame_layout
+    from vera.vlm.prompts import (INITIAL_QUESTIONS, build_learner_prompt, load_template, questions_from,
+                                  resolve_frame_layout)
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
@@ -53,9 +55,18 @@ def main(argv: list[str] | None = None) -> int:
         optimizer_frames=not args.no_optimizer_frames,
     )
 
+    server = server_settings(args.backend, base_urls=args.base_url, concurrency=args.concurrency,
+                             timeout=args.request_timeout, retries=args.retries, image_format=args.image_format)
+
     def backend_on(device):
         backend = load_backend(args.backend, model, device=device, dtype=args.dtype,
-                               local_files_only=local_files_only, server=server_settings(args))
+                               local_files_only=local_files_only, server=server)
+        # The learner's prompt with the initial questions, counted once before the first model call.
+        prompt = build_learner_prompt(load_template(args.prompt_file), options.initial_questions, options.num_frames,
+                                      options.frame_layout)
+        check_context(backend, prompt, options.frame_layout, options.num_frames, options.image_size,
+                      options.max_new_tokens,
+                      prompt_source(args.questions, None, args.prompt_file, "the two initial questions"))
         if args.dump_inputs is not None:
             enable_input_dumps(backend, args.dump_inputs)
         return backend

@@ -174,6 +174,25 @@ def check_intervals(video: TestVideo, length: int, where: str) -> None:
                             f"({length} frames)")
 
 
+def check_frame_count(key: str, length: int, num_frames: int, source: object,
+                      allow_mismatch: bool = False) -> str | None:
+    """Every stage's verdict on a video whose frames are not as many as its annotated ``length``.
+
+    The length is the number of frames the evaluation scores, and the segment
+    grid and the intervals are laid on it: a video with other frames than
+    that (more or fewer) was extracted at another frame rate or is another
+    video. Stop, or with ``allow_mismatch`` return the warning to show (None
+    where they agree).
+    """
+    if num_frames == length:
+        return None
+    message = f"video {key}: the annotation gives {length} frames but {source} has {num_frames}"
+    if not allow_mismatch:
+        raise VeraError(message + " (wrong frame rate at extraction? --allow-length-mismatch uses the annotation's "
+                                  "length where the frames exist)")
+    return message + "; using the annotation's length"
+
+
 def _xd_violent(entry: dict, key: str, intervals: tuple, where: str) -> bool:
     """The video-level label decides normal vs violent (14 violent videos are labelled normal in the released
     file, so the key's code cannot); without a label, the intervals do. A normal video has no intervals."""

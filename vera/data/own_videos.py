@@ -15,6 +15,7 @@ import csv
 import json
 import os
 import re
+from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,7 @@ from vera.io import read_text, write_text_atomic
 UNLABELLED_CLASS = "Unlabelled"  # the UCF-style folder of videos given without --labels
 DECODE_CHUNK = 32  # frames decoded per read while counting: bounds memory, not speed
 _SHOWN = 5
+LABEL_COLUMNS = ("video", "class", "intervals")  # of a --labels CSV
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,16 @@ def video_files(inputs: list[Path]) -> list[Path]:
 
 def measure_files(paths: list[Path], workers: int = 1) -> list[MeasuredVideo]:
     """These video files, measured; keys must be distinct, and all failures are reported together."""
+    results = measure_each(paths, workers)
+    failed = [result for result in results if isinstance(result, str)]
+    if failed:
+        raise VeraError(f"{len(failed)} of {len(paths)} videos cannot be decoded: " + "; ".join(failed[:_SHOWN]))
+    return results  # type: ignore[return-value]
+
+
+def measure_each(paths: list[Path], workers: int = 1) -> list[MeasuredVideo | str]:
+    """Each file measured, or the one-line reason it cannot be decoded, in the order given; keys must be
+    distinct."""
     by_key: dict[str, list[Path]] = {}
     for path in paths:
         by_key.setdefault(video_key(path), []).append(path)
@@ -102,13 +114,8 @@ def measure_files(paths: list[Path], workers: int = 1) -> list[MeasuredVideo]:
                         f"{key}: {', '.join(map(str, found))}; rename them")
     if workers > 1 and len(paths) > 1:
         with ProcessPoolExecutor(min(workers, len(paths))) as pool:
-            results = list(pool.map(_measure_or_error, paths))
-    else:
-        results = [_measure_or_error(path) for path in paths]
-    failed = [result for result in results if isinstance(result, str)]
-    if failed:
-        raise VeraError(f"{len(failed)} of {len(paths)} videos cannot be decoded: " + "; ".join(failed[:_SHOWN]))
-    return results  # type: ignore[return-value]
+            return list(pool.map(_measure_or_error, paths))
+    return [_measure_or_error(path) for path in paths]
 
 
 def _parse_intervals(text: str, where: str) -> tuple[tuple[int, int], ...]:
@@ -126,8 +133,44 @@ def _parse_intervals(text: str, where: str) -> tuple[tuple[int, int], ...]:
     return tuple(sorted(pairs))
 
 
-def read_labels(path: Path, videos: list[MeasuredVideo]) -> dict[str, Label]:
+def read_label_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a labels CSV by column name, its header checked: ``video``, ``class`` and ``intervals`` only.
+
+    A UTF-8 byte-order mark (as spreadsheets save CSV) is skipped; a column the
+    reader does not know, a column named twice or a row with more fields than
+    the header (an unquoted comma) is refused: its content would be dropped.
+    """
+    path = Path(path)
+    lines = read_text(path, "labels file").removeprefix("\ufeff").splitlines()
+    table = list(csv.reader(lines))
+    header = [name.strip() for name in table[0]] if table else []
+    if not {"video", "class"} <= set(header):
+        raise VeraError(f"labels file {path} needs a header with the columns {','.join(LABEL_COLUMNS[:2])}"
+                        f"[,{LABEL_COLUMNS[2]}], got {','.join(header) or 'an empty file'}")
+    unknown = [(number, name) for number, name in enumerate(header, start=1) if name not in LABEL_COLUMNS]
+    if unknown:
+        number, name = unknown[0]
+        raise VeraError(f"labels file {path} has the column {name!r} (column {number}), which is none of "
+                        f"{','.join(LABEL_COLUMNS)}; its values would be ignored, so remove it")
+    twice = sorted({name for name in header if header.count(name) > 1})
+    if twice:
+        raise VeraError(f"labels file {path} names the column {twice[0]!r} twice in its header")
+    rows = []
+    for number, fields in enumerate(table[1:], start=2):  # line 1 is the header
+        if not any(field.strip() for field in fields):
+            continue  # a blank line, or a spreadsheet's empty row (",,")
+        if len(fields) > len(header):
+            raise VeraError(f"{path} line {number} has {len(fields)} fields, but the header names {len(header)} "
+                            f"({','.join(header)}); quote a value that holds a comma")
+        rows.append(dict(zip(header, fields)))
+    return rows
+
+
+def read_labels(path: Path, videos: list[MeasuredVideo], left_out: Iterable[Path] = ()) -> dict[str, Label]:
     """Labels by key from a CSV ``video,class[,intervals]``; every video needs exactly one row.
+
+    Rows naming a ``left_out`` file (one that cannot be scored and was
+    skipped) are passed over, so that one labels file serves with or without it.
 
     ``video`` is the key, the file name or its path below the videos folder;
     ``class`` is ``Normal`` (any case) or the name of the anomaly; ``intervals``
@@ -138,14 +181,15 @@ def read_labels(path: Path, videos: list[MeasuredVideo]) -> dict[str, Label]:
     for video in videos:
         for name in (video.key, video.path.name):
             by_name.setdefault(name, video)
-    rows = list(csv.DictReader(read_text(path, "labels file").splitlines()))
-    if not rows or not {"video", "class"} <= set(rows[0]):
-        raise VeraError(f"labels file {path} needs a header with the columns video,class[,intervals]")
+    skipped = {name for file in map(Path, left_out) for name in (video_key(file), file.name)}
+    rows = read_label_rows(path)
     labels: dict[str, Label] = {}
     for number, row in enumerate(rows, start=2):  # line 1 is the header
         where = f"{path} line {number}"
         name = (row.get("video") or "").strip()
         video = by_name.get(name) or by_name.get(Path(name).name)
+        if video is None and {name, Path(name).name} & skipped:
+            continue
         if video is None:
             raise VeraError(f"{where}: no video {name!r} among the {len(videos)} videos found")
         if video.key in labels:

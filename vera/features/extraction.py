@@ -22,11 +22,12 @@ that video's own segments, so they do not depend on the split.
 Frames come from ``vera.data.frames`` (JPEG folders or video files), decoded by
 ``input_workers`` processes ahead of the model (``vera.data.readahead``; 0:
 in this process, when the model needs them): the same reads either way, so
-the same features. A video with fewer frames than its annotated length is an
-error (frames and annotation disagree, so the segment grid would be wrong)
-unless ``clamp_short`` is set, which reads the last frame in place of the
-missing ones and warns. Extra frames beyond the annotated length are never
-read.
+the same features. A video with other frames than its annotated length is an
+error, as in every stage (``vera.data.annotations.check_frame_count``: frames
+and annotation disagree, so the segment grid would be wrong). With
+``allow_length_mismatch`` a longer video is read up to the annotated length;
+with ``clamp_short`` a shorter one reads its last frame in place of the
+missing ones. Either warns.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vera.data.annotations import TestVideo
+from vera.data.annotations import TestVideo, check_frame_count
 from vera.distributed import Ranks
 from vera.errors import VeraError
 from vera.data.frames import VideoFrames, open_frames
@@ -133,6 +134,7 @@ def video_features(
     half_window: int = HALF_WINDOW,
     batch_size: int = 48,
     clamp_short: bool = False,
+    allow_length_mismatch: bool = False,
     partial: np.ndarray | None = None,
     on_rows: Callable[[np.ndarray], None] | None = None,
     reads: Iterable[tuple[np.ndarray, np.ndarray]] | None = None,
@@ -157,6 +159,8 @@ def video_features(
             f"video {frames.key}: the annotation gives {length} frames but {frames.source} has {frames.num_frames}"
             " (use --clamp-short to read its last frame in place of the missing ones)"
         )
+    if length < frames.num_frames:
+        check_frame_count(frames.key, length, frames.num_frames, frames.source, allow_length_mismatch)
     batches = _batches(length, first_row, half_window, batch_size)
     if reads is None:
         reads = (read_clip_frames(frames, batch.clip_frames, length) for batch in batches)
@@ -189,7 +193,7 @@ def _is_finished(path: Path, key: str, rows: int, width: int) -> bool:
         return False
     try:
         shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise VeraError(f"video {key}: cannot read existing feature file {path} ({error}); delete it to recompute") from None
     if shape != (rows, width):
         raise VeraError(f"video {key}: existing {path} has shape {shape}, expected {(rows, width)}; delete it to recompute")
@@ -206,7 +210,7 @@ def _partial_rows(path: Path, rows: int, width: int) -> np.ndarray | None:
         return None
     try:
         partial = np.load(path, allow_pickle=False)
-    except (OSError, ValueError):
+    except (OSError, ValueError, EOFError):
         return None  # only a cache: a damaged one is recomputed
     if partial.ndim != 2 or partial.shape[1] != width or not 0 < len(partial) < rows:
         return None
@@ -244,6 +248,7 @@ def extract_features(
     videos_dir: Path | None = None,
     batch_size: int = 48,
     clamp_short: bool = False,
+    allow_length_mismatch: bool = False,
     partial_every_s: float = 60.0,
     show_progress: bool = True,
     overwrite: bool = False,
@@ -269,7 +274,8 @@ def extract_features(
         show = show_progress and (ranks.is_main or not sys.stderr.isatty())
         desc = f"features [rank {ranks.rank}/{ranks.world_size}]" if ranks.active else "features"
         report = _extract_share(mine, encoder, folder, settings, frames_dir=frames_dir, videos_dir=videos_dir,
-                                batch_size=batch_size, clamp_short=clamp_short, partial_every_s=partial_every_s,
+                                batch_size=batch_size, clamp_short=clamp_short,
+                                allow_length_mismatch=allow_length_mismatch, partial_every_s=partial_every_s,
                                 input_workers=input_workers, show=show, desc=desc)
         report.seconds = time.perf_counter() - started
         if ranks.active:
@@ -289,7 +295,8 @@ def extract_features(
 
 def _extract_share(videos: list[TestVideo], encoder: VisionEncoder, folder: RunFolder, settings: FeatureSettings, *,
                    frames_dir: Path | None, videos_dir: Path | None, batch_size: int, clamp_short: bool,
-                   partial_every_s: float, input_workers: int, show: bool, desc: str) -> FeatureReport:
+                   allow_length_mismatch: bool, partial_every_s: float, input_workers: int, show: bool,
+                   desc: str) -> FeatureReport:
     """The videos of one process, into an opened folder."""
     width = encoder.config.out_dim
     report = FeatureReport(videos=len(videos))
@@ -333,10 +340,14 @@ def _extract_share(videos: list[TestVideo], encoder: VisionEncoder, folder: RunF
                     if clamp_short and video.length > frames.num_frames:
                         bar.write(f"warning: video {video.key}: annotation gives {video.length} frames, "
                                   f"{frames.source} has {frames.num_frames}; reading its last frame for the rest")
+                    if allow_length_mismatch and video.length < frames.num_frames:
+                        bar.write("warning: " + check_frame_count(video.key, video.length, frames.num_frames,
+                                                                  frames.source, allow_mismatch=True))
                     try:
                         features = video_features(
                             encoder, frames, video.length, half_window=settings.half_window, batch_size=batch_size,
-                            clamp_short=clamp_short, partial=partial, on_rows=saver, reads=reads,
+                            clamp_short=clamp_short, allow_length_mismatch=allow_length_mismatch,
+                            partial=partial, on_rows=saver, reads=reads,
                         )
                     except KeyboardInterrupt:
                         saver.save()

@@ -1,11 +1,17 @@
 """Verbalized learning of the guiding questions (the paper's Algorithm 1).
 
-- ``optimizer_prompt``: the optimizer's prompt and reading new questions
-  from its answer.
-- ``loop``: the training loop (learner, optimizer, validation, selection),
-  resumable, and why it runs on Lightning Fabric rather than the ``Trainer``.
+- ``algorithm1``: Algorithm 1 itself: the learner pass, the optimizer's
+  proposal, validation, selection of the best questions.
+- ``launch``: ``train``, which starts the processes on Lightning Fabric.
+- ``settings``: ``TrainingOptions``, what decides a run.
+- ``training_data``: the lists, and which videos form each step's batch.
 - ``sampling``: which frames of a training video the learner sees (uniform,
   random, TSN), drawn reproducibly.
-- ``fabric_io``: what the loop's Lightning Fabric writes: JSON checkpoints,
-  one CSV log per run (processes and collectives: ``vera.distributed``).
+- ``frame_reader``: reads the frames in worker threads ahead of the model.
+- ``optimizer_prompt``: the optimizer's prompt and reading new questions
+  from its answer.
+- ``run_state``: identity, checkpoint, JSONL records, resume after a kill.
+- ``run_log``: the CSV log's rows and the progress lines.
+- ``fabric_io``: what the Fabric writes: JSON checkpoints, one CSV log per run
+  (processes and collectives: ``vera.distributed``).
 """

@@ -1,9 +1,9 @@
 """What the training run's Lightning Fabric writes: JSON checkpoints and one CSV log per run.
 
 The processes and what passes between them are ``vera.distributed``'s; these
-are the plugins the loop adds to its Fabric. ``fabric.save`` writes on rank 0
+are the plugins training adds to its Fabric. ``fabric.save`` writes on rank 0
 and holds every rank at a barrier until it is written. Why Fabric and not the
-``Trainer``: see ``vera.learning.loop``.
+``Trainer``: see ``vera.learning.launch``.
 """
 
 from __future__ import annotations

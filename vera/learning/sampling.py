@@ -22,6 +22,7 @@ import hashlib
 import numpy as np
 
 from vera.data.segments import video_frame_indices
+from vera.errors import VeraError
 from vera.options import FRAME_SAMPLINGS
 
 
@@ -51,3 +52,18 @@ def training_frame_indices(length: int, num_frames: int, method: str, *, seed: i
     starts = parts[:-1]
     ends = np.maximum(parts[1:], starts + 1)
     return rng.integers(starts, ends).astype(np.int64)
+
+
+def check_num_frames(num_frames: int, lists: dict[str, list]) -> None:
+    """Refuse ``--num-frames`` above the length of any listed video (``lists``: where the list came from →
+    its videos, each with ``key`` and ``length``): such a video would show its frames several times over, which
+    no one asking for N frames means. Names the shortest video, its length and list."""
+    short = sorted((video.length, video.key, where) for where, videos in lists.items() for video in videos
+                   if video.length < num_frames)
+    if short:
+        length, key, where = short[0]
+        count = len({key for _, key, _ in short})  # a video in both lists counts once
+        others = f"; {count} listed videos are shorter" if count > 1 else ""
+        raise VeraError(f"--num-frames {num_frames} is more than the {length} frames of video {key} ({where}), "
+                        f"whose frames would repeat, {num_frames / max(length, 1):.1f} times each on average{others}; "
+                        f"use --num-frames {length} or fewer")

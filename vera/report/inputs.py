@@ -4,8 +4,10 @@ The videos are those of the frame scores (``--frame-scores``: a
 ``compute_auc.py`` or ``detect.py`` scoring folder) or, without them, every
 Step 1 file; each must agree with the others it meets (segment counts, the
 annotated length, the answers the run scored), or the report stops naming
-the video and the file. Without frame scores a video's "frame scores" are its
-Step 1 answers, each over its segment's frames (no Steps 2-3).
+the video and the file. Annotations other than those a ``compute_auc.py``
+run scored with (its run.json names them) are refused: the page would put a
+second, different AUC beside the run's. Without frame scores a video's "frame
+scores" are its Step 1 answers, each over its segment's frames (no Steps 2-3).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from vera.data.segments import window_frame_indices
 from vera.errors import VeraError
 from vera.io import read_json
 from vera.runs import RUN_FILE
-from vera.scoring.evaluate import FRAME_SCORES_DIR, METRICS_FILE
+from vera.scoring.evaluate import FRAME_SCORES_DIR, KIND as EVALUATION_KIND, METRICS_FILE
 from vera.scoring.metrics import roc_auc
 from vera.scoring.score_files import read_segment_scores
 from vera.scoring.stages import STAGES_FILE, read_stages
@@ -93,6 +95,7 @@ class ReportInputs:
     scoring: dict | None = None  # the scoring run's options, where frame scores were given
     metrics: dict | None = None  # compute_auc.py's metrics.json, where present
     steps_run: bool = False  # whether the frame scores went through Steps 2-3
+    left_out: list[str] = field(default_factory=list)  # detect.py --skip-bad-videos: why each was left out
 
     def overall_auc(self) -> float | None:
         labelled = [video for video in self.videos if video.labels is not None]
@@ -121,6 +124,34 @@ def _run_options(run: Path) -> tuple[dict | None, dict | None]:
         summary = read_json(run / SUMMARY_FILE, "scoring summary")
         return (summary.get("options") if isinstance(summary, dict) else None), None
     return None, None
+
+
+def _evaluation_identity(run: Path) -> dict:
+    """The identity in a ``compute_auc.py`` folder's run.json; {} for any other folder."""
+    path = run / RUN_FILE
+    if not path.is_file():
+        return {}
+    record = read_json(path, "scoring run record")
+    identity = record.get("identity") if isinstance(record, dict) else None
+    return identity if isinstance(identity, dict) and identity.get("kind") == EVALUATION_KIND else {}
+
+
+def _same_file(given: Path, recorded: Path) -> bool:
+    """The same file, or a byte-identical copy of it."""
+    if given.resolve() == recorded.resolve():
+        return True
+    try:
+        return recorded.is_file() and recorded.read_bytes() == given.read_bytes()
+    except OSError:
+        return False
+
+
+def _check_annotations(annotations: Path, run: Path, identity: dict) -> None:
+    """Labels other than those the run scored with would put a second, different AUC beside the run's."""
+    recorded = identity.get("annotations")
+    if recorded is not None and not _same_file(annotations, Path(recorded)):
+        raise VeraError(f"--annotations {annotations} is not the annotation file the frame scores in {run} were "
+                        f"computed with ({recorded}, per {run / RUN_FILE}); give that file or rerun compute_auc.py")
 
 
 def step1_files(scores_dir: Path) -> list[str]:
@@ -168,7 +199,7 @@ def _video(key: str, scores_dir: Path, truth: TestVideo | None, frames_dir: Path
         frame_file = frames_dir / f"{key}.npy"
         try:
             frame_scores = np.load(frame_file, allow_pickle=False)
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, EOFError) as error:
             raise VeraError(f"video {key}: cannot read frame scores {frame_file} ({error})") from None
         if frame_scores.ndim != 1 or not 0 < frame_scores.size <= length or not np.all(np.isfinite(frame_scores)):
             raise VeraError(f"video {key}: frame scores {frame_file} must be up to {length} finite numbers "
@@ -203,8 +234,11 @@ def load_report_inputs(scores_dir: Path, frame_scores: Path | None = None, annot
         raise VeraError(f"no video to report: {frames_dir or scores_dir} holds no "
                         f"{'<key>.npy' if frames_dir else '<key>.json'} file")
     truths: dict[str, TestVideo] = {}
+    identity: dict = {}
     if annotations is not None:
-        listed = load_test_annotations(annotations, dataset or infer_dataset(annotations))
+        identity = _evaluation_identity(run) if run is not None else {}
+        listed = load_test_annotations(annotations, dataset or identity.get("dataset") or infer_dataset(annotations),
+                                       merge_xd_duplicates=bool(identity.get("merge_xd_duplicates")))
         truths = {video.key: video for video in listed}
         unknown = [key for key in keys if key not in truths]
         if unknown:
@@ -216,6 +250,8 @@ def load_report_inputs(scores_dir: Path, frame_scores: Path | None = None, annot
     frames_shown = int(step1.get("num_frames") or DEFAULT_FRAMES_SHOWN)
     score_field = (scoring or {}).get("score_field") or "score"
     videos = [_video(key, scores_dir, truths.get(key), frames_dir, run, score_field, frames_shown) for key in keys]
+    if annotations is not None and identity:  # after the per-video checks, which name the video that disagrees
+        _check_annotations(Path(annotations), run, identity)
     return ReportInputs(videos, list(step1.get("questions") or []), step1, scoring, metrics,
                         steps_run=frames_dir is not None)
 

@@ -153,6 +153,24 @@ def _document(title: str, body: str, script: str = "") -> str:
             + (f"<script>{script}</script>\n" if script else "") + "</body>\n</html>\n")
 
 
+WELL_FORMED = ("ok", "label-only")  # vera.vlm.parsing's statuses of an answer whose label was read as written
+MALFORMED_NOTE = (
+    '<p class="muted">An answer that is not well formed still gets a label by the released rule: 0 only if a "0" '
+    'follows its last "Output", else 1. So a model that writes no readable answer (a random tiny model, or '
+    "answers cut by --max-new-tokens) flags nearly every segment.</p>")
+
+
+def _malformed(inputs: ReportInputs) -> str:
+    """'N of M (status count, …)' over the segments whose Step 1 file records a parse status; '' where none does
+    (the authors' released score files)."""
+    statuses = [segment.status for video in inputs.videos for segment in video.segments if segment.status]
+    bad = sorted(status for status in statuses if status not in WELL_FORMED)
+    if not statuses:
+        return ""
+    counts = ", ".join(f"{status} {bad.count(status)}" for status in dict.fromkeys(bad))
+    return f"{len(bad)} of {len(statuses)}" + (f" ({counts})" if counts else "")
+
+
 def _facts(items: Sequence[tuple[str, str]]) -> str:
     items_html = "".join(f"<li>{text(name)} <b>{text(value)}</b></li>" for name, value in items)
     return f'<ul class="facts">{items_html}</ul>'
@@ -276,6 +294,9 @@ def index_page(inputs: ReportInputs) -> str:
         rows.append("<tr>" + "".join(cells) + "</tr>")
     facts = [("videos", str(len(inputs.videos))),
              ("flagged segments", str(sum(len(video.flagged) for video in inputs.videos)))]
+    malformed = _malformed(inputs)
+    if malformed:
+        facts.append(("answers not well formed", malformed))
     if inputs.step1.get("model"):
         facts.append(("Step 1 model", str(inputs.step1["model"])))
     if inputs.scoring:
@@ -289,8 +310,12 @@ def index_page(inputs: ReportInputs) -> str:
     if inputs.metrics and inputs.metrics.get("value") is not None:
         facts.append((f"compute_auc.py {str(inputs.metrics.get('metric', '')).upper()}",
                       percent(inputs.metrics["value"])))
+    left_out = "".join(f"<li>{text(reason)}</li>" for reason in inputs.left_out)
     body = "\n".join([
         "<h1>VERA report</h1>", _facts(facts),
+        *([MALFORMED_NOTE] if malformed and not malformed.startswith("0 ") else []),
+        *([f'<div class="note" id="left-out">Left out, not scored ({len(inputs.left_out)}):<ul>{left_out}</ul></div>']
+          if inputs.left_out else []),
         '<p class="muted">Click a column heading to sort. Each video\'s page shows its score curve and the '
         "model's answers to the guiding questions for the segments it flagged.</p>",
         f'<table id="videos"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>',

@@ -26,6 +26,7 @@ from vera.scoring.steps import ScoringOptions, VideoSteps, frames_from_segments,
 from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
+KIND = "evaluation"
 METRICS_FILE = "metrics.json"
 FRAME_SCORES_DIR = "frame_scores"
 CURVE_FILES = ("roc.png", "pr.png")
@@ -76,7 +77,7 @@ def _missing_files(videos: list[TestVideo], scores_dir: Path, features_dir: Path
 def load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
     try:
         features = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise VeraError(f"video {key}: cannot read feature file {path} ({error})") from None
     if features.ndim != 2 or features.shape[0] != expected_rows:
         raise VeraError(
@@ -322,7 +323,7 @@ def evaluation_folder(output_dir: Path, options: ScoringOptions, *, annotations:
         return [folder / METRICS_FILE, folder / FRAME_SCORES_DIR, *(folder / name for name in CURVE_FILES),
                 folder / STAGES_FILE]
 
-    return RunFolder(output_dir, "evaluation", identity, overwrite=overwrite, outputs=outputs)
+    return RunFolder(output_dir, KIND, identity, overwrite=overwrite, outputs=outputs)
 
 
 def write_outputs(evaluation: Evaluation, folder: RunFolder, curves: bool = True) -> None:

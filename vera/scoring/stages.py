@@ -43,5 +43,5 @@ def read_stages(run_dir: Path, key: str) -> dict[str, np.ndarray]:
             if f"{key}/answers" not in content.files:
                 raise VeraError(f"video {key} is not in {path}")
             return {name: content[f"{key}/{name}"] for name in STAGE_NAMES}
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, EOFError) as error:
         raise VeraError(f"cannot read {path} ({error})") from None

@@ -93,7 +93,7 @@ def scoring_tables(dataset: str, metric: str, released_xd_ap: bool, anomaly_clas
             ("10", 10.0, None), ("+inf", math.inf, 86.59),
         ], ["'10e-8' is computed as 1e-7, its literal value (the paper means a value near zero).",
             "τ = 10 is not in the paper's table: its appendix B.4 states τ = 10 while the table puts the default "
-            "86.55 at 0.1 (README, 'Scoring protocols')."], ucf_auc),
+            "86.55 at 0.1 (docs/scoring.md)."], ucf_auc),
     ]
     if not released_xd_ap:  # the released XD-Violence AP script applies no position weighting
         tables.append(_wide("table17_sigma2", "Table 17: σ₂ of the position weighting, as a share of F", "", [
@@ -114,17 +114,24 @@ def _scenario_table(anomaly_classes: tuple[str, ...], scores: str, traffic: str 
         rows.append(("Q_traffic", traffic, (82.59, 67.53), ("All", "Traffic")))
     if store:
         rows.append(("Q_store", store, (76.67, 44.84), ("All", "Store")))
+    # A scenario whose class has no test video (a set of your own videos) has no column: its metric is undefined.
+    absent = [column for column in ("Traffic", "Store") if subsets[column][0] not in anomaly_classes]
     cells = []
     for questions, folder, paper, columns in rows:
         for with_normal in (True, False):
             label = f"{questions}, {'with' if with_normal else 'without'} normal videos"
             for column, value in zip(columns, paper):
+                if column in absent:
+                    continue
                 setting: dict[str, Any] = {"scores": folder}
                 if column != "All" or not with_normal:  # "All" with normal videos is the whole test set
                     setting.update(classes=subsets[column], with_normal=with_normal)
                 cells.append(Cell(label, column, setting, value if paper_values and with_normal else None))
     notes = [f"Traffic: the {TRAFFIC_CLASS} test videos; Store: the {STORE_CLASS} test videos. The paper does not "
              "say whether normal videos were included; its values are shown beside the rows with normal videos."]
+    if absent:
+        notes.append("Left out: " + ", ".join(f"{column} (no {subsets[column][0]} video in the annotations)"
+                                              for column in absent) + ".")
     if not (traffic and store):
         notes.append("Q_traffic / Q_store rows: give --traffic-scores / --store-scores (Step 1 run with those "
                      "questions).")

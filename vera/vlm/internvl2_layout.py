@@ -31,6 +31,13 @@ from vera.errors import VeraError
 Transform = Callable[[torch.Tensor], torch.Tensor]
 LLM_ARCHS = {"InternLM2ForCausalLM": "internlm2", "Qwen2ForCausalLM": "qwen2", "Phi3ForCausalLM": "phi3",
              "LlamaForCausalLM": "llama"}
+# What InternViT's configuration class (``InternVisionConfig``) gives a key that config.json leaves out; a
+# checkpoint is built from the class, so a missing key means this value, not whatever a converter prefers.
+VISION_DEFAULTS = {
+    "num_channels": 3, "patch_size": 14, "image_size": 224, "qkv_bias": False, "hidden_size": 3200,
+    "num_attention_heads": 25, "intermediate_size": 12800, "qk_normalization": True, "num_hidden_layers": 48,
+    "hidden_act": "gelu", "norm_type": "rms_norm", "layer_norm_eps": 1e-6,
+}
 # Keys of the language model's config that describe the original run, not the model.
 _RUNTIME_KEYS = ("architectures", "auto_map", "_name_or_path", "attn_implementation", "torch_dtype", "dtype",
                  "transformers_version", "use_flash_attn", "_attn_implementation", "_flash_attn_2_enabled")
@@ -86,6 +93,11 @@ def _rope_parameters(llm: dict) -> dict:
     return rope
 
 
+def vision_settings(config: dict) -> dict:
+    """The checkpoint's ``vision_config``, each key it leaves out read as ``InternVisionConfig`` reads it."""
+    return {**VISION_DEFAULTS, **(config.get("vision_config") or {})}
+
+
 @dataclass
 class SourceLayout:
     """An original InternVL2 config, and the name/shape mapping it implies."""
@@ -103,7 +115,7 @@ class SourceLayout:
         if "InternVLChatModel" not in (config.get("architectures") or []):
             raise VeraError(f"{where}: not an original InternVL2 checkpoint (architectures "
                             f"{config.get('architectures')}, expected InternVLChatModel)")
-        llm, vision = config.get("llm_config") or {}, config.get("vision_config") or {}
+        llm, vision = config.get("llm_config") or {}, vision_settings(config)
         arch = (llm.get("architectures") or [None])[0]
         if arch not in LLM_ARCHS:
             raise VeraError(f"{where}: language model {arch} is not supported ({', '.join(LLM_ARCHS)} are)")
@@ -113,8 +125,8 @@ class SourceLayout:
         if image_size != vision.get("image_size"):
             raise VeraError(f"{where}: force_image_size {image_size} differs from the vision image size "
                             f"{vision.get('image_size')}; not supported")
-        if vision.get("qk_normalization") and vision.get("layer_norm_eps", 1e-6) != 1e-6:
-            raise VeraError(f"{where}: query/key norms with eps {vision.get('layer_norm_eps')} are not supported")
+        if vision["qk_normalization"] and vision["layer_norm_eps"] != 1e-6:
+            raise VeraError(f"{where}: query/key norms with eps {vision['layer_norm_eps']} are not supported")
         ratio = float(config.get("downsample_ratio", 0.5))
         tokens = int((image_size // vision["patch_size"]) ** 2 * ratio ** 2)
         dtype = str(config.get("torch_dtype") or llm.get("torch_dtype") or "bfloat16")
@@ -143,15 +155,14 @@ class SourceLayout:
         }
 
     def _vision_config(self) -> dict:
-        vision = self.config["vision_config"]
+        vision = vision_settings(self.config)
         return {
             "hidden_size": vision["hidden_size"], "intermediate_size": vision["intermediate_size"],
             "num_attention_heads": vision["num_attention_heads"], "num_hidden_layers": vision["num_hidden_layers"],
-            "image_size": [self.image_size] * 2, "patch_size": [vision["patch_size"]] * 2, "num_channels": 3,
-            "attention_bias": bool(vision.get("qkv_bias", True)),
-            "use_qk_norm": bool(vision.get("qk_normalization", False)),
-            "norm_type": vision.get("norm_type", "rms_norm"), "layer_norm_eps": vision.get("layer_norm_eps", 1e-6),
-            "hidden_act": vision.get("hidden_act", "gelu"), "use_mean_pooling": True,
+            "image_size": [self.image_size] * 2, "patch_size": [vision["patch_size"]] * 2,
+            "num_channels": vision["num_channels"], "attention_bias": bool(vision["qkv_bias"]),
+            "use_qk_norm": bool(vision["qk_normalization"]), "norm_type": vision["norm_type"],
+            "layer_norm_eps": vision["layer_norm_eps"], "hidden_act": vision["hidden_act"], "use_mean_pooling": True,
             "attention_dropout": 0.0, "projection_dropout": 0.0, "hidden_dropout_prob": 0.0,
         }
 

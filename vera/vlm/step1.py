@@ -16,7 +16,10 @@ rerun, a folder made with another model, other questions or settings is
 refused unless ``overwrite``, and a video in progress is checkpointed to
 ``<output>/.partial/<key>.json`` every ``checkpoint_every`` answers (and on the
 way out of a failing or interrupted run), so a rerun loses at most the answers
-since the last checkpoint. All files are written atomically.
+since the last checkpoint. A checkpoint saved for another annotation length is
+dropped and its video asked afresh (the run identity holds no lengths, so an
+edited annotation would otherwise mix windows of two lengths). All files are
+written atomically.
 
 Several processes (``vera.distributed``: ``--devices N --num-nodes M``) split
 the videos: each answers its share with its own model and writes its own
@@ -39,7 +42,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
-from vera.data.annotations import TestVideo
+from vera.data.annotations import TestVideo, check_frame_count
 from vera.distributed import Ranks
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
@@ -182,7 +185,8 @@ def step1_folder(settings: Step1Settings, identity: dict, videos: list[TestVideo
         return [path for path in folder.glob("*.json")
                 if path.name.startswith("summary") or (keys is None or path.name in keys)]
 
-    return RunFolder(settings.output, KIND, identity, overwrite=settings.overwrite, outputs=outputs, record=record)
+    return RunFolder(settings.output, KIND, identity, overwrite=settings.overwrite, outputs=outputs, record=record,
+                     shared=settings.shard[1] > 1)  # the jobs of one sharded run write into one folder
 
 
 class _VideoState:
@@ -259,13 +263,10 @@ class Step1Runner:
     # -- frames to requests -----------------------------------------------------------------
 
     def _check_length(self, video: TestVideo, frames: VideoFrames | FramesInfo) -> None:
-        if frames.num_frames != video.length:
-            message = (f"video {video.key}: the annotation gives {video.length} frames but {frames.source} "
-                       f"has {frames.num_frames}")
-            if not self.settings.allow_length_mismatch:
-                raise VeraError(message + " (wrong frame rate at extraction? --allow-length-mismatch "
-                                          "uses the annotation's length where the frames exist)")
-            self.summary.warnings.append(message + "; using the annotation's length")
+        warning = check_frame_count(video.key, video.length, frames.num_frames, frames.source,
+                                    self.settings.allow_length_mismatch)
+        if warning is not None:
+            self.summary.warnings.append(warning)
 
     def _requests(self, states: list[_VideoState]) -> Iterator[tuple[_VideoState, Segment, VLMRequest]]:
         """Segments still to answer, video after video, each with its request; a bad video is skipped.

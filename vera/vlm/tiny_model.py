@@ -36,6 +36,7 @@ from transformers import (
 )
 
 from vera.errors import VeraError, run_cli
+from vera.runs import check_writable
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, NUM_FRAMES, PRESET_QUESTIONS, frame_lines
 
 ARCHITECTURES = ("internvl", "qwen2_vl")
@@ -157,17 +158,17 @@ def write_tiny_model(arch: str, out: Path, seed: int = 0, head_dim: int = 16) ->
         raise VeraError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     if head_dim < 8 or head_dim % 8:
         raise VeraError(f"--head-dim must be a positive multiple of 8, not {head_dim}")
+    out = Path(out)
+    check_writable(out)  # a file or a read-only folder is one line, before the model is built
     model, processor = builders[arch](seed, head_dim)
     model.generation_config.do_sample = False
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--arch", required=True, choices=ARCHITECTURES)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--seed", type=int, default=0)

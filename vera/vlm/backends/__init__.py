@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,12 +14,13 @@ from vera.options import BACKENDS
 from vera.vlm.backends.openai import OpenAIBackend, ServerSettings
 
 
-def server_settings(args: argparse.Namespace) -> ServerSettings | None:
-    """The openai backend's settings from a command's parsed options (None for the other backends)."""
-    if args.backend != "openai":
+def server_settings(backend: str, *, base_urls: tuple[str, ...] | None, concurrency: int, timeout: float, retries: int,
+                    image_format: str) -> ServerSettings | None:
+    """The openai backend's settings (None for the other backends, which ignore them)."""
+    if backend != "openai":
         return None
-    return ServerSettings(base_urls=args.base_url, concurrency=args.concurrency, timeout=args.request_timeout,
-                          retries=args.retries, image_format=args.image_format)
+    return ServerSettings(base_urls=base_urls, concurrency=concurrency, timeout=timeout, retries=retries,
+                          image_format=image_format)
 
 
 def load_backend(name: str, model: str, *, device: str = "auto", dtype: str = "auto",
@@ -80,11 +80,11 @@ class ModelChoice:
         return None if self.served else model_type_of(self.name, local_files_only=self.local_files_only)
 
 
-def choose_model(args: argparse.Namespace) -> ModelChoice:
-    """The model of a Step 1 or training command line, checked within seconds: a Hub id that cannot be had
-    fails here, before any folder is made or process started."""
-    if args.backend != "hf":
-        return ModelChoice(args.served_model, False, served=True)
+def choose_model(backend: str, model: str | None, served_model: str | None) -> ModelChoice:
+    """The model of a Step 1 or training run (``served_model`` for a server backend), checked within seconds:
+    a Hub id that cannot be had fails here, before any folder is made or process started."""
+    if backend != "hf":
+        return ModelChoice(served_model, False, served=True)
     from vera.vlm.backends.hub import locate_model
 
-    return ModelChoice(*locate_model(args.model), served=False)
+    return ModelChoice(*locate_model(model), served=False)

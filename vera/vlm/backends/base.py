@@ -1,4 +1,4 @@
-"""The backend interface shared by Step 1 (``vera.vlm.step1``) and training (``vera.learning.loop``).
+"""The backend interface shared by Step 1 (``vera.vlm.step1``) and training (``vera.learning.algorithm1``).
 
 A backend turns a batch of requests (prompt text plus RGB frames) into
 answers. Prompts are written with the literal placeholder ``<image>`` where

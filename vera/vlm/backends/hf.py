@@ -219,6 +219,18 @@ class HFBackend:
                 batch.inputs[name] = value.to(self.dtype) if value.is_floating_point() else value
         return batch
 
+    # -- the context ------------------------------------------------------------------------
+
+    @property
+    def context_length(self) -> int | None:
+        """The positions the language model covers: ``max_position_embeddings`` of its text config."""
+        value = getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
+        return value if isinstance(value, int) and value > 0 else None
+
+    def prompt_tokens(self, request: VLMRequest) -> int:
+        """The tokens the model is fed for ``request`` alone (text and image tokens, no padding)."""
+        return int(self._batch([request]).inputs["input_ids"].shape[1])
+
     # -- generation -------------------------------------------------------------------------
 
     def _generate_batch(self, requests: list[VLMRequest], max_new_tokens: int) -> list[VLMAnswer]:

@@ -60,7 +60,11 @@ def locate_model(model: str, local_files_only: bool = False) -> tuple[str, bool]
     network is off (``local_files_only``, ``HF_HUB_OFFLINE``,
     ``TRANSFORMERS_OFFLINE``) or the Hub does not answer; otherwise from the Hub.
     """
-    if Path(model).expanduser().is_dir():
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        if not (folder / "config.json").is_file():  # every model folder has one; transformers would take a Hub id
+            raise VeraError(f"model folder {model} has no config.json (is it the folder of a downloaded or "
+                            "converted model?)")
         return model, local_files_only
     # Only a Hub id needs huggingface_hub (and its HTTP stack): a local folder imports nothing.
     from huggingface_hub import constants

@@ -1,7 +1,7 @@
 """The ``openai`` backend: Step 1 and training against OpenAI-compatible chat servers.
 
 Any server with ``POST /v1/chat/completions`` and image inputs will do (vLLM,
-SGLang, LMDeploy, ``transformers serve``; README, "Serving engines"). Several
+SGLang, LMDeploy, ``transformers serve``; docs/models.md). Several
 servers are used at once: every server gets at most ``concurrency`` requests
 in flight, and whichever has a free slot takes the next request of the batch.
 
