@@ -6,21 +6,25 @@ Generates synthetic scores and features for every video of UCF_Eval.json
 (once, in --workdir), then measures, each in a fresh process (so that peak
 memory, max RSS, is its own):
 
-- floor: what any bit-identical scoring must do: read the features and compute
-  the float32 similarity products (normalise, ``np.dot``) of every video;
-  ``floor_process`` adds the interpreter start and the imports of a scoring run;
+- compare: in ONE process, on the same inputs, alternating, --repeats times
+  each (the fastest counts): the released algorithm (the per-segment loop of
+  tests/released_reference.py, a transcription of the released script, with
+  sklearn's ROC AUC), a plain ``compute_auc.py`` run (its ``main``, writing
+  every output and the curves), and ``reproduce_tables.py``'s sweep of the
+  default setting alone and of every table; prints the ratio of the plain
+  run to the released algorithm and the cost of each extra sweep setting;
+- floor: read the features and compute the float32 similarity products;
 - ours: ``vera.scoring.evaluate.evaluate`` stage by stage;
 - cli: one plain ``Inference/compute_auc.py`` run, a whole process, writing its outputs;
-- sweep: the sweep of ``Inference/reproduce_tables.py`` (every scoring table)
-  against a sweep of the default setting alone: the difference divided by the
-  number of extra distinct settings is the cost of each additional setting;
-- reference: the naive per-segment loop of tests/released_reference.py (a
-  transcription of the released script).
+- sweep: the sweep of every table against a sweep of the default setting alone;
+- reference: the released algorithm alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import resource
@@ -52,15 +56,14 @@ def run_floor(workdir: Path, annotations: Path) -> dict:
 def run_ours(workdir: Path, annotations: Path) -> dict:
     import numpy as np
 
-    import vera.scoring.video as video_steps
+    import vera.scoring.steps as steps
     from vera.data.annotations import load_test_annotations
     from vera.scoring.evaluate import evaluate
     from vera.scoring.steps import ScoringOptions
 
     stages = {"similarity (BLAS)": 0.0, "neighbours": 0.0}
-    for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "rank_largest"),
-                            ("neighbours", "released_neighbours_fast")):
-        original = getattr(video_steps, attribute)
+    for name, attribute in (("similarity (BLAS)", "cosine_similarity"), ("neighbours", "released_neighbours")):
+        original = getattr(steps, attribute)
 
         def timed(*args, _original=original, _name=name, **kwargs):
             start = time.perf_counter()
@@ -68,7 +71,7 @@ def run_ours(workdir: Path, annotations: Path) -> dict:
             stages[_name] += time.perf_counter() - start
             return result
 
-        setattr(video_steps, attribute, timed)
+        setattr(steps, attribute, timed)
     videos = load_test_annotations(annotations, "ucf")
     start_cpu, start = time.process_time(), time.perf_counter()
     evaluation = evaluate(videos, workdir / "scores", workdir / "features", ScoringOptions())
@@ -77,10 +80,65 @@ def run_ours(workdir: Path, annotations: Path) -> dict:
             "frames": int(sum(np.size(v.scores) for v in evaluation.videos))}
 
 
+def _sweep_settings(tables, base) -> int:
+    from dataclasses import replace
+
+    from vera.scoring.sweep import _scoring_part
+
+    return len({(_scoring_part(replace(base, **{k: v for k, v in c.setting.items() if k != "scores"})),
+                 c.setting.get("classes"), c.setting.get("with_normal")) for t in tables for c in t.cells})
+
+
+def run_compare(workdir: Path, annotations: Path, repeats: int = 3) -> dict:
+    """The released algorithm, a plain compute_auc.py run and the sweep, alternating in this one process."""
+    import importlib
+
+    from vera.data.annotations import NORMAL_CLASS, load_test_annotations
+    from vera.scoring.steps import ScoringOptions
+    from vera.scoring.sweep import sweep
+    from vera.scoring.tables import reproduce
+
+    compute_auc = importlib.import_module("vera.commands.compute_auc")
+    output = Path(tempfile.mkdtemp(prefix="vera-bench-out-"))
+    argv = ["--dataset", "ucf", "--annotations", str(annotations), "--scores", str(workdir / "scores"),
+            "--features", str(workdir / "features"), "--output", str(output), "--overwrite"]
+    videos = load_test_annotations(annotations, "ucf")
+    classes = tuple(sorted({video.video_class for video in videos} - {NORMAL_CLASS}))
+    base = ScoringOptions()
+    names = ("released", "compute_auc", "sweep_one", "sweep_all")
+    times: dict[str, list[float]] = {f"{name}_{clock}": [] for name in names for clock in ("s", "cpu_s")}
+    released_auc = settings = None
+
+    def timed(name, work):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        result = work()
+        times[f"{name}_s"].append(time.perf_counter() - start)
+        times[f"{name}_cpu_s"].append(time.process_time() - start_cpu)
+        return result
+
+    def plain_run():
+        with contextlib.redirect_stdout(io.StringIO()):
+            compute_auc.main(argv)
+
+    for _ in range(repeats):
+        released_auc = timed("released", lambda: run_reference(workdir, annotations))["auc"]
+        timed("compute_auc", plain_run)
+        timed("sweep_one", lambda: sweep(videos, workdir / "scores", workdir / "features", [base]))
+        tables = timed("sweep_all", lambda: reproduce(videos, base, classes, workdir / "scores", workdir / "features"))
+        settings = _sweep_settings(tables, base)
+    best = {name: min(values) for name, values in times.items()}
+    ours_auc = json.loads((output / "metrics.json").read_text())["value"]
+    return {**best, "all_runs": times, "settings": settings, "auc_equal": ours_auc == released_auc,
+            "compute_auc_over_released": best["compute_auc_s"] / best["released_s"],
+            "compute_auc_over_released_cpu": best["compute_auc_cpu_s"] / best["released_cpu_s"],
+            "per_additional_setting_s": (best["sweep_all_s"] - best["sweep_one_s"]) / (settings - 1),
+            "per_additional_setting_cpu_s": (best["sweep_all_cpu_s"] - best["sweep_one_cpu_s"]) / (settings - 1)}
+
+
 def run_sweep(workdir: Path, annotations: Path) -> dict:
     from vera.data.annotations import NORMAL_CLASS, load_test_annotations
     from vera.scoring.steps import ScoringOptions
-    from vera.scoring.sweep import _scoring_part, sweep
+    from vera.scoring.sweep import sweep
     from vera.scoring.tables import reproduce
 
     videos = load_test_annotations(annotations, "ucf")
@@ -92,12 +150,9 @@ def run_sweep(workdir: Path, annotations: Path) -> dict:
     start_cpu, start = time.process_time(), time.perf_counter()
     tables = reproduce(videos, base, classes, workdir / "scores", workdir / "features")
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
-    from dataclasses import replace
-
-    settings = {(_scoring_part(replace(base, **{k: v for k, v in c.setting.items() if k != "scores"})),
-                 c.setting.get("classes"), c.setting.get("with_normal")) for t in tables for c in t.cells}
-    return {"single_setting_s": single, "all_tables_s": wall, "all_tables_cpu_s": cpu, "settings": len(settings),
-            "per_additional_setting_s": (wall - single) / (len(settings) - 1)}
+    settings = _sweep_settings(tables, base)
+    return {"single_setting_s": single, "all_tables_s": wall, "all_tables_cpu_s": cpu, "settings": settings,
+            "per_additional_setting_s": (wall - single) / (settings - 1)}
 
 
 def run_cli(workdir: Path, annotations: Path) -> dict:
@@ -142,7 +197,7 @@ def run_reference(workdir: Path, annotations: Path) -> dict:
     return {"auc": value, "wall_s": time.perf_counter() - start, "cpu_s": time.process_time() - start_cpu}
 
 
-CHILDREN = {"floor": run_floor, "floor_process": run_floor_process, "ours": run_ours, "cli": run_cli,
+CHILDREN = {"compare": run_compare, "floor": run_floor, "floor_process": run_floor_process, "ours": run_ours, "cli": run_cli,
             "sweep": run_sweep, "reference": run_reference}
 
 
@@ -156,7 +211,8 @@ def main() -> None:
     parser.add_argument("--child", choices=list(CHILDREN), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        result = CHILDREN[args.child](args.workdir, args.annotations)
+        extra = {"repeats": args.repeats} if args.child == "compare" else {}
+        result = CHILDREN[args.child](args.workdir, args.annotations, **extra)
         result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -170,10 +226,10 @@ def main() -> None:
     print(f"load average before: {os.getloadavg()}")
     for child in args.only:
         runs = [json.loads(subprocess.run([sys.executable, __file__, "--child", child, "--workdir", str(workdir),
-                                           "--annotations", str(args.annotations)],
+                                           "--annotations", str(args.annotations), "--repeats", str(args.repeats)],
                                           check=True, capture_output=True, text=True).stdout)
-                for _ in range(1 if child == "reference" else args.repeats)]
-        best = min(runs, key=lambda r: r.get("wall_s", r.get("all_tables_s", 0)))
+                for _ in range(1 if child in ("reference", "compare") else args.repeats)]
+        best = min(runs, key=lambda r: r.get("wall_s", r.get("all_tables_s", r.get("compute_auc_s", 0))))
         print(child, json.dumps({k: round(v, 3) if isinstance(v, float) and k != "auc" else v for k, v in best.items()}))
     print(f"load average after: {os.getloadavg()}")
 

@@ -18,16 +18,16 @@ from vera.errors import VeraError
 from vera.options import OPTIONS, build_parser
 from vera.scoring.steps import (
     ScoringOptions,
+    VideoSteps,
     frame_scores,
     paper_neighbours,
     paper_position_weights,
-    rank_largest,
+    random_neighbours,
     released_neighbours,
-    released_neighbours_fast,
     released_position_weights,
     released_smoothing,
+    video_rng,
 )
-from vera.scoring.video import VideoSteps, random_neighbours, video_rng
 
 
 def _video(rng: np.random.Generator, h: int, width: int = 12, ties: bool = True):
@@ -131,14 +131,14 @@ def test_tau_by_hand():
     scores = np.array([1.0, 0.0, 1.0])
     steps = VideoSteps(scores, features, 16)
     # τ = ∞: plain mean of the three scores for every segment.
-    context, _ = steps.context(ScoringOptions(tau=math.inf))
+    context = steps.context(ScoringOptions(tau=math.inf))
     np.testing.assert_allclose(context, [2 / 3] * 3, rtol=1e-15)
     # τ = 1: weights ∝ exp(cos θ).
     similarity = np.array([[1, 0.5, 0], [0.5, 1, math.sqrt(3) / 2], [0, math.sqrt(3) / 2, 1]])
     expected = [float(np.exp(row) @ scores / np.exp(row).sum()) for row in similarity]
-    np.testing.assert_allclose(steps.context(ScoringOptions(tau=1.0))[0], expected, rtol=1e-14)
+    np.testing.assert_allclose(steps.context(ScoringOptions(tau=1.0)), expected, rtol=1e-14)
     # τ → 0: all the weight on the most similar segment, itself.
-    np.testing.assert_array_equal(steps.context(ScoringOptions(tau=1e-7))[0], scores)
+    np.testing.assert_array_equal(steps.context(ScoringOptions(tau=1e-7)), scores)
 
 
 def test_window_and_sigma1_by_hand():
@@ -227,51 +227,28 @@ def test_tau_inf_is_accepted():
     assert parser.parse_args(["--tau", "inf"]).tau == math.inf
 
 
-# ------------------------------------------------------------------ the fast neighbour search
+# ------------------------------------------------------------------ the neighbour search
 
 
-def test_rows_reordered_inside_the_k_are_the_only_difference_from_argsort():
-    rng = np.random.default_rng(8)
-    h = 150
-    base = rng.standard_normal((50, 8)).astype(np.float32)
-    features = base[rng.integers(0, 50, size=h)]  # each row about three times: ties inside and across the k
-    scores = rng.integers(0, 2, size=h).astype(np.float64)
+def _tie_rich_similarity(rng: np.random.Generator, h: int, distinct: int, width: int = 8):
+    base = rng.standard_normal((distinct, width)).astype(np.float32)
+    features = base[rng.integers(0, distinct, size=h)]  # each row repeated: ties inside and across the K
     normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
-    similarity = np.dot(normalised, normalised.T)
-    k = 22
-    exact = np.argsort(similarity, axis=1)[:, -k:]
-    found = released_neighbours_fast(similarity, k, scores)
-    fast, reordered = found.indices, found.reordered
-    # What Step 2 reads through the neighbours is gathered along with them.
-    assert np.array_equal(found.similarity, np.take_along_axis(similarity, fast, axis=1))
-    assert np.array_equal(found.scores, scores[fast])
-    assert np.array_equal(released_neighbours(similarity, k, scores)[np.setdiff1d(np.arange(h), reordered)],
-                          fast[np.setdiff1d(np.arange(h), reordered)])
-    assert reordered.size > 0
-    for row in range(h):
-        same_values = np.array_equal(similarity[row, fast[row]], similarity[row, exact[row]])
-        same_scores = np.array_equal(scores[fast[row]], scores[exact[row]])
-        assert same_values and (same_scores or row in reordered)
+    return features, np.dot(normalised, normalised.T)
 
 
-@pytest.mark.parametrize("margin", [1.0, 1e-9])
-def test_redoing_reordered_rows_gives_the_released_scores(monkeypatch, margin):
-    # margin 1.0 marks every rounding as uncertain: every reordered row is redone in argsort order.
-    monkeypatch.setattr("vera.scoring.video._ROUNDING_MARGIN", margin)
+def test_heavy_ties_give_the_released_scores():
     rng = np.random.default_rng(9)
-    reordered = 0
     for h in (70, 150, 260):
         base = rng.standard_normal((h // 3, 6)).astype(np.float32)
         features = base[rng.integers(0, h // 3, size=h)]
         scores = rng.integers(0, 2, size=h)
         centres = list(range(0, 16 * h, 16))
         ends = [float(min(c + 150, 16 * h)) for c in centres]
-        reordered += VideoSteps(scores, features, 16).neighbours(ScoringOptions()).reordered.size
         for dataset, metric in (("ucf", "auc"), ("xd", "ap")):
             expected = reference_video(centres, ends, scores.tolist(), features, dataset, metric)
             got = frame_scores(scores, features, 16, ScoringOptions(dataset, metric))
             assert np.array_equal(got, np.array(expected)), (h, dataset)
-    assert reordered > 20  # the case this test is about
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -286,42 +263,19 @@ def test_paper_neighbours_equal_a_stable_argsort(dtype):
                                   np.argsort(-similarity, axis=1, kind="stable")[:, :k]), (h, k)
 
 
-def test_neighbours_from_a_larger_partition_are_those_of_their_own():
-    """One partition at the largest K serves every smaller k (the sweep over Table 13), ties included."""
+@pytest.mark.parametrize("protocol", ["released", "paper"])
+def test_slices_of_one_full_sort_give_each_k_its_own_values(protocol):
+    """A sweep slices every K from one argsort per row (the Table 13 sweep): the same Step 2 as a run of its own."""
     rng = np.random.default_rng(12)
     h = 240
     for distinct in (12, 80, 240):
-        features = rng.standard_normal((distinct, 6)).astype(np.float32)[rng.integers(0, distinct, size=h)]
-        scores = rng.integers(0, 2, size=h).astype(np.float64)
-        normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
-        similarity = np.dot(normalised, normalised.T)
-        ranked = rank_largest(similarity, 60)
-        for k in (5, 24, 36, 60):
-            found = released_neighbours_fast(similarity, k, scores, ranked=ranked)
-            shared, reordered = found.indices, found.reordered
-            assert np.array_equal(found.similarity, np.take_along_axis(similarity, shared, axis=1))
-            assert np.array_equal(found.scores, scores[shared])
-            own_reordered = released_neighbours_fast(similarity, k, scores).reordered
-            assert np.array_equal(np.sort(reordered), np.sort(own_reordered)), (distinct, k)
-            exact = np.argsort(similarity, axis=1)[:, -k:]
-            for row in range(h):  # equal to argsort up to swaps that change no sum, except the reordered rows
-                assert np.array_equal(similarity[row, shared[row]], similarity[row, exact[row]])
-                assert row in reordered or np.array_equal(scores[shared[row]], scores[exact[row]])
-            exact_rows = np.setdiff1d(np.arange(h), reordered)
-            assert np.array_equal(released_neighbours(similarity, k, scores)[exact_rows], shared[exact_rows])
+        features, similarity = _tie_rich_similarity(rng, h, distinct, width=6)
+        scores = rng.integers(0, 2, size=h)
+        swept = VideoSteps(scores, features, 16, keep_order=True)
+        for ratio in (0.02, 0.1, 0.15, 0.25):
+            options = ScoringOptions(protocol=protocol, k_ratio=ratio)
+            k = options.neighbour_count(h)
+            if protocol == "released":
+                assert np.array_equal(swept.neighbours(options), np.argsort(similarity, axis=1)[:, -k:])
+            assert np.array_equal(swept.context(options), VideoSteps(scores, features, 16).context(options))
 
-
-def test_packed_keys_sort_float32_values_with_their_columns():
-    from vera.scoring.steps import _sorted_by_value
-
-    rng = np.random.default_rng(13)
-    values = rng.choice(np.array([-1.0, -0.5, -0.0, 0.0, 1e-30, 0.25, 0.25, 0.999, 1.0], dtype=np.float32), (50, 9))
-    values[:25] = rng.standard_normal((25, 9)).astype(np.float32)
-    columns = np.stack([rng.permutation(1000)[:9] for _ in range(50)])
-    got = _sorted_by_value(values, columns)
-    for row in range(50):
-        order = np.lexsort((columns[row], values[row]))  # by value, then column; -0.0 == 0.0 for lexsort
-        expected_values = values[row][order]
-        got_values = values[row][[list(columns[row]).index(c) for c in got[row]]]
-        assert np.array_equal(got_values, expected_values)  # ascending values (±0 compare equal)
-        assert sorted(got[row]) == sorted(columns[row])

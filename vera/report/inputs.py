@@ -23,7 +23,7 @@ from vera.errors import VeraError
 from vera.io import read_json
 from vera.runs import RUN_FILE
 from vera.scoring.evaluate import FRAME_SCORES_DIR, KIND as EVALUATION_KIND, METRICS_FILE
-from vera.scoring.metrics import Ranking
+from vera.scoring.metrics import roc_auc
 from vera.scoring.score_files import read_segment_scores
 from vera.scoring.stages import STAGES_FILE, read_stages
 from vera.scoring.steps import frames_per_segment, ground_truth
@@ -84,7 +84,7 @@ class VideoReport:
     @property
     def auc(self) -> float | None:
         """Frame-level ROC AUC of this video alone, where its frames hold both classes."""
-        return None if self.labels is None else Ranking.of(self.labels, self.frame_scores).roc_auc()
+        return None if self.labels is None else roc_auc(self.labels, self.frame_scores)
 
 
 @dataclass
@@ -101,8 +101,8 @@ class ReportInputs:
         labelled = [video for video in self.videos if video.labels is not None]
         if not labelled:
             return None
-        return Ranking.of(np.concatenate([video.labels for video in labelled]),
-                          np.concatenate([video.frame_scores for video in labelled])).roc_auc()
+        return roc_auc(np.concatenate([video.labels for video in labelled]),
+                       np.concatenate([video.frame_scores for video in labelled]))
 
 
 def _score_folder(path: Path) -> tuple[Path, Path]:

@@ -19,11 +19,10 @@ from vera.data.annotations import NORMAL_CLASS, TestVideo, check_intervals
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
 from vera.runs import RunFolder
-from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, Ranking, false_alarm_rate, save_curves
+from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, SortedFrames, false_alarm_rate, save_curves
 from vera.scoring.score_files import SegmentScores, read_segment_scores
 from vera.scoring.stages import STAGES_FILE, write_stages
-from vera.scoring.steps import ScoringOptions, ground_truth, released_ap_trim
-from vera.scoring.video import VideoSteps, frames_from_segments
+from vera.scoring.steps import ScoringOptions, VideoSteps, frames_from_segments, ground_truth, released_ap_trim
 from vera.data.segments import num_segments
 
 _MISSING_SHOWN = 20
@@ -90,7 +89,32 @@ def load_features(path: Path, key: str, expected_rows: int) -> np.ndarray:
     zero_rows = np.flatnonzero(~features.any(axis=1))
     if zero_rows.size:
         raise VeraError(f"video {key}: feature file {path} row {zero_rows[0]} is all zeros (no direction to compare)")
+    # Step 2 divides each row by its norm in the stored dtype: a norm that overflows (values near 1e38 in
+    # float32) or underflows to 0 would make every similarity 0 or NaN, and Step 2 silently uniform.
+    with np.errstate(over="ignore", under="ignore"):
+        norms = np.linalg.norm(features, axis=1)
+    bad_rows = np.flatnonzero(~np.isfinite(norms) | (norms == 0))
+    if bad_rows.size:
+        row = bad_rows[0]
+        raise VeraError(f"video {key}: feature file {path} row {row} has norm {norms[row]} in {features.dtype}: "
+                        "its values are too large or too small to compare (cosine similarities would not be finite)")
     return features
+
+
+def check_window(options: ScoringOptions, longest: int) -> None:
+    """Refuse a ``--window`` ω longer than every scored video (``longest`` segments) in the released protocol.
+
+    The released smoothing keeps the first h outputs of numpy's "same"
+    convolution, which for ω > h lie on the kernel's left tail: far beyond the
+    video, every score becomes 0 and the AUC 50. The protocol's own ω (15)
+    keeps the released behaviour on short videos; the paper protocol's kernel
+    is renormalised over the video and takes any ω.
+    """
+    window = options.window
+    if options.released and not options.skip_smoothing and window is not None and window > longest:
+        raise VeraError(f"--window {window} is longer than every scored video (the longest has {longest} segments): "
+                        "the released smoothing would score every frame about 0; give a window up to "
+                        f"{longest}, or --protocol paper, whose kernel is renormalised over the video")
 
 
 def check_length(video: TestVideo, segments: SegmentScores, path: Path) -> int:
@@ -236,6 +260,7 @@ def evaluate(
         results.append(score_input(item, options))
     if not results:
         raise VeraError("no video could be scored")
+    check_window(options, max(video.stages["answers"].size for video in results))
     evaluation = Evaluation(options, results, skipped=skipped, score_fallbacks=fallbacks)
     evaluation.metrics = compute_metrics(evaluation)
     return evaluation
@@ -246,7 +271,7 @@ def compute_metrics(evaluation: Evaluation) -> dict:
     options, videos = evaluation.options, evaluation.videos
     labels = np.concatenate([video.labels for video in videos])
     scores = np.concatenate([video.scores for video in videos])
-    ranking = Ranking.of(labels, scores)  # one sort for every curve below
+    ranking = SortedFrames(labels, scores)  # one sort for every curve below
     overall_auc, overall_ap = ranking.roc_auc(), ranking.pr_auc()
     value = overall_auc if options.metric == "auc" else overall_ap
     if value is None:
@@ -258,8 +283,8 @@ def compute_metrics(evaluation: Evaluation) -> dict:
                             [video.scores.size for video in videos])
     ranked_class = ranking.ranked(frame_class)  # the subsets' masks in ranked order: no re-sorting
     ranked_normal = ranked_class == -1
-    auc_anomalous = ranking.where(~ranked_normal).roc_auc()
-    auc_per_class = [ranking.where(ranked_normal | (ranked_class == index)).roc_auc() for index in range(len(classes))]
+    auc_anomalous = ranking.roc_auc(~ranked_normal)
+    auc_per_class = [ranking.roc_auc(ranked_normal | (ranked_class == index)) for index in range(len(classes))]
     normal_scores = scores[frame_class == -1]
     return {
         "dataset": options.dataset,

@@ -1,17 +1,18 @@
-"""Frame-level metrics: ROC AUC (UCF-Crime), AP (XD-Violence) and the extra views of a run.
+"""Frame-level metrics: ROC AUC (UCF-Crime), AP (XD-Violence) and the extra views of a run, by scikit-learn.
 
-AP is the area under the precision-recall curve by the trapezoidal rule
-(``precision_recall_curve`` then ``auc(recall, precision)``), as the released
-XD-Violence script computes it; it differs slightly from sklearn's
-``average_precision_score`` (a step sum).
+ROC AUC is ``auc(*roc_curve(labels, scores)[:2])``, the released UCF script's
+call (equal to ``roc_auc_score``). AP is the area under the precision-recall
+curve by the trapezoidal rule (``precision_recall_curve`` then
+``auc(recall, precision)``), as the released XD-Violence script computes it;
+it differs slightly from ``average_precision_score`` (a step sum), so the
+released number needs this one.
 
-``Ranking`` sorts the frames once and draws every curve of a run from that
-order (the whole set, anomalous videos only, each class with the normal
-videos): a subset of a sorted sequence is sorted. Its curves and areas are
-sklearn's (``roc_curve`` with ``drop_intermediate``, ``precision_recall_curve``,
-``auc``) bit for bit: the counts at each threshold are integers, whatever the
-order among equal scores, and the areas are computed with sklearn's
-operations in sklearn's order (tests/test_metrics.py checks both against sklearn).
+``SortedFrames`` sorts a run's frames once, highest score first, and hands
+scikit-learn each subset (anomalous videos only, each class with the normal
+videos) already in that order, where its own stable sort has nothing left to
+do. The curves count positives and negatives at each distinct score, which no
+order among equal scores changes: the areas are those of the unsorted frames
+bit for bit (tests/test_metrics.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from vera.io import write_bytes_atomic
 
@@ -33,84 +35,44 @@ def _two_classes(labels: np.ndarray) -> bool:
     return labels.size > 0 and 0 < np.count_nonzero(labels) < labels.size
 
 
-def _trapezoid(x: np.ndarray, y: np.ndarray) -> float:
-    """sklearn's ``auc``: the trapezoid rule as scipy writes it, negated for a decreasing x."""
-    dx = x[1:] - x[:-1]
-    area = np.sum(dx * (y[1:] + y[:-1]) / 2.0, dtype=np.float64)
-    return float(-1 * area if np.any(dx < 0) else area)
-
-
-class Ranking:
-    """Frames in decreasing score order, with their labels: the curves of the set and of any subset."""
-
-    def __init__(self, order: np.ndarray, scores: np.ndarray, labels: np.ndarray):
-        self.order, self.scores, self.labels = order, scores, labels  # original indices, sorted scores, bool labels
-
-    @classmethod
-    def of(cls, labels: np.ndarray, scores: np.ndarray) -> Ranking:
-        scores = np.asarray(scores, dtype=np.float64)
-        # Any order among equal scores gives the same counts; numpy's default sort is the fastest.
-        order = np.argsort(scores)[::-1]
-        return cls(order, scores[order], np.asarray(labels)[order] != 0)
-
-    def subset(self, mask: np.ndarray) -> Ranking:
-        """The ranking of the frames where ``mask`` (in the original frame order) is true."""
-        keep = np.asarray(mask, dtype=bool)[self.order]
-        return Ranking(np.compress(keep, self.order), np.compress(keep, self.scores), np.compress(keep, self.labels))
-
-    def ranked(self, values: np.ndarray) -> np.ndarray:
-        """Per-frame ``values`` (original order) in this ranking's order, e.g. to build many masks for ``where``."""
-        return np.asarray(values)[self.order]
-
-    def where(self, keep: np.ndarray) -> Ranking:
-        """The ranking of the frames where ``keep``, given in ranked order, is true (its scores and labels only)."""
-        # np.compress: the same elements as boolean indexing, several times faster on large arrays.
-        return Ranking(np.empty(0, dtype=np.intp), np.compress(keep, self.scores), np.compress(keep, self.labels))
-
-    @property
-    def defined(self) -> bool:
-        return _two_classes(self.labels)
-
-    def _counts(self) -> tuple[np.ndarray, np.ndarray]:
-        """True and false positives at each distinct threshold, as sklearn counts them (float64 integers)."""
-        # Where the next score differs (sklearn: np.diff(scores) != 0), then the last frame.
-        thresholds = np.r_[np.flatnonzero(self.scores[1:] != self.scores[:-1]), self.scores.size - 1]
-        # Integer counts, exactly the float64 values of sklearn's cumulative sum.
-        true_positives = np.cumsum(self.labels, dtype=np.int64)[thresholds].astype(np.float64)
-        return true_positives, 1 + thresholds.astype(np.float64) - true_positives
-
-    def roc(self) -> tuple[np.ndarray, np.ndarray]:
-        """(false positive rate, true positive rate), sklearn's ``roc_curve`` with ``drop_intermediate``."""
-        tps, fps = self._counts()
-        if fps.size > 2:  # drop points on a straight line between their neighbours
-            keep = np.r_[True, np.logical_or(np.diff(fps, 2), np.diff(tps, 2)), True]
-            tps, fps = np.compress(keep, tps), np.compress(keep, fps)
-        tps, fps = np.r_[0.0, tps], np.r_[0.0, fps]
-        return fps / fps[-1], tps / tps[-1]
-
-    def precision_recall(self) -> tuple[np.ndarray, np.ndarray]:
-        """(precision, recall), sklearn's ``precision_recall_curve`` (recall decreasing, ending at 0)."""
-        tps, fps = self._counts()
-        precision = tps / (tps + fps)  # every threshold holds a frame: never 0/0
-        recall = tps / tps[-1]
-        return np.r_[precision[::-1], 1.0], np.r_[recall[::-1], 0.0]
-
-    def roc_auc(self) -> float | None:
-        return _trapezoid(*self.roc()) if self.defined else None
-
-    def pr_auc(self) -> float | None:
-        precision, recall = self.precision_recall()
-        return _trapezoid(recall, precision) if self.defined else None
-
-
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
     """Area under the ROC curve, or None where the labels hold one class only."""
-    return Ranking.of(labels, scores).roc_auc() if _two_classes(np.asarray(labels)) else None
+    labels = np.asarray(labels)
+    if not _two_classes(labels):
+        return None
+    fpr, tpr, _ = roc_curve(labels, scores)
+    return float(auc(fpr, tpr))
 
 
 def pr_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """Area under the precision-recall curve (trapezoidal), or None without positives."""
-    return Ranking.of(labels, scores).pr_auc() if _two_classes(np.asarray(labels)) else None
+    """Area under the precision-recall curve (trapezoidal), or None where the labels hold one class only."""
+    labels = np.asarray(labels)
+    if not _two_classes(labels):
+        return None
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    return float(auc(recall, precision))
+
+
+class SortedFrames:
+    """A run's frames in decreasing score order: the metrics of the whole run and of any subset, one sort."""
+
+    def __init__(self, labels: np.ndarray, scores: np.ndarray):
+        self.order = np.argsort(np.asarray(scores, dtype=np.float64))[::-1]
+        self.scores = np.asarray(scores, dtype=np.float64)[self.order]
+        self.labels = np.asarray(labels)[self.order]
+
+    def ranked(self, values: np.ndarray) -> np.ndarray:
+        """Per-frame ``values`` (in the original frame order) in this order, e.g. to build subset masks."""
+        return np.asarray(values)[self.order]
+
+    def roc_auc(self, keep: np.ndarray | None = None) -> float | None:
+        """ROC AUC of all frames, or of those where ``keep`` (in this order) is true."""
+        if keep is None:
+            return roc_auc(self.labels, self.scores)
+        return roc_auc(np.compress(keep, self.labels), np.compress(keep, self.scores))
+
+    def pr_auc(self) -> float | None:
+        return pr_auc(self.labels, self.scores)
 
 
 def false_alarm_rate(scores: np.ndarray, threshold: float = FALSE_ALARM_THRESHOLD) -> float | None:
@@ -136,13 +98,12 @@ def save_curves(labels: np.ndarray, scores: np.ndarray, output_dir: Path, title:
     # matplotlib's Figure without pyplot: the slowest import of a scoring run, and only this needs it.
     from matplotlib.figure import Figure
 
-    ranking = Ranking.of(labels, scores)
-    fpr, tpr = ranking.roc()
-    precision, recall = ranking.precision_recall()
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
     written = []
     for name, x, y, xlabel, ylabel, value in (
-        ("roc.png", fpr, tpr, "false positive rate", "true positive rate", f"AUC {_trapezoid(fpr, tpr):.4f}"),
-        ("pr.png", recall, precision, "recall", "precision", f"AP {_trapezoid(recall, precision):.4f}"),
+        ("roc.png", fpr, tpr, "false positive rate", "true positive rate", f"AUC {auc(fpr, tpr):.4f}"),
+        ("pr.png", recall, precision, "recall", "precision", f"AP {auc(recall, precision):.4f}"),
     ):
         figure = Figure(figsize=(4.5, 4.5), dpi=100)
         axes = figure.subplots()

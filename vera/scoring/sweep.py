@@ -1,12 +1,13 @@
 """Many scoring settings over one test set in one pass: each video is read and compared once.
 
-For every video, one ``VideoSteps`` serves every setting, so the similarity
-matrix, the neighbours of each K and the Step 2 values of each (K, τ) are
-computed once and reused; only the per-segment values of each setting are
-kept (a few hundred KB per setting for UCF-Crime), and the frame scores and
-the metric of a setting are made from them at the end. The numbers are those
-of separate ``compute_auc.py`` runs bit for bit: the same methods compute the
-same arrays, and the same ``Ranking`` makes the metric.
+For every video, one ``VideoSteps`` serves every setting: its similarity
+matrix and one full argsort of each row are computed once, every K is a
+slice of that order, and Step 2's values of each (K, τ) are reused by the
+settings that differ in Step 3 only. Only the per-segment values of each
+setting are kept (a few hundred KB per setting for UCF-Crime); the frame
+scores and the metric of a setting are made from them at the end. The
+numbers are those of separate ``compute_auc.py`` runs bit for bit: the same
+neighbours, the same arithmetic, the same metric function.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import numpy as np
 
 from vera.data.annotations import TestVideo
 from vera.errors import VeraError
-from vera.scoring.evaluate import read_inputs, select_videos
-from vera.scoring.metrics import Ranking
-from vera.scoring.steps import ScoringOptions
-from vera.scoring.video import VideoSteps, frames_from_segments
+from vera.scoring.evaluate import check_window, read_inputs, select_videos
+from vera.scoring.metrics import pr_auc, roc_auc
+from vera.scoring.steps import ScoringOptions, VideoSteps, frames_from_segments
 
 
 @dataclass
@@ -39,17 +39,9 @@ def _scoring_part(options: ScoringOptions) -> ScoringOptions:
     return replace(options.resolved(), classes=None, with_normal=False)
 
 
-def _neighbour_order(options: ScoringOptions) -> tuple:
-    """Settings that share neighbours run one after another (``VideoSteps`` keeps one set of neighbours), the
-    largest K first (its partition of the rows serves every smaller K)."""
-    random = -1 if options.random_k is None else options.random_k
-    return options.protocol, random, -(options.k_ratio if options.retrieval else 0.0)
-
-
 def metric_value(labels: np.ndarray, scores: np.ndarray, metric: str) -> float | None:
     """The run's main metric, as ``vera.scoring.evaluate.compute_metrics`` computes it."""
-    ranking = Ranking.of(labels, scores)
-    return ranking.roc_auc() if metric == "auc" else ranking.pr_auc()
+    return roc_auc(labels, scores) if metric == "auc" else pr_auc(labels, scores)
 
 
 def sweep(
@@ -79,8 +71,8 @@ def sweep(
     kept: list[_Kept] = []
     for item in inputs:
         key = item.video.key
-        steps = VideoSteps(item.segments.scores, item.features, item.segments.last_segment_frames, key)
-        needed = sorted(dict.fromkeys(part for part, keys in zip(parts, chosen) if key in keys), key=_neighbour_order)
+        steps = VideoSteps(item.segments.scores, item.features, item.segments.last_segment_frames, key, keep_order=True)
+        needed = dict.fromkeys(part for part, keys in zip(parts, chosen) if key in keys)
         kept.append(_Kept(key, item.segments.last_segment_frames, item.labels,
                           {part: steps.stages(part)["values"] for part in needed}))
     results: dict[tuple, float | None] = {}  # a setting given twice (e.g. every table's default) is measured once
@@ -90,6 +82,7 @@ def sweep(
         videos_in = [video for video in kept if video.key in keys]
         if not videos_in:
             raise VeraError("no video of this setting could be scored")
+        check_window(options, max(video.values[part].size for video in videos_in))
         scores = [frames_from_segments(video.values[part], video.last_segment_frames, part)[: video.labels.size]
                   for video in videos_in]
         results[part, keys] = metric_value(np.concatenate([video.labels for video in videos_in]),

@@ -18,7 +18,7 @@ from vera.data.annotations import TestVideo
 from vera.errors import VeraError
 from vera.io import save_npy_atomic, write_json_atomic
 from vera.runs import RunFolder
-from vera.scoring.evaluate import FRAME_SCORES_DIR, VideoResult, read_inputs, score_input
+from vera.scoring.evaluate import FRAME_SCORES_DIR, VideoResult, check_window, read_inputs, score_input
 from vera.scoring.stages import STAGES_FILE, write_stages
 from vera.scoring.steps import ScoringOptions
 
@@ -33,6 +33,7 @@ def score_videos(videos: list[TestVideo], scores_dir: Path, features_dir: Path |
     results = [score_input(item, options) for item in inputs]
     if not results:
         raise VeraError("no video to score")
+    check_window(options, max(video.stages["answers"].size for video in results))
     return results
 
 

@@ -1,0 +1,1 @@
+"""Reference computations used only by the tests."""

@@ -1,0 +1,79 @@
+"""The package's shape: no module of ``vera`` imports itself back through others."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from scripts import ROOT
+
+
+def _modules(package: Path) -> dict[str, Path]:
+    """Dotted name → file for every module under ``package`` (``__init__.py`` stands for its package)."""
+    modules = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return modules
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> set[str]:
+    """The package modules ``name`` imports anywhere in its file (function-level imports included)."""
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(anchor + ([base] if base else []))
+            # ``from a import b`` imports a.b where that is a module, else a name of a.
+            targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:  # a name inside a module: the module
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                found.add(target)
+    return found
+
+
+def import_cycles(package: Path) -> list[list[str]]:
+    """Every cycle of the import graph, each as one loop of module names (depth-first search)."""
+    modules = _modules(package)
+    graph = {name: sorted(_imports(name, path, modules)) for name, path in modules.items()}
+    cycles, state, stack = [], {}, []
+
+    def visit(name: str) -> None:
+        state[name] = "open"
+        stack.append(name)
+        for target in graph[name]:
+            if state.get(target) == "open":
+                cycles.append(stack[stack.index(target):] + [target])
+            elif target not in state:
+                visit(target)
+        stack.pop()
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name)
+    return cycles
+
+
+def test_no_import_cycle_in_the_package():
+    assert import_cycles(ROOT / "vera") == []
+
+
+def test_the_cycle_search_finds_a_cycle(tmp_path):
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "a.py").write_text("from pkg.sub import b\n")
+    (package / "sub" / "b.py").write_text("def f():\n    from ..a import g  # lazy, still a cycle\n")
+    (package / "c.py").write_text("import pkg.a\n")
+    assert import_cycles(package) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
