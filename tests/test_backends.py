@@ -154,8 +154,12 @@ def test_load_errors(tmp_path, tiny_models):
     with pytest.raises(VeraError, match=f"^model folder not found: {tmp_path / 'absent'}$"):
         load_backend("hf", str(tmp_path / "absent"), device="cpu", local_files_only=True)
     (tmp_path / "empty").mkdir()
-    with pytest.raises(VeraError, match="cannot load model"):
+    with pytest.raises(VeraError, match=f"^model folder {tmp_path / 'empty'} has no config.json "):
         load_backend("hf", str(tmp_path / "empty"), device="cpu")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text('{"model_type": "internvl"}')
+    with pytest.raises(VeraError, match=f"^cannot load model {tmp_path / 'broken'}: "):
+        load_backend("hf", str(tmp_path / "broken"), device="cpu")
     with pytest.raises(VeraError, match="unknown backend 'vllm'"):
         load_backend("vllm", "x")
     with pytest.raises(VeraError, match="unknown dtype"):
