@@ -46,7 +46,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from vera.data.frames import open_frames  # noqa: E402
 from vera.data.readahead import read_ahead, resolve_workers  # noqa: E402
-from vera.data.segments import HALF_WINDOW, num_segments, segment_centres  # noqa: E402
+from vera.data.segments import num_segments, segment_centres  # noqa: E402
+from vera.constants import HALF_WINDOW
 from vera.features.extraction import feature_job, video_features  # noqa: E402
 from vera.features.imagebind import (  # noqa: E402
     HUGE, NUM_CROPS, TINY, VIEW_SIZE, crop_views, load_vision_encoder, prepare_frames, randomly_initialised,

@@ -262,7 +262,8 @@ def main() -> int:
 
     from vera.devices import resolve_device, resolve_dtype
     from vera.vlm.backends import load_backend
-    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt
+    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt
+    from vera.constants import PRESET_QUESTIONS
 
     device = resolve_device(args.device)
     dtype = resolve_dtype("auto", device)

@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, work: Path) -> int:
-    from vera.vlm.prompts import PRESET_QUESTIONS, build_learner_prompt, load_template
+    from vera.vlm.prompts import build_learner_prompt, load_template
+    from vera.constants import PRESET_QUESTIONS
 
     work.mkdir(parents=True, exist_ok=True)
     src, dst = work / "original", work / "converted"

@@ -246,7 +246,8 @@ def step1_runs(model: Path, server: Server, work: Path, prompt_file: Path, max_n
 def run(args: argparse.Namespace, work: Path) -> dict:
     from vera.vlm.backends import load_backend
     from vera.vlm.backends.openai import OpenAIBackend, ServerSettings
-    from vera.vlm.prompts import PRESET_QUESTIONS, build_learner_prompt, learner_request, load_template
+    from vera.vlm.prompts import build_learner_prompt, learner_request, load_template
+    from vera.constants import PRESET_QUESTIONS
 
     started = time.perf_counter()
     model = write_model(args.arch, work)

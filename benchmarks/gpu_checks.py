@@ -27,7 +27,8 @@ from transformers import LogitsProcessorList
 
 from vera.vlm import decoding, greedy
 from vera.vlm.backends import load_backend
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
+from vera.constants import PRESET_QUESTIONS
 from vera.vlm.tiny_model import write_tiny_model
 
 

@@ -14,7 +14,8 @@ import torch
 from vera.vlm.backends import load_backend
 from vera.vlm.backends.base import VLMRequest
 from vera.errors import VeraError
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
+from vera.constants import PRESET_QUESTIONS
 
 ARCHS = ("internvl", "qwen2_vl")
 

@@ -11,7 +11,8 @@ import pytest
 from transformers import AutoTokenizer
 
 from vera.commands import run
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, INITIAL_QUESTIONS, PRESET_QUESTIONS, build_learner_prompt
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt
+from vera.constants import INITIAL_QUESTIONS, PRESET_QUESTIONS
 from video_fixtures import write_index_video
 
 LIMIT = 8192  # the tiny models' max_position_embeddings (vera.vlm.tiny_model)

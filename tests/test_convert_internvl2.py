@@ -24,7 +24,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from vera.errors import VeraError
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
+from vera.constants import PRESET_QUESTIONS
 
 spm = pytest.importorskip("sentencepiece")
 

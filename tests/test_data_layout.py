@@ -58,7 +58,7 @@ def test_a_missing_default_is_one_line_saying_how_to_fetch_it(data, tmp_path, ca
 def test_authors_prompts_are_used_where_present_and_said_so(data):
     import argparse
 
-    from vera.data.layout import fill_defaults
+    from vera.options import fill_defaults
 
     args = argparse.Namespace(dataset="ucf", prompt_file=None, optimizer_prompt_file=None)
     lines = fill_defaults(args, {"prompt_file", "optimizer_prompt_file"})
@@ -74,7 +74,7 @@ def test_authors_prompts_are_used_where_present_and_said_so(data):
 def test_xd_ap_takes_the_authors_frame_labels_only_for_ap(data):
     import argparse
 
-    from vera.data.layout import fill_defaults
+    from vera.options import fill_defaults
 
     (data / "name_gt_pair.json").write_text("{}")
     for metric, expected in ((None, data / "name_gt_pair.json"), ("ap", data / "name_gt_pair.json"), ("auc", None)):

@@ -14,7 +14,8 @@ from test_backends import _frames
 from vera.errors import VeraError
 from vera.vlm import decoding
 from vera.vlm.parsing import answer_prefix
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
+from vera.constants import PRESET_QUESTIONS
 
 ARCHS = ("internvl", "qwen2_vl")
 TOKENS = 24

@@ -12,7 +12,8 @@ import torch
 from test_decoding import _label_ids, _ratio_by_loops
 
 from vera.vlm import decoding, greedy
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
+from vera.constants import PRESET_QUESTIONS
 
 ARCHS = ("internvl", "qwen2_vl")
 ANSWER = 60

@@ -180,7 +180,7 @@ def test_a_step1_run_on_a_held_folder_is_refused_even_with_overwrite_and_another
         go.touch()
         assert first.wait(timeout=TIMEOUT_S) == 0, first.stderr.read()
     assert read_outputs(out) == read_outputs(lone) and set(read_outputs(out)) == {"v1", "v2"}
-    from vera.vlm.prompts import PRESET_QUESTIONS
+    from vera.constants import PRESET_QUESTIONS
 
     assert json.loads((out / RUN_FILE).read_text())["identity"]["questions"] == PRESET_QUESTIONS["ucf"]
 

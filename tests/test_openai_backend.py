@@ -31,7 +31,8 @@ from vera.errors import VeraError, run_cli
 from vera.options import base_urls
 from vera.vlm.backends.base import VLMRequest
 from vera.data.annotations import load_test_annotations
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE
+from vera.constants import PRESET_QUESTIONS
 from vera.vlm.step1 import Step1Runner, Step1Settings, plan_segments
 
 httpx2 = pytest.importorskip("httpx2", reason="the openai backend needs httpx2 (requirements.txt)")

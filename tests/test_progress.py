@@ -74,7 +74,8 @@ def test_a_stage_logs_plain_lines_into_a_log(tmp_path, capsys):
 
     from vera.data.annotations import TestVideo
     from vera.vlm.backends.scripted import ScriptedBackend
-    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE
+    from vera.constants import PRESET_QUESTIONS
     from vera.vlm.step1 import Step1Runner, Step1Settings
 
     (tmp_path / "frames" / "v").mkdir(parents=True)

@@ -8,18 +8,8 @@ import numpy as np
 import pytest
 
 from vera.errors import VeraError
-from vera.vlm.prompts import (
-    DEFAULT_LEARNER_TEMPLATE,
-    FRAME_LAYOUTS,
-    PRESET_QUESTIONS,
-    build_learner_prompt,
-    frame_lines,
-    insert_questions,
-    learner_request,
-    load_questions,
-    load_template,
-    preset_questions,
-)
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, frame_lines, insert_questions, learner_request, load_questions, load_template, preset_questions
+from vera.constants import FRAME_LAYOUTS, PRESET_QUESTIONS
 
 ANCHOR = "Based on the analysis above"
 EIGHT_LINES = "".join(f"Frame{n}: <image>\n" for n in range(1, 9))

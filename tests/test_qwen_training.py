@@ -36,7 +36,7 @@ from vera.learning.settings import TrainingOptions
 from vera.vlm.backends.base import VLMAnswer, VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.parsing import last_character_label
-from vera.vlm.prompts import INITIAL_QUESTIONS
+from vera.constants import INITIAL_QUESTIONS
 from vera.vlm.qwen_video import chat_text
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py

@@ -26,8 +26,8 @@ from vera.errors import VeraError
 from vera.vlm.backends.base import VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.input_dump import enable_input_dumps
-from vera.vlm.prompts import (DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_frames,
-                              learner_request, load_template, resolve_frame_layout)
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_frames, learner_request, load_template, resolve_frame_layout
+from vera.constants import PRESET_QUESTIONS
 from vera.vlm.qwen_video import chat_text
 
 SYS_START = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"

@@ -105,7 +105,8 @@ def test_wide_tiny_model_answers_through_the_hf_backend(tmp_path):
     import numpy as np
 
     from vera.vlm.backends import load_backend
-    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt, learner_request
+    from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
+    from vera.constants import PRESET_QUESTIONS
     from vera.vlm.tiny_model import write_tiny_model
 
     folder = write_tiny_model("qwen2_vl", tmp_path / "wide", head_dim=32)

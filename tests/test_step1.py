@@ -23,7 +23,8 @@ from vera.data.annotations import TestVideo
 from vera.vlm.backends.base import VLMAnswer, VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.errors import VeraError
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS, build_learner_prompt
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt
+from vera.constants import PRESET_QUESTIONS
 from vera.data.frames import resize_frames
 from vera.options import shard as shard_option
 from vera.vlm.step1 import Step1Runner, Step1Settings, plan_segments, select_videos

@@ -77,3 +77,31 @@ def test_the_cycle_search_finds_a_cycle(tmp_path):
     (package / "sub" / "b.py").write_text("def f():\n    from ..a import g  # lazy, still a cycle\n")
     (package / "c.py").write_text("import pkg.a\n")
     assert import_cycles(package) == [["pkg.a", "pkg.sub.b", "pkg.a"]]
+
+
+# Modules of the package that hold a command-line entry of their own (``python -m ...``): they may read
+# the option registry inside their ``main``.
+COMMAND_LINE_TOOLS = {"vera.options", "vera.vlm.convert_internvl2"}
+
+
+def test_the_core_takes_its_constants_from_vera_constants_not_the_command_line():
+    modules = _modules(ROOT / "vera")
+    readers = sorted(name for name, path in modules.items()
+                     if name not in COMMAND_LINE_TOOLS and "vera.options" in _imports(name, path, modules))
+    assert readers == []
+    assert _imports("vera.constants", modules["vera.constants"], modules) == set()
+
+
+def test_no_library_function_takes_a_parsed_command_line():
+    modules = _modules(ROOT / "vera")
+    takers = []
+    for name, path in modules.items():
+        if name in COMMAND_LINE_TOOLS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if any(argument.arg == "args" or "Namespace" in ast.unparse(argument.annotation or ast.Constant(""))
+                       for argument in arguments):
+                    takers.append(f"{name}.{node.name}")
+    assert takers == []

@@ -22,7 +22,7 @@ from vera.learning.launch import train
 from vera.learning.run_state import BEST_FILE, CHECKPOINT_FILE, HISTORY_FILE, VALIDATION_FILE, load_checkpoint
 from vera.learning.settings import TrainingOptions
 from vera.learning.training_data import batch_at, epoch_order
-from vera.vlm.prompts import INITIAL_QUESTIONS
+from vera.constants import INITIAL_QUESTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = "logs/version_0/metrics.csv"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from vera.data.annotations import TestVideo, load_test_annotations
 from vera.data.own_videos import MeasuredVideo, measure_each, read_labels, video_files, write_annotations
-from vera.data.segments import MIN_SCORED_FRAMES
+from vera.constants import MIN_SCORED_FRAMES
 from vera.errors import VeraError
 from vera.io import read_json, sha256_text, write_json_atomic
 from vera.runs import RunFolder

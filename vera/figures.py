@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from vera.data.annotations import TestVideo
-from vera.data.segments import SEGMENT_STRIDE
+from vera.constants import SEGMENT_STRIDE
 from vera.errors import VeraError
 from vera.io import parse_json, read_text, write_bytes_atomic, write_text_atomic
 

@@ -24,28 +24,17 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from vera.constants import (  # noqa: F401 - the option registry and its users read them here
+    BACKENDS, DATASETS, DEFAULT_EPOCHS, DEFAULT_NUM_QUESTIONS, FRAME_LAYOUTS, FRAME_SAMPLINGS,
+    HALF_WINDOW, METRICS, NO_QUESTIONS, PRESETS, PROTOCOLS, QWEN_VIDEO_EPOCHS, SCORE_MODES, SELECT_BY,
+)
 from vera.errors import VeraError
 
-# Choices that several modules share; the modules that use them import them from here.
-DATASETS = ("ucf", "xd")
-FRAME_LAYOUTS = ("released", "per-frame", "qwen-video")
-DEFAULT_FRAME_LAYOUT = "released"
-BACKENDS = ("hf", "openai")
+# Choices of the command line alone; the method's constants come from vera.constants.
 IMAGE_FORMATS = ("png", "jpeg")
 DTYPE_CHOICES = ("auto", "bfloat16", "float16", "float32")
-PROTOCOLS = ("released", "paper")
-METRICS = ("auc", "ap")
-PRESETS = ("ucf", "xd", "ucf-qwen", "initial")
-SELECT_BY = ("accuracy", "auc")
 ACCELERATORS = ("auto", "cuda", "cpu")
 ARTIFACTS = ("annotations", "prompts", "scores", "features")  # what Data/download.py fetches
-SCORE_MODES = ("generate", "label")  # Step 1: the generated answer's label, or the label read from one forward pass
-HALF_WINDOW = 150  # frames each side of a segment centre as released: 5 s at 30 fps
-FRAME_SAMPLINGS = ("uniform", "random", "tsn")  # the learner's training frames (the paper's sampling table)
-DEFAULT_NUM_QUESTIONS = 5  # the paper's m: at most this many guiding questions per optimizer proposal
-DEFAULT_EPOCHS = 10  # the authors' InternVL2 training (training.py)
-QWEN_VIDEO_EPOCHS = 50  # their Qwen2-VL training (vera_qwen_train.py): the default in the qwen-video layout
-NO_QUESTIONS = "none"  # --questions none: the bare prompt, without guiding questions
 
 
 # -- value types: each turns the text into a value or says, in one line, what is wrong --------
@@ -709,7 +698,6 @@ class Command:
 
     def parse(self, argv: Sequence[str] | None) -> argparse.Namespace:
         """Parse ``argv``; inputs not named are taken from ``Data/`` where it holds them (``vera.data.layout``)."""
-        from vera.data.layout import fill_defaults
 
         args = self.parser().parse_args(argv)
         names = {name for item in self.items for name in (item.names if isinstance(item, OneOf) else (item,))}
@@ -723,3 +711,56 @@ class Command:
         for line in taken:
             print(f"using {line}")
         return args
+
+
+def fill_defaults(args: argparse.Namespace, names: set[str]) -> list[str]:
+    """Fill the unnamed inputs of ``names`` from ``Data/`` (``vera.data.layout``); one line per default taken.
+
+    ``names`` are the option names the command takes (``vera.options``).
+    """
+    from vera.data.layout import PROMPTS, REQUIRED, XD_GT_FRAMES, data_root
+
+    root, dataset = data_root(), getattr(args, "dataset", None)
+    taken: list[str] = []
+
+    def unnamed(dest: str) -> bool:
+        return dest in names and getattr(args, dest, None) is None
+
+    def take(dest: str, flag: str, path: Path) -> None:
+        setattr(args, dest, path)
+        taken.append(f"{flag} {path} (default from {root}/)")
+
+    for dest, (flag, per_dataset, what) in REQUIRED.items():
+        if unnamed(dest):
+            if dataset is None:
+                raise VeraError(f"argument {flag}: required (or --dataset, to take it from {root}/)")
+            path = root / per_dataset[dataset]
+            if not (path.is_dir() if dest == "scores" else path.is_file()):
+                raise VeraError(f"argument {flag}: not given, and {path} is absent ({what}; python "
+                                "Data/download.py fetches the authors' files into Data/)")
+            take(dest, flag, path)
+    optional = {"features": ("--features", root / f"features/{dataset}", dataset is not None, Path.is_dir),
+                "gt_frames": ("--gt-frames", root / XD_GT_FRAMES,
+                              dataset == "xd" and getattr(args, "metric", None) in (None, "ap"), Path.is_file)}
+    for dest, (flag, path, applies, exists) in optional.items():
+        if unnamed(dest) and applies and exists(path):
+            take(dest, flag, path)
+    for dest, (flag, name) in PROMPTS.items():
+        if unnamed(dest):
+            if (root / name).is_file():
+                take(dest, flag, root / name)
+            else:
+                taken.append(f"the project's own template for {flag} ({root / name} is absent; "
+                             "python Data/download.py --what prompts fetches the authors')")
+    return taken
+
+
+def scoring_options(args: argparse.Namespace):
+    """The ``ScoringOptions`` of a parsed compute_auc/reproduce_tables command line; absent flags mean the defaults."""
+    from vera.scoring.steps import ScoringOptions
+
+    given = vars(args)
+    fields = ("protocol", "score_field", "skip_step2", "skip_smoothing", "skip_position_weighting", "k_ratio",
+              "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal")
+    return ScoringOptions(dataset=args.dataset, metric=given.get("metric") or ("auc" if args.dataset == "ucf" else "ap"),
+                          **{name: given[name] for name in fields if given.get(name) is not None})

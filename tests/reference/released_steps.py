@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from vera.scoring.steps import TEMPERATURE, cosine_similarity, released_neighbours, scene_context
+from vera.scoring.steps import cosine_similarity, released_neighbours, scene_context
+from vera.constants import TEMPERATURE
 
 
 def released_scene_context(features: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:

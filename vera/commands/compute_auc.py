@@ -16,7 +16,7 @@ options and inputs, and a folder made with others is refused unless --overwrite.
 
 from __future__ import annotations
 
-from vera.options import Command
+from vera.options import Command, scoring_options
 
 COMMAND = Command(__doc__, [
     "dataset", "annotations", "scores", "features", "scoring_output", "metric", "protocol", "score_field", "gt_frames",
@@ -29,9 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
     from vera.data.annotations import load_test_annotations
     from vera.scoring.evaluate import evaluate, evaluation_folder, summary, write_outputs
-    from vera.scoring.steps import ScoringOptions
 
-    options = ScoringOptions.from_args(args)
+    options = scoring_options(args)
     if args.output is None:
         from pathlib import Path
 

@@ -17,7 +17,8 @@ Exit status: 0 all verified, 1 something missing or malformed, 2 an error.
 
 from __future__ import annotations
 
-from vera.options import DATASETS, Command
+from vera.options import Command
+from vera.constants import DATASETS
 
 COMMAND = Command(__doc__, [
     "download_dataset", "download_what", "dest", "mirror", "download_retries", "no_progress",

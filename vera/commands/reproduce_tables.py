@@ -12,7 +12,7 @@ every number equals a separate compute_auc.py run with that setting, bit for bit
 
 from __future__ import annotations
 
-from vera.options import Command
+from vera.options import Command, scoring_options
 
 COMMAND = Command(__doc__, [
     "dataset", "annotations", "scores", "features", "output", "metric", "protocol", "gt_frames", "allow_missing",
@@ -28,10 +28,9 @@ def main(argv: list[str] | None = None) -> int:
         raise VeraError("--features is required: the tables vary Step 2, which compares segment features")
     from vera.data.annotations import NORMAL_CLASS, load_test_annotations
     from vera.runs import RunFolder
-    from vera.scoring.steps import ScoringOptions
     from vera.scoring.tables import reproduce, write_tables
 
-    base = ScoringOptions.from_args(args)
+    base = scoring_options(args)
     videos = load_test_annotations(args.annotations, args.dataset, merge_xd_duplicates=args.merge_xd_duplicates)
     identity = {name: None if value is None else str(value) for name, value in vars(args).items()
                 if name not in ("output", "overwrite")}

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     from vera.learning.settings import TrainingOptions
     from vera.vlm.context import check_context, prompt_source
     from vera.vlm.input_dump import enable_input_dumps
-    from vera.vlm.prompts import (INITIAL_QUESTIONS, build_learner_prompt, load_template, questions_from,
-                                  resolve_frame_layout)
+    from vera.vlm.prompts import build_learner_prompt, load_template, questions_from, resolve_frame_layout
+    from vera.constants import INITIAL_QUESTIONS
 
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,

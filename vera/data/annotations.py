@@ -14,7 +14,7 @@ from typing import Literal
 
 from vera.errors import VeraError
 from vera.io import read_json, read_text
-from vera.options import DATASETS
+from vera.constants import DATASETS
 
 Dataset = Literal["ucf", "xd"]
 DATASET_NAMES = {"ucf": "UCF-Crime", "xd": "XD-Violence"}

@@ -11,11 +11,8 @@ import math
 
 import numpy as np
 
-from vera.options import HALF_WINDOW  # frames on each side of a centre: 5 s at 30 fps
+from vera.constants import HALF_WINDOW, SEGMENT_STRIDE
 
-SEGMENT_STRIDE = 16
-# The fewest frames Steps 2-3 score (vera.scoring.evaluate.check_length): detect.py checks it before Step 1.
-MIN_SCORED_FRAMES = 2
 
 
 def num_segments(length: int) -> int:

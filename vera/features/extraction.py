@@ -52,7 +52,8 @@ from vera.features.reading import read_clip_frames
 from vera.io import save_npy_atomic
 from vera.progress import progress
 from vera.runs import RunFolder
-from vera.data.segments import HALF_WINDOW, num_segments, segment_centres
+from vera.data.segments import num_segments, segment_centres
+from vera.constants import HALF_WINDOW
 
 RECIPE = "lavad-imagebind: 10 frames/window, FrameVideo 30 fps, 5 clips x 2 s, 2 frames/clip, short side 224, 3 crops"
 KIND = "features"

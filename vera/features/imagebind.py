@@ -39,7 +39,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from vera.errors import VeraError
-from vera.data.segments import HALF_WINDOW, segment_window
+from vera.data.segments import segment_window
+from vera.constants import HALF_WINDOW
 
 # --- the view recipe (LAVAD's ImageBind video loader over frame files) ---
 FRAMES_PER_SEGMENT = 10

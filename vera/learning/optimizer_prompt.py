@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vera.errors import VeraError
-from vera.options import DEFAULT_NUM_QUESTIONS
+from vera.constants import DEFAULT_NUM_QUESTIONS
 from vera.vlm.prompts import QUESTIONS_ANCHOR, check_questions, frame_lines
 from vera.vlm.qwen_video import VIDEO_SLOT
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from vera.data.segments import video_frame_indices
 from vera.errors import VeraError
-from vera.options import FRAME_SAMPLINGS
+from vera.constants import FRAME_SAMPLINGS
 
 
 def _key_number(key: str) -> int:

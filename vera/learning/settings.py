@@ -7,8 +7,8 @@ from pathlib import Path
 
 from vera.data.frames import VLM_IMAGE_SIZE
 from vera.errors import VeraError
-from vera.options import DEFAULT_EPOCHS, DEFAULT_NUM_QUESTIONS, FRAME_SAMPLINGS, QWEN_VIDEO_EPOCHS, SELECT_BY
-from vera.vlm.prompts import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, INITIAL_QUESTIONS
+from vera.constants import DEFAULT_EPOCHS, DEFAULT_NUM_QUESTIONS, FRAME_SAMPLINGS, QWEN_VIDEO_EPOCHS, SELECT_BY
+from vera.constants import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, INITIAL_QUESTIONS
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from vera.errors import VeraError
 from vera.io import read_json
-from vera.data.segments import SEGMENT_STRIDE
+from vera.constants import SEGMENT_STRIDE
 
 
 @dataclass(frozen=True)

@@ -25,21 +25,14 @@ from typing import Literal
 
 import numpy as np
 
-from vera.data.segments import SEGMENT_STRIDE
 from vera.errors import VeraError
-from vera.options import METRICS, PROTOCOLS
+from vera.constants import (METRICS, PAPER_KERNEL, PAPER_NEIGHBOUR_FRACTION, POSITION_SIGMA_FRACTION, PROTOCOLS,
+                            RELEASED_KERNEL_SIGMA, RELEASED_KERNEL_SIZE, RELEASED_NEIGHBOUR_FRACTION, SEGMENT_STRIDE,
+                            TEMPERATURE)
 
 Protocol = Literal["released", "paper"]
 Metric = Literal["auc", "ap"]
 
-SIMILARITY_SCALE = 10.0  # softmax(10·S): the paper's temperature 0.1
-TEMPERATURE = 0.1  # τ; 1/τ is exactly SIMILARITY_SCALE in floating point
-RELEASED_NEIGHBOUR_FRACTION = 0.15  # the released scripts' int(0.15·h), on both datasets
-RELEASED_KERNEL_SIZE, RELEASED_KERNEL_SIGMA = 15, 10.0
-POSITION_SIGMA_FRACTION = 0.5  # σ₂ = ⌊F/2⌋
-# The paper's smoothing windows (ω, σ₁) and neighbour fractions K/h per dataset.
-PAPER_KERNEL = {"ucf": (15, 10.0), "xd": (30, 30.0)}
-PAPER_NEIGHBOUR_FRACTION = {"ucf": 0.10, "xd": 0.15}
 
 
 # ================================================================ Step 2: scene context
@@ -253,15 +246,6 @@ class ScoringOptions:
                             "(--skip-position-weighting, or the released XD-Violence AP script, which has none)")
         if self.with_normal and not self.classes:
             raise VeraError("--with-normal adds the normal videos to --classes; give --classes too")
-
-    @classmethod
-    def from_args(cls, args) -> ScoringOptions:
-        """The options of a parsed command line (``vera.options`` names); absent flags mean the defaults."""
-        given = vars(args)
-        fields = ("protocol", "score_field", "skip_step2", "skip_smoothing", "skip_position_weighting", "k_ratio",
-                  "random_k", "tau", "window", "sigma1", "sigma2", "classes", "with_normal")
-        return cls(dataset=args.dataset, metric=given.get("metric") or ("auc" if args.dataset == "ucf" else "ap"),
-                   **{name: given[name] for name in fields if given.get(name) is not None})
 
     @property
     def released(self) -> bool:

@@ -32,53 +32,11 @@ from vera.vlm import qwen_video
 from vera.vlm.backends.base import IMAGE_PLACEHOLDER, VLMRequest
 from vera.errors import VeraError
 from vera.io import read_text
-from vera.options import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NO_QUESTIONS
+from vera.constants import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NO_QUESTIONS, NUM_FRAMES, QUESTION_SETS
 
 DATA_SLOT = "$Data"
 QUESTIONS_ANCHOR = "Based on the analysis above"
-NUM_FRAMES = 8
 
-# The guiding questions the authors published: the learned UCF-Crime and
-# XD-Violence sets (VERA README) and the set hard-coded in their Qwen2-VL script.
-PRESET_QUESTIONS: dict[str, list[str]] = {
-    "ucf": [
-        "1. Are there any people in the video who are not in their typical positions or engaging in activities "
-        "that are not consistent with their usual behavior?",
-        "2. Are there any vehicles in the video that are not in their typical positions or being used in a way "
-        "that is not consistent with their usual function?",
-        "3. Are there any objects in the video that are not in their typical positions or being used in a way "
-        "that is not consistent with their usual function?",
-        "4. Is there any visible damage or unusual movement in the video that indicates an anomaly?",
-        "5. Are there any unusual sounds or noises in the video that suggest an anomaly?",
-    ],
-    "xd": [
-        "1. Are there any frames where the video content shows an object or person performing an unusual action "
-        "that does not fit the usual pattern of the video content?",
-        "2. Are there any frames where the video content shows an object or person behaving in a way that is "
-        "clearly abnormal or unexpected?",
-        "3. Are there any frames where the video content shows a clear indication of an anomaly in the behavior "
-        "of objects or people, such as an object moving in an unexpected way or a person performing an unusual "
-        "action?",
-        "4. Are there any frames where the video content shows a player or object being out of place or not "
-        "fitting the usual pattern of the video content?",
-        "5. Are there any frames where the video content shows a disruption in the normal flow of the video, "
-        "such as a sudden change in the camera angle or a loss of video quality?",
-    ],
-    "ucf-qwen": [
-        "1. Are there any unusual movements or positions of the vehicles in the video frames?",
-        "2. Are there any inconsistencies in the actions of the vehicles in the video frames that suggest an "
-        "anomaly?",
-        "3. Are there any unusual behaviors of the vehicles in the video frames?",
-        "4. Are there any inconsistencies in the weather conditions in the video frames that suggest an anomaly?",
-        "5. Are there any unusual objects or items in the video frames that are not in their usual positions?",
-    ],
-}
-# The two hand-written questions the authors' training starts from (the paper's Q0): ``--preset initial``.
-INITIAL_QUESTIONS = [
-    "1. Is there any suspicious person or object that looks unusual in this scene?",
-    "2. Is there any behavior that looks unusual in this scene?",
-]
-QUESTION_SETS: dict[str, list[str]] = {**PRESET_QUESTIONS, "initial": INITIAL_QUESTIONS}
 
 # The project's own learner template: the same slots and answer format as the
 # authors' file, in our own words.

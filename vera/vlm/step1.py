@@ -53,8 +53,8 @@ from vera.progress import progress
 from vera.runs import RunFolder
 from vera.vlm.input_dump import enable_input_dumps
 from vera.vlm.parsing import LABEL_ONLY, PARSE_STATUSES, ParsedAnswer, answer_prefix, parse_answer
-from vera.vlm.prompts import (DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES, build_learner_prompt, frame_reader,
-                              learner_request)
+from vera.vlm.prompts import build_learner_prompt, frame_reader, learner_request
+from vera.constants import DEFAULT_FRAME_LAYOUT, FRAME_LAYOUTS, NUM_FRAMES
 from vera.data.segments import half_window, segment_centres, segment_window, window_frame_indices
 
 KIND = "step1"

@@ -37,7 +37,8 @@ from transformers import (
 
 from vera.errors import VeraError, run_cli
 from vera.runs import check_writable
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, NUM_FRAMES, PRESET_QUESTIONS, frame_lines
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, frame_lines
+from vera.constants import NUM_FRAMES, PRESET_QUESTIONS
 
 ARCHITECTURES = ("internvl", "qwen2_vl")
 # Weights far larger than a trained model's 0.02, so that the random model's

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vera.vlm.backends.base import VLMBackend
 from vera.errors import VeraError
-from vera.options import BACKENDS
+from vera.constants import BACKENDS
 from vera.vlm.backends.openai import OpenAIBackend, ServerSettings
 
 
