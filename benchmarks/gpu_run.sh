@@ -1,5 +1,5 @@
 #!/bin/bash
-# One GPU run of everything issue #11 measures: the GPU-only equality checks (benchmarks/gpu_checks.py), then the
+# One GPU run of every GPU figure of RESULTS.md: the GPU-only equality checks (benchmarks/gpu_checks.py), then the
 # Step 1 and feature benchmarks; results (JSON and a log) under $OUT. For a machine that has torch (and maybe
 # torchvision and transformers) but no internet: prepare here, in the ignored folder runs/,
 #   pip download --no-deps -d runs/device-wheels transformers==5.24.0 tokenizers==0.23.3 safetensors==0.8.0 \

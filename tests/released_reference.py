@@ -1,4 +1,4 @@
-"""A plain, loop-by-loop transcription of the released scoring, written from issue #2's description.
+"""A plain, loop-by-loop transcription of the released scoring, written from its description.
 
 It is deliberately naive (Python lists, one segment at a time, ``round`` on
 numpy scalars), so that the vectorised ``vera.scoring.steps`` can be checked against

@@ -213,7 +213,7 @@ def test_label_mode_dumps_the_prompt_and_the_forced_prefix(arch, tiny_models, tm
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_a_batch_answers_as_its_segments_one_at_a_time(arch, tiny_models):
-    """Issue #11's check of the fast path: batched answers equal the released one-segment-per-call answers."""
+    """The fast path's check: batched answers equal the released one-segment-per-call answers."""
     backend = tiny_models.backend(arch)
     requests = _same_length_requests(6)
     batched = backend.generate(requests, ANSWER)

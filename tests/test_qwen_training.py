@@ -1,6 +1,6 @@
 """Training in the qwen-video frame layout against the authors' Qwen2-VL training script (``vera_qwen_train.py``).
 
-The references are written here from the description of that script (issue 9): per batch, the optimizer
+The references are written here from the description of that script: per batch, the optimizer
 template's prediction and target lists replaced by Python list strings, Qwen2-VL's video slot inserted before
 "** Model Descriptions: **" by the released slice (the character before the marker repeated after the slot), the
 questions inserted before "Based on the analysis above", the authors' chat string around it all, and ONE video

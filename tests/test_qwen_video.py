@@ -1,7 +1,7 @@
 """The qwen-video frame layout against the authors' Qwen2-VL construction, and --dump-inputs against the originals.
 
-References are written here from the description of the authors' scripts
-(issue 9): their chat string, a message with one video of frame *files* at
+References are written here from the description of the authors' scripts:
+their chat string, a message with one video of frame *files* at
 fps 1.0 through ``qwen_vl_utils.process_vision_info``, and the processor of
 their era, which kept qwen-vl-utils' frame size and normalised in numpy
 (float64 rescale rounded to float32, then float32 ``(x - mean) / std``).
