@@ -8,7 +8,7 @@ memory, max RSS, is its own):
 
 - compare: in ONE process, on the same inputs, alternating, --repeats times
   each (the fastest counts): the released algorithm (the per-segment loop of
-  tests/released_reference.py, a transcription of the released script, with
+  tests/reference/released.py, a transcription of the released script, with
   sklearn's ROC AUC), a plain ``compute_auc.py`` run (its ``main``, writing
   every output and the curves), and ``reproduce_tables.py``'s sweep of the
   default setting alone and of every table; prints the ratio of the plain
@@ -180,7 +180,7 @@ def run_reference(workdir: Path, annotations: Path) -> dict:
     import numpy as np
     from sklearn.metrics import auc, roc_curve
 
-    from released_reference import reference_labels, reference_video
+    from reference.released import reference_labels, reference_video
 
     entries = json.loads(annotations.read_text())
     start_cpu, start = time.process_time(), time.perf_counter()

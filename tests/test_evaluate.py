@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-from released_reference import reference_labels, reference_video
+from reference.released import reference_labels, reference_video
 from vera.data.annotations import TestVideo, load_test_annotations
 from vera.errors import VeraError
 from vera.scoring.evaluate import evaluate

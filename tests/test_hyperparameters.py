@@ -1,7 +1,7 @@
 """The paper's Step 2/3 hyper-parameters as options: each changes exactly what it should.
 
 Hand-computed small cases, and bit-for-bit equality with the loop reference
-of tests/hyperparameter_reference.py (the released script's loops with the
+of tests/reference/hyperparameters.py (the released script's loops with the
 parameter substituted).
 """
 
@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 
-from hyperparameter_reference import reference_video_with
-from released_reference import reference_video
+from reference.hyperparameters import reference_video_with
+from reference.released import reference_video
 from vera.errors import VeraError
 from vera.options import OPTIONS, build_parser
 from vera.scoring.steps import (

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, roc_curve
 
-from released_reference import reference_video
+from reference.released import reference_video
 from scripts import ROOT
 from vera.commands import run
 from vera.data.annotations import NORMAL_CLASS, load_test_annotations

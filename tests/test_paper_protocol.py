@@ -1,4 +1,4 @@
-"""``--protocol paper`` against hand-computed values and the loop-based reference in paper_reference.py."""
+"""``--protocol paper`` against hand-computed values and the loop-based reference in reference/paper.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import paper_reference as reference
+from reference import paper as reference
 from vera.scoring.steps import ScoringOptions, frame_scores
 
 compute_auc = importlib.import_module("vera.commands.compute_auc")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from reference.released_steps import released_scene_context
-from released_reference import reference_video
+from reference.released import reference_video
 from vera.scoring.steps import (
     ScoringOptions,
     frame_scores,

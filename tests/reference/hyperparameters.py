@@ -1,7 +1,7 @@
 """A loop-by-loop transcription of the released scoring with the paper's hyper-parameters as arguments.
 
 Written from the descriptions (docs/paper.md) in the
-style of released_reference.py, not from the package: the released script's
+style of reference/released.py, not from the package: the released script's
 operations, one segment at a time, with 0.15 → ``k_ratio``, ``* 10`` →
 ``* (1 / tau)``, the 15-tap / σ = 10 kernel → ``window`` / ``sigma1``, and
 σ = int(n/2) → int(sigma2 · n). ``neighbours`` replaces the most similar
