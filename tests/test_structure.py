@@ -105,3 +105,29 @@ def test_no_library_function_takes_a_parsed_command_line():
                        for argument in arguments):
                     takers.append(f"{name}.{node.name}")
     assert takers == []
+
+
+# Needed at run time without being imported by the package: qwen-vl-utils imports torchvision without declaring it.
+UNDECLARED_BY_A_REQUIREMENT = {"torchvision"}
+
+
+def test_requirements_list_exactly_what_the_package_imports():
+    import importlib.metadata
+    import re
+    import sys
+
+    imported = set()
+    for path in (ROOT / "vera").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"vera"}
+    providers = importlib.metadata.packages_distributions()
+    distributions = {name.lower().replace("_", "-") for module in third_party for name in providers[module]}
+    lines = (ROOT / "requirements.txt").read_text(encoding="utf-8").splitlines()
+    listed = [re.split(r"[<>=!~ \[;]", line.strip(), maxsplit=1)[0].lower().replace("_", "-")
+              for line in lines if line.strip() and not line.startswith("#")]
+    assert len(listed) == len(set(listed))
+    assert set(listed) == distributions | UNDECLARED_BY_A_REQUIREMENT
