@@ -1,4 +1,4 @@
-"""The paper's plotted figures from this repository's outputs (PNG, matplotlib).
+"""Every plot of the project (PNG, matplotlib): the paper's figures and the evaluation's curves.
 
 - Score curves (Figs. 8 and 13): for one test video, the Step 1 answers, the
   values after Step 2 and after smoothing, the final frame scores, and the
@@ -8,16 +8,21 @@
   against the step, with a moving average, from ``validation.jsonl``.
 - Question evolution (Fig. 10): which step changed which question, from
   ``history.jsonl``, as a timeline (PNG) and the texts (Markdown).
+- ROC and precision-recall curves of an evaluation (``compute_auc.py``'s
+  ``roc.png`` and ``pr.png``).
 
 Only ``matplotlib.figure`` is used (no pyplot): no global state, no display.
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from io import BytesIO
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
 from vera.data.annotations import TestVideo
 from vera.constants import SEGMENT_STRIDE
@@ -174,3 +179,48 @@ def question_evolution(history: list[dict], validations: list[dict], path: Path)
     text_path = path.with_suffix(".md")
     write_text_atomic(text_path, "\n".join(markdown) + "\n")
     return _save(figure, path), text_path
+
+
+# ---------------------------------------------------------------- ROC and PR curves
+
+_PLOT_POINTS = 2000  # a curve drawn 450 pixels wide needs no more
+
+
+def _thinned(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """At most about ``_PLOT_POINTS`` points of a curve, its ends kept (for drawing only)."""
+    if x.size <= _PLOT_POINTS:
+        return x, y
+    keep = np.unique(np.r_[np.linspace(0, x.size - 1, _PLOT_POINTS).astype(np.int64), x.size - 1])
+    return x[keep], y[keep]
+
+
+def preload_plotting() -> None:
+    """Import matplotlib in a background thread, while the scoring works (numpy releases the GIL)."""
+    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True).start()
+
+
+def save_curves(labels: np.ndarray, scores: np.ndarray, output_dir: Path, title: str) -> list[Path]:
+    """Write ``roc.png`` and ``pr.png``; returns the paths written."""
+    # matplotlib's Figure without pyplot: the slowest import of a scoring run, and only this needs it.
+    from matplotlib.figure import Figure
+
+    fpr, tpr, _ = roc_curve(labels, scores)
+    precision, recall, _ = precision_recall_curve(labels, scores)
+    written = []
+    for name, x, y, xlabel, ylabel, value in (
+        ("roc.png", fpr, tpr, "false positive rate", "true positive rate", f"AUC {auc(fpr, tpr):.4f}"),
+        ("pr.png", recall, precision, "recall", "precision", f"AP {auc(recall, precision):.4f}"),
+    ):
+        figure = Figure(figsize=(4.5, 4.5), dpi=100)
+        axes = figure.subplots()
+        axes.plot(*_thinned(x, y), lw=1.5)
+        if name == "roc.png":
+            axes.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
+        axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{title}, {value}")
+        figure.tight_layout()
+        buffer = BytesIO()
+        figure.savefig(buffer, format="png")
+        path = Path(output_dir) / name
+        write_bytes_atomic(path, buffer.getvalue())
+        written.append(path)
+    return written

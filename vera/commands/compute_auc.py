@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
 
         args.output = Path("runs") / f"{options.dataset}_{options.metric}_{options.protocol}"
     if not args.no_curves:
-        from vera.scoring.metrics import preload_plotting
+        from vera.figures import preload_plotting
 
         preload_plotting()
     folder = evaluation_folder(args.output, options, annotations=args.annotations, scores_dir=args.scores,

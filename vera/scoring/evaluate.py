@@ -19,7 +19,8 @@ from vera.data.annotations import NORMAL_CLASS, TestVideo, check_intervals
 from vera.errors import VeraError
 from vera.io import read_json, save_npy_atomic, write_json_atomic
 from vera.runs import RunFolder
-from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, SortedFrames, false_alarm_rate, save_curves
+from vera.figures import save_curves
+from vera.scoring.metrics import FALSE_ALARM_THRESHOLD, SortedFrames, false_alarm_rate
 from vera.scoring.score_files import SegmentScores, read_segment_scores
 from vera.scoring.stages import STAGES_FILE, write_stages
 from vera.scoring.steps import ScoringOptions, VideoSteps, frames_from_segments, ground_truth, released_ap_trim

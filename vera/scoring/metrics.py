@@ -17,18 +17,10 @@ bit for bit (tests/test_metrics.py).
 
 from __future__ import annotations
 
-import importlib
-import threading
-from io import BytesIO
-from pathlib import Path
-
 import numpy as np
 from sklearn.metrics import auc, precision_recall_curve, roc_curve
 
-from vera.io import write_bytes_atomic
-
 FALSE_ALARM_THRESHOLD = 0.5
-_PLOT_POINTS = 2000  # a curve drawn 450 pixels wide needs no more
 
 
 def _two_classes(labels: np.ndarray) -> bool:
@@ -78,43 +70,3 @@ class SortedFrames:
 def false_alarm_rate(scores: np.ndarray, threshold: float = FALSE_ALARM_THRESHOLD) -> float | None:
     """Fraction of frames scored at or above ``threshold`` (callers pass normal videos' frames)."""
     return float(np.count_nonzero(scores >= threshold) / scores.size) if scores.size else None
-
-
-def _thinned(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """At most about ``_PLOT_POINTS`` points of a curve, its ends kept (for drawing only)."""
-    if x.size <= _PLOT_POINTS:
-        return x, y
-    keep = np.unique(np.r_[np.linspace(0, x.size - 1, _PLOT_POINTS).astype(np.int64), x.size - 1])
-    return x[keep], y[keep]
-
-
-def preload_plotting() -> None:
-    """Import matplotlib in a background thread, while the scoring works (numpy releases the GIL)."""
-    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",), daemon=True).start()
-
-
-def save_curves(labels: np.ndarray, scores: np.ndarray, output_dir: Path, title: str) -> list[Path]:
-    """Write ``roc.png`` and ``pr.png``; returns the paths written."""
-    # matplotlib's Figure without pyplot: the slowest import of a scoring run, and only this needs it.
-    from matplotlib.figure import Figure
-
-    fpr, tpr, _ = roc_curve(labels, scores)
-    precision, recall, _ = precision_recall_curve(labels, scores)
-    written = []
-    for name, x, y, xlabel, ylabel, value in (
-        ("roc.png", fpr, tpr, "false positive rate", "true positive rate", f"AUC {auc(fpr, tpr):.4f}"),
-        ("pr.png", recall, precision, "recall", "precision", f"AP {auc(recall, precision):.4f}"),
-    ):
-        figure = Figure(figsize=(4.5, 4.5), dpi=100)
-        axes = figure.subplots()
-        axes.plot(*_thinned(x, y), lw=1.5)
-        if name == "roc.png":
-            axes.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
-        axes.set(xlabel=xlabel, ylabel=ylabel, xlim=(0, 1), ylim=(0, 1.02), title=f"{title}, {value}")
-        figure.tight_layout()
-        buffer = BytesIO()
-        figure.savefig(buffer, format="png")
-        path = Path(output_dir) / name
-        write_bytes_atomic(path, buffer.getvalue())
-        written.append(path)
-    return written
