@@ -36,7 +36,7 @@ import torch
 
 from vera.data.annotations import load_test_annotations
 from vera.data.frames import VideoFrames, open_frames
-from vera.features.extraction import video_features
+from vera.features.feature_extraction import video_features
 from vera.features.imagebind import load_vision_encoder
 from vera.scoring.steps import ScoringOptions, cosine_similarity, frame_scores, released_neighbour_count
 

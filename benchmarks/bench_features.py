@@ -9,7 +9,7 @@ The encoder has random weights of ImageBind-huge's shape (or the tiny test
 shape), built on the device; nothing is downloaded. Measured for each
 precision, after a warm-up:
 
-- end to end: ``vera.features.extraction.video_features`` on the real clips
+- end to end: ``vera.features.feature_extraction.video_features`` on the real clips
   (``--clips``, read from JPEG folders written to a temporary folder or from
   the clips, repeated until ``--segments`` segments), the way a run computes
   them: the frames read by ``--input-workers`` processes ahead of the model
@@ -48,7 +48,7 @@ from vera.data.frames import open_frames  # noqa: E402
 from vera.data.readahead import read_ahead, resolve_workers  # noqa: E402
 from vera.data.segments import num_segments, segment_centres  # noqa: E402
 from vera.constants import HALF_WINDOW
-from vera.features.extraction import feature_job, video_features  # noqa: E402
+from vera.features.feature_extraction import feature_job, video_features  # noqa: E402
 from vera.features.imagebind import (  # noqa: E402
     HUGE, NUM_CROPS, TINY, VIEW_SIZE, crop_views, load_vision_encoder, prepare_frames, randomly_initialised,
     segment_clips,
@@ -102,7 +102,7 @@ def end_to_end(encoder, warm_up, plan, source: dict, batch_size: int, device: to
     """The ``plan``'s videos as a run computes them, timed after the ``warm_up`` videos of the same run."""
     jobs = [feature_job(key, length, batch_size=batch_size, **source) for key, length in [*warm_up, *plan]]
     started, segments = None, 0
-    with read_ahead(jobs, workers, chunk=1) as video_reads:  # as vera.features.extraction reads them
+    with read_ahead(jobs, workers, chunk=1) as video_reads:  # as vera.features.feature_extraction reads them
         for number, ((key, length), reads) in enumerate(zip([*warm_up, *plan], video_reads, strict=True)):
             if number == len(warm_up):
                 reset_peak(device)

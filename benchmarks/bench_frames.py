@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "tests"))  # test fixtures (video writer), not the
 
 from video_fixtures import decode_index, write_h264_index_video  # noqa: E402
 
-from vera.data.extraction import extract_videos  # noqa: E402
+from vera.data.frame_extraction import extract_videos  # noqa: E402
 from vera.data.frames import DEFAULT_CACHE_BYTES, JpegFolderFrames, VideoFileFrames  # noqa: E402
 from vera.data.segments import segment_centres, segment_window, window_frame_indices  # noqa: E402
 

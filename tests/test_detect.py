@@ -117,11 +117,11 @@ def test_input_workers_auto_is_step1s_default(clips, tiny_models, tmp_path, monk
 
 def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tiny_models, tmp_path, monkeypatch):
     """A run whose Step 1 and features read through 2 workers writes the same bytes as ``detected`` (in process)."""
-    import vera.features.extraction
+    import vera.features.feature_extraction
     import vera.vlm.step1
 
     workers = {}
-    for stage, module in (("step1", vera.vlm.step1), ("features", vera.features.extraction)):
+    for stage, module in (("step1", vera.vlm.step1), ("features", vera.features.feature_extraction)):
         def spy(jobs, count, chunk, stage=stage, original=module.read_ahead):
             workers[stage] = count
             return original(jobs, count, chunk)

@@ -16,7 +16,7 @@ from sklearn.metrics import auc, roc_curve
 
 from vera.data.annotations import infer_dataset, load_test_annotations
 from vera.errors import VeraError, run_cli
-from vera.features.extraction import FeatureSettings, extract_features, video_features
+from vera.features.feature_extraction import FeatureSettings, extract_features, video_features
 from vera.data.frames import open_frames
 from vera.features.imagebind import TINY, randomly_initialised
 from vera.data.segments import num_segments, segment_centres, segment_window

@@ -16,10 +16,10 @@ from test_features import data, encoder  # noqa: F401 (fixtures)
 from test_step1_workers import CLIPS, folder_bytes
 from video_fixtures import write_problem_videos
 
-import vera.features.extraction as extraction
+import vera.features.feature_extraction as extraction
 from vera.data.annotations import TestVideo
 from vera.errors import run_cli
-from vera.features.extraction import FeatureSettings, extract_features
+from vera.features.feature_extraction import FeatureSettings, extract_features
 from vera.features.imagebind import TINY, segment_clips
 
 ROOT = Path(__file__).resolve().parents[1]

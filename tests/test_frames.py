@@ -18,7 +18,7 @@ import pytest
 from video_fixtures import decode_index, extract_or_crash, index_frame, write_h264_index_video, write_index_video
 
 from vera.errors import VeraError
-from vera.data.extraction import (
+from vera.data.frame_extraction import (
     MANIFEST_NAME,
     ExtractedVideo,
     annotated_lengths,

@@ -20,7 +20,7 @@ import pytest
 import torch
 
 from vera.errors import VeraError
-from vera.features.extraction import video_features
+from vera.features.feature_extraction import video_features
 from vera.data.frames import open_frames
 from vera.features.imagebind import (
     CLIP_MEAN,

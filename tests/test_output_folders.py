@@ -16,10 +16,10 @@ import pytest
 # Imported now: the read-only case runs part of each command as an ordinary user, who cannot read
 # the standard library's folder here, so nothing may be imported for the first time inside it.
 import vera.data.annotations  # noqa: F401
-import vera.data.extraction
+import vera.data.frame_extraction
 import vera.data.frames  # noqa: F401
 import vera.devices  # noqa: F401
-import vera.features.extraction  # noqa: F401
+import vera.features.feature_extraction  # noqa: F401
 import vera.features.imagebind
 import vera.scoring.evaluate
 import vera.scoring.steps  # noqa: F401
@@ -32,7 +32,7 @@ from vera.runs import RunFolder
 
 STAGES = {
     # command module: (kind of run folder, the flag naming the output folder, where its work starts)
-    "extract_frames": ("frames", "--frames", (vera.data.extraction, "_run_pool")),
+    "extract_frames": ("frames", "--frames", (vera.data.frame_extraction, "_run_pool")),
     "extract_features": ("features", "--output", (vera.features.imagebind, "load_vision_encoder")),
     "generate_initial_score": ("step1", "--output", (vera.vlm.backends, "load_backend")),
     "compute_auc": ("evaluation", "--output", (vera.scoring.evaluate, "evaluate")),

@@ -116,7 +116,7 @@ def write_problem_videos(videos: Path, bad_frame: int) -> None:
 
 def extract_or_crash(video: Path, frames_dir: Path, known: bool, allow_short: bool = False):
     """A stand-in for ``extract_video`` whose worker dies on videos named ``crash*`` and raises on ``oops*``."""
-    from vera.data.extraction import extract_video
+    from vera.data.frame_extraction import extract_video
 
     if Path(video).name.startswith("crash"):
         os._exit(3)
@@ -128,7 +128,7 @@ def extract_or_crash(video: Path, frames_dir: Path, known: bool, allow_short: bo
 def decode_to_jpegs(video: Path, folder: Path) -> int:
     """Decode ``video`` with OpenCV and write every frame as ``folder/%06d.jpg``; returns the count.
 
-    A plain decode-and-write loop, independent of ``vera.data.extraction``,
+    A plain decode-and-write loop, independent of ``vera.data.frame_extraction``,
     for tests and benchmarks that need frame folders of the real clips.
     """
     folder.mkdir(parents=True, exist_ok=True)

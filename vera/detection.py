@@ -197,7 +197,7 @@ class DetectSettings:
 
 
 def _feature_settings(settings: DetectSettings, half: int):
-    from vera.features.extraction import FeatureSettings
+    from vera.features.feature_extraction import FeatureSettings
     from vera.features.imagebind import HUGE, TINY
 
     if settings.random_init:
@@ -210,7 +210,7 @@ def _feature_settings(settings: DetectSettings, half: int):
 def run_detect(settings: DetectSettings, log=print) -> Path:
     """Every stage in turn (see the module docstring); returns the report's index page."""
     from vera.data.segments import half_window
-    from vera.features.extraction import feature_folder
+    from vera.features.feature_extraction import feature_folder
     from vera.report.build import ReportSettings, report_folder
     from vera.scoring.steps import ScoringOptions
     from vera.scoring.unlabelled import frame_scores_folder
@@ -286,7 +286,7 @@ def _step1(settings: DetectSettings, step1, videos: list[TestVideo], log) -> Non
 
 def _features(settings: DetectSettings, features, paths: DetectPaths, videos: list[TestVideo], log) -> None:
     from vera.devices import resolve_device
-    from vera.features.extraction import extract_features
+    from vera.features.feature_extraction import extract_features
     from vera.features.imagebind import load_vision_encoder
 
     import torch

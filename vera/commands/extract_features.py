@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     from vera.devices import resolve_device, resolve_dtype
     from vera.distributed import launch
     from vera.errors import VeraError
-    from vera.features.extraction import FeatureSettings, extract_features, feature_folder
+    from vera.features.feature_extraction import FeatureSettings, extract_features, feature_folder
     from vera.features.imagebind import HUGE, TINY, load_vision_encoder
 
     window = half_window(args.fps)

@@ -25,7 +25,7 @@ COMMAND = Command(__doc__, ["videos_in", "frames_out", "workers", "annotations_c
 
 def main(argv: list[str] | None = None) -> int:
     args = COMMAND.parse(argv)
-    from vera.data.extraction import annotated_lengths, extract_videos, length_mismatches, read_manifest
+    from vera.data.frame_extraction import annotated_lengths, extract_videos, length_mismatches, read_manifest
     from vera.data.frames import list_videos
     from vera.errors import VeraError
 

@@ -1,6 +1,6 @@
 """The frames of one batch of segment clips: the part of feature extraction that runs in the input workers.
 
-Kept apart from ``vera.features.extraction`` because a worker imports the
+Kept apart from ``vera.features.feature_extraction`` because a worker imports the
 module of the function it runs (``vera.data.readahead``): this one needs only
 numpy and the frame readers, where ``extraction`` imports torch (about 1.5 s
 and 600 MB more per worker).
