@@ -30,7 +30,8 @@ A worker that dies (killed, out of memory) ends the run with an
 and checks its workers between waits (its worker-death error). A worker that
 gives nothing for ``timeout_s`` seconds (stuck in a read) ends the run
 likewise. Workers ignore Ctrl-C; leaving the ``read_ahead`` block (normally,
-on an error, on Ctrl-C) stops them.
+on an error, on Ctrl-C) stops them, and each ends by itself when the main
+process is gone (killed hard, no block left).
 
 Jobs cross to the workers by pickling, so ``open`` and ``read`` must be
 module-level functions (or ``functools.partial`` of them). Workers are forked
@@ -51,7 +52,9 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import select
 import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -168,6 +171,17 @@ def _unpack(packed: torch.Tensor) -> Any:
     return pickle.loads(pieces[0], buffers=pieces[1:])
 
 
+def _end_with(parent: int) -> None:
+    """Ends this worker as soon as the main process ``parent`` is gone, however it went: a forkserver's child
+    outlives it otherwise (the server, its parent, lives on while its children hold it open)."""
+    try:
+        gone = os.pidfd_open(parent)
+    except OSError:  # gone already
+        os._exit(0)
+    select.select([gone], [], [])  # readable once it has ended
+    os._exit(0)
+
+
 def _as_is(value: Any) -> Any:
     """The ``DataLoader``'s ``collate_fn``: results stay as the read function made them (no numpy to torch)."""
     return value
@@ -184,9 +198,11 @@ class _VideoChunks(IterableDataset):
         self.left = left  # shared: 1 for a job the caller left early
         self.pids = pids  # shared: each worker's pid
         self.reading = reading  # shared: the job each worker reads now
+        self.parent = os.getpid()
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor | None]]:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's; it then ends the workers
+        threading.Thread(target=_end_with, args=(self.parent,), daemon=True).start()
         worker = get_worker_info()
         me, workers = worker.id, worker.num_workers
         self.pids[me] = os.getpid()
@@ -273,9 +289,9 @@ class _Workers:
         while True:
             try:
                 return next(self.iterator)
-            except (RuntimeError, OSError) as error:
-                # OSError: the frames of a message could not be fetched from a worker that has just died.
-                dead = self._dead(wait_s=POLL_S if isinstance(error, OSError) else 0.0)
+            except (RuntimeError, OSError, EOFError) as error:
+                # OSError, EOFError: a message's shared memory could not be fetched from a worker that just died.
+                dead = self._dead(wait_s=0.0 if isinstance(error, RuntimeError) else POLL_S)
                 if dead is not None:
                     raise dead from None
                 if not str(error).startswith("DataLoader timed out"):
