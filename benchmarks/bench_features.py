@@ -13,10 +13,11 @@ precision, after a warm-up:
   (``--clips``, read from JPEG folders written to a temporary folder or from
   the clips, repeated until ``--segments`` segments), the way a run computes
   them: the frames read by ``--input-workers`` processes ahead of the model
-  (``vera.data.readahead``; 0: in this process, before each batch; default
+  (``vera.data.loading``; 0: in this process, before each batch; default
   auto, as a run). Timed in steady state: a one-segment warm-up video goes
-  first through the same workers (their start, about a second, happens once a
-  run), and the clock starts when it is done;
+  first through the same workers (their start, a few seconds with the server
+  they are forked from, happens once a run), and the clock starts when it is
+  done;
 - model only: batches of ready views on the device, repeated (3 distinct
   views per segment, see ``vera.features.imagebind``);
 - input only, once, on one CPU core: reading the frames (what an input
@@ -45,9 +46,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from vera.data.frames import open_frames  # noqa: E402
-from vera.data.readahead import read_ahead, resolve_workers  # noqa: E402
+from vera.data.loading import read_ahead, resolve_workers  # noqa: E402
 from vera.data.segments import num_segments, segment_centres  # noqa: E402
-from vera.constants import HALF_WINDOW
+from vera.constants import HALF_WINDOW  # noqa: E402
 from vera.features.feature_extraction import feature_job, video_features  # noqa: E402
 from vera.features.imagebind import (  # noqa: E402
     HUGE, NUM_CROPS, TINY, VIEW_SIZE, crop_views, load_vision_encoder, prepare_frames, randomly_initialised,
@@ -102,7 +103,8 @@ def end_to_end(encoder, warm_up, plan, source: dict, batch_size: int, device: to
     """The ``plan``'s videos as a run computes them, timed after the ``warm_up`` videos of the same run."""
     jobs = [feature_job(key, length, batch_size=batch_size, **source) for key, length in [*warm_up, *plan]]
     started, segments = None, 0
-    with read_ahead(jobs, workers, chunk=1) as video_reads:  # as vera.features.feature_extraction reads them
+    # As vera.features.feature_extraction reads them.
+    with read_ahead(jobs, workers, chunk=1, pin_memory=device.type == "cuda") as video_reads:
         for number, ((key, length), reads) in enumerate(zip([*warm_up, *plan], video_reads, strict=True)):
             if number == len(warm_up):
                 reset_peak(device)

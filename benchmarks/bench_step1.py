@@ -154,7 +154,7 @@ def input_pipeline(clips: Path, image_size: int = 448, workers: tuple[int, ...] 
                    chunk: int = 8, model_rates: tuple[float, ...] = (8, 15)) -> list[dict]:
     """Segments/s of Step 1's input side, per frame source and number of input workers (``--input-workers``).
 
-    As Step 1 does it (``vera.data.readahead`` with Step 1's jobs, ``chunk`` segments per worker task): read the
+    As Step 1 does it (``vera.data.loading`` with Step 1's jobs, ``chunk`` segments per worker task): read the
     8 frames of each segment and resize them to 448×448, in this process (0 workers) or in worker processes;
     then the ``hf`` backend's InternVL normalisation (``_internvl_tiles``) in this process, on one torch thread.
     Per row: ``read_resize_per_s``, the frames delivered to this process with nothing else to do;
@@ -162,7 +162,8 @@ def input_pipeline(clips: Path, image_size: int = 448, workers: tuple[int, ...] 
     ``with_model_per_s``, the whole loop with a model of each of ``model_rates`` segments/s (the issue's
     targets: 8 with full answers, 15 label-only), which the input side should not slow down. The clips are
     read ``repeats`` times over; the clock starts when the first segment's frames arrive (the workers' start,
-    about half a second, and the first read happen once a run) and counts the segments after it.
+    a few seconds with the server they are forked from, and the first read happen once a run) and counts the
+    segments after it.
     """
     from functools import partial
     from types import SimpleNamespace
@@ -170,7 +171,7 @@ def input_pipeline(clips: Path, image_size: int = 448, workers: tuple[int, ...] 
     from transformers import GotOcr2ImageProcessor
 
     from vera.data.frames import open_frames
-    from vera.data.readahead import ReadJob, read_ahead
+    from vera.data.loading import ReadJob, read_ahead
     from vera.data.segments import half_window
     from vera.vlm.backends.hf import HFBackend
     from vera.vlm.prompts import frame_reader

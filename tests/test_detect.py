@@ -103,11 +103,11 @@ def test_a_rerun_resumes_without_loading_a_model(detected, clips, tiny_models, c
 
 def test_input_workers_auto_is_step1s_default(clips, tiny_models, tmp_path, monkeypatch):
     """``--input-workers`` as generate_initial_score.py gives it: ``auto`` (the default) is ``default_workers()``."""
-    import vera.data.readahead
+    import vera.data.loading
     import vera.detection
 
     chosen = []
-    monkeypatch.setattr(vera.data.readahead, "default_workers", lambda processes_per_machine=1: 3)
+    monkeypatch.setattr(vera.data.loading, "default_workers", lambda processes_per_machine=1: 3)
     monkeypatch.setattr(vera.detection, "run_detect", lambda settings: chosen.append(settings.input_workers) or "x")
     model = tiny_models.path("internvl")
     assert run("detect", _argv(clips, model, tmp_path / "auto")) == 0
@@ -122,9 +122,9 @@ def test_frames_read_by_input_workers_give_the_same_answers(detected, clips, tin
 
     workers = {}
     for stage, module in (("step1", vera.vlm.step1), ("features", vera.features.feature_extraction)):
-        def spy(jobs, count, chunk, stage=stage, original=module.read_ahead):
+        def spy(jobs, count, chunk, stage=stage, original=module.read_ahead, **options):
             workers[stage] = count
-            return original(jobs, count, chunk)
+            return original(jobs, count, chunk, **options)
 
         monkeypatch.setattr(module, "read_ahead", spy)
     output, _ = detected

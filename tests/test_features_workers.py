@@ -33,8 +33,8 @@ def worker_counts(monkeypatch) -> list[int]:
     original = extraction.read_ahead
 
     @contextmanager
-    def counting(jobs, workers, chunk):
-        with original(jobs, workers, chunk) as reads:
+    def counting(jobs, workers, chunk, **options):
+        with original(jobs, workers, chunk, **options) as reads:
             counts.append(len(multiprocessing.active_children()))
             yield reads
 

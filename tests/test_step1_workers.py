@@ -19,7 +19,7 @@ import pytest
 from test_step1 import index_answer, runner, video, wait_until_gone, write_index_folder
 from video_fixtures import decode_to_jpegs, write_problem_videos
 
-from vera.data.readahead import InputWorkerError
+from vera.errors import InputWorkerError
 from vera.runs import LOCK_FILE
 from vera.vlm.step1 import plan_segments
 from vera.vlm.backends.scripted import ScriptedBackend
@@ -119,19 +119,20 @@ def test_a_killed_input_worker_stops_the_run_with_a_clear_error_and_keeps_the_an
 
     def respond(request):
         answered.append(request)
-        if len(answered) == 6:  # in the second batch: kill the worker that reads the third
+        if len(answered) == 6:  # in the second batch: kill the worker that reads ahead
             for process in multiprocessing.active_children():
                 os.kill(process.pid, signal.SIGKILL)
         return index_answer(request)
 
     out = tmp_path / "out"
-    with pytest.raises(InputWorkerError, match=r"^input worker vera-input-0 \(pid \d+\) was killed by signal 9 "
+    with pytest.raises(InputWorkerError, match=r"^input worker 0 \(pid \d+\) was killed by signal 9 "
                                                r"\(SIGKILL; out of memory\?\) while reading video v; the run "
                                                r"stops here, rerun the same command to resume"):
         runner(ScriptedBackend(respond), out, frames_dir=frames, batch_size=4, input_workers=1).run([video("v", 400)])
     assert not multiprocessing.active_children()
-    partial = json.loads((out / ".partial" / "v.json").read_text())["value"]
-    assert list(partial["segments"]) == [str(c) for c in range(0, 8 * 16, 16)]  # the two batches answered
+    partial = json.loads((out / ".partial" / "v.json").read_text())["value"]["segments"]
+    # The two batches answered, and those the worker had sent before it died (it reads 2 batches ahead).
+    assert len(partial) in (8, 12, 16) and list(partial) == [str(c) for c in range(0, 16 * len(partial), 16)]
 
 
 CTRL_C_SCRIPT = """

@@ -187,7 +187,7 @@ class DetectSettings:
     device: str = "auto"
     dtype: str = "auto"
     workers: int = 1
-    input_workers: int = 0  # frame readers ahead of the VLM and ImageBind (vera.data.readahead); 0: in process
+    input_workers: int = 0  # frame readers ahead of the VLM and ImageBind (vera.data.loading); 0: in process
     top_k: int = 5
     max_explanations: int = 30
     overwrite: bool = False

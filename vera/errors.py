@@ -2,7 +2,8 @@
 
 Exit codes of every command: 0 done, 2 a problem the message names and the
 user can fix (bad input or option, a folder in use, a full disk), 130
-interrupted (finished work is kept), 1 anything else (a bug: a traceback).
+interrupted (finished work is kept), 1 a run that cannot go on for a reason outside its input (an
+input worker killed, say by the out-of-memory killer: one line too) or a bug (a traceback).
 """
 
 from __future__ import annotations
@@ -19,8 +20,13 @@ class VeraError(Exception):
     """A mistake in the user's input (a file, a video, an option), stated in one line."""
 
 
+class InputWorkerError(RuntimeError):
+    """A process reading frames ahead of the model died or got stuck: the run stops (not a bad video)."""
+
+
 def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> int:
-    """Run a command-line entry point, turning ``VeraError`` into ``error: …`` and exit code 2.
+    """Run a command-line entry point, turning ``VeraError`` into ``error: …`` and exit code 2
+    (``InputWorkerError``: the same line, exit code 1).
 
     The run folders the command held are let go when it returns, as they
     would be when its process exits.
@@ -30,6 +36,9 @@ def run_cli(main: Callable[[list[str] | None], int | None], argv: list[str] | No
     except VeraError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except InputWorkerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted: finished work is saved; rerun the same command to resume", file=sys.stderr)
         return 130

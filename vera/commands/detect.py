@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # The model is found (or its absence explained) before any video is decoded.
     model, local_files_only = locate_model(args.model if args.model is not None else paper_model())
-    from vera.data.readahead import resolve_workers
+    from vera.data.loading import resolve_workers
     from vera.detection import DetectSettings, run_detect
     from vera.vlm.context import prompt_source
     from vera.vlm.prompts import load_questions, load_template, preset_questions

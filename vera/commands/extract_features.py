@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
     from vera.data.annotations import infer_dataset, load_test_annotations
-    from vera.data.readahead import resolve_workers
+    from vera.data.loading import resolve_workers
     from vera.data.segments import half_window
     from vera.devices import resolve_device, resolve_dtype
     from vera.distributed import launch

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         questions_from,
         resolve_frame_layout,
     )
-    from vera.data.readahead import resolve_workers
+    from vera.data.loading import resolve_workers
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
     questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)

@@ -20,7 +20,7 @@ opens the folder before the others start, and merges the summaries into
 that video's own segments, so they do not depend on the split.
 
 Frames come from ``vera.data.frames`` (JPEG folders or video files), decoded by
-``input_workers`` processes ahead of the model (``vera.data.readahead``; 0:
+``input_workers`` processes ahead of the model (``vera.data.loading``; 0:
 in this process, when the model needs them): the same reads either way, so
 the same features. A video with other frames than its annotated length is an
 error, as in every stage (``vera.data.annotations.check_frame_count``: frames
@@ -46,7 +46,7 @@ from vera.data.annotations import TestVideo, check_frame_count
 from vera.distributed import Ranks
 from vera.errors import VeraError
 from vera.data.frames import VideoFrames, open_frames
-from vera.data.readahead import FramesInfo, ReadJob, read_ahead
+from vera.data.loading import FramesInfo, ReadJob, read_ahead
 from vera.features.imagebind import CLIPS_PER_VIDEO, NUM_CROPS, VisionEncoder, crop_views, prepare_frames, segment_clips
 from vera.features.reading import read_clip_frames
 from vera.io import save_npy_atomic
@@ -120,7 +120,7 @@ def _batches(length: int, first_row: int, half_window: int, batch_views: int) ->
 
 def feature_job(key: str, length: int, *, first_row: int = 0, half_window: int = HALF_WINDOW, batch_size: int = 48,
                 frames_dir: Path | None = None, videos_dir: Path | None = None) -> ReadJob:
-    """One video's frame reads for ``vera.data.readahead``: one item per batch of ``video_features`` given the
+    """One video's frame reads for ``vera.data.loading``: one item per batch of ``video_features`` given the
     same ``length``, ``half_window`` and ``batch_size`` and ``first_row`` rows of ``partial``."""
     items = [batch.clip_frames for batch in _batches(length, first_row, half_window, batch_size)]
     return ReadJob(key, functools.partial(open_frames, key, frames_dir=frames_dir, videos_dir=videos_dir),
@@ -147,7 +147,7 @@ def video_features(
     finished rows after each batch, for saving progress. The frames are read
     from the open ``frames``, a batch at a time before its forward pass, or
     come as ``reads``: the values of ``feature_job`` for this video (same
-    arguments) from ``vera.data.readahead``, ``frames`` being its ``FramesInfo``.
+    arguments) from ``vera.data.loading``, ``frames`` being its ``FramesInfo``.
     """
     parameter = next(encoder.parameters())
     device, dtype = parameter.device, parameter.dtype
@@ -320,8 +320,9 @@ def _extract_share(videos: list[TestVideo], encoder: VisionEncoder, folder: RunF
     jobs = [feature_job(video.key, video.length, first_row=0 if todo[video.key] is None else len(todo[video.key]),
                         half_window=settings.half_window, batch_size=batch_size, frames_dir=frames_dir,
                         videos_dir=videos_dir) for video in videos if video.key in todo]
-    # A worker reads one batch at a time, at most one batch ahead of the model.
-    with read_ahead(jobs, input_workers, chunk=1) as video_reads, \
+    # A worker reads one batch at a time, a few batches ahead of the model; page-locked for a model on a GPU.
+    pin_memory = next(encoder.parameters()).device.type == "cuda"
+    with read_ahead(jobs, input_workers, chunk=1, pin_memory=pin_memory) as video_reads, \
             progress(videos, desc=desc, unit="video", enabled=show) as bar:
         for video in bar:
             if video.key in finished:

@@ -1,9 +1,8 @@
 """The frames of one batch of segment clips: the part of feature extraction that runs in the input workers.
 
-Kept apart from ``vera.features.feature_extraction`` because a worker imports the
-module of the function it runs (``vera.data.readahead``): this one needs only
-numpy and the frame readers, where ``extraction`` imports torch (about 1.5 s
-and 600 MB more per worker).
+Kept apart from ``vera.features.feature_extraction`` so that a worker, which imports
+the module of the function it runs (``vera.data.loading``), imports the frame
+readers and not the model's code.
 """
 
 from __future__ import annotations

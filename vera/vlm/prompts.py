@@ -158,7 +158,7 @@ def resolve_frame_layout(requested: str | None, model_type: str | None, template
 def frame_reader(frame_layout: str, image_size: int) -> Callable[[VideoFrames, Sequence[int]], list[np.ndarray]]:
     """``reader(frames, indices)``: the frames of one request as the layout shows them, 448×448 bicubic or
     unresized for ``qwen-video``. A module-level function (or a partial of one), so that input worker
-    processes (``vera.data.readahead``) can run it."""
+    processes (``vera.data.loading``) can run it."""
     if frame_layout == "qwen-video":
         return qwen_video.read_frames
     return partial(read_resized, size=image_size)

@@ -47,7 +47,7 @@ from vera.distributed import Ranks
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
 from vera.errors import VeraError
 from vera.data.frames import VLM_IMAGE_SIZE, VideoFrames, open_frames
-from vera.data.readahead import FramesInfo, ReadJob, read_ahead
+from vera.data.loading import FramesInfo, ReadJob, read_ahead
 from vera.io import read_json, sha256_text
 from vera.progress import progress
 from vera.runs import RunFolder
@@ -109,7 +109,7 @@ class Step1Settings:
     progress: bool = True
     dump_inputs: Path | None = None  # a folder for every request's model inputs (vera.vlm.input_dump)
     score_mode: str = "generate"  # or "label" (vera.vlm.decoding)
-    input_workers: int = 0  # processes reading frames ahead of the model; 0: in this process (vera.data.readahead)
+    input_workers: int = 0  # processes reading frames ahead of the model; 0: in this process (vera.data.loading)
 
 
 @dataclass
@@ -272,7 +272,7 @@ class Step1Runner:
         """Segments still to answer, video after video, each with its request; a bad video is skipped.
 
         The frames are read in this process, or by ``input_workers`` processes ahead of the model
-        (``vera.data.readahead``): the same reads, taken in the same order, so the same requests.
+        (``vera.data.loading``): the same reads, taken in the same order, so the same requests.
         """
         s = self.settings
         pending = [(state, [seg for seg in state.segments if str(seg.centre) not in state.done]) for state in states]
@@ -281,7 +281,7 @@ class Step1Runner:
         jobs = [ReadJob(state.video.key, partial(open_frames, state.video.key, frames_dir=s.frames_dir,
                                                  videos_dir=s.videos_dir),
                         reader, [segment.indices for segment in todo]) for state, todo in pending]
-        # A worker reads one batch at a time, at most one batch ahead of the model.
+        # A worker reads one batch at a time, a few batches ahead of the model.
         with read_ahead(jobs, s.input_workers, s.batch_size) as videos:
             for (state, todo), reads in zip(pending, videos, strict=True):
                 try:
