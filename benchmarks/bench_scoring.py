@@ -98,7 +98,9 @@ def run_compare(workdir: Path, annotations: Path, repeats: int = 3) -> dict:
     from vera.scoring.sweep import sweep
     from vera.scoring.tables import reproduce
 
-    compute_auc = importlib.import_module("vera.commands.compute_auc")
+    from scripts import load_script
+
+    compute_auc = load_script("compute_auc")
     output = Path(tempfile.mkdtemp(prefix="vera-bench-out-"))
     argv = ["--dataset", "ucf", "--annotations", str(annotations), "--scores", str(workdir / "scores"),
             "--features", str(workdir / "features"), "--output", str(output), "--overwrite"]

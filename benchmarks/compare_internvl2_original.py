@@ -18,7 +18,7 @@ original code imported. Tensors go between the two through ``.npz`` files.
    grouped-query attention (4 query heads, 2 key-value heads) and
    InternLM2.5's position settings (rope θ 10⁶, dynamic NTK ×2 from
    ``--max-position-embeddings``, 32768 as InternVL2-8B);
-2. converted with ``python -m vera.convert_internvl2``;
+2. converted with ``python -m vera.vlm.convert_internvl2``;
 3. the Step 1 input of the released layout: the authors' learner prompt
    (``../shared/data/prompts``) with the UCF questions, 8 frames of a real clip
    (``../shared/data/clips``) at Step 1's indices, resized to 448×448;
@@ -179,7 +179,7 @@ def run(args: argparse.Namespace, work: Path) -> int:
     src, dst = work / "original", work / "converted"
     started = time.perf_counter()
     write_checkpoint(src, args.max_position_embeddings)
-    subprocess.run([sys.executable, "-m", "vera.convert_internvl2", str(src), str(dst), "--overwrite"],
+    subprocess.run([sys.executable, "-m", "vera.vlm.convert_internvl2", str(src), str(dst), "--overwrite"],
                    check=True, stdout=subprocess.DEVNULL)
 
     template = load_template(SHARED / "prompts" / "VERA_learner_instruct.txt")

@@ -14,7 +14,7 @@ prompt from them, sees the same pixels and decodes the same tokens.
    with Qwen2-VL-7B's pixel budget (a 448-pixel frame is 256 tokens);
    ``internvl2``, the original-layout InternVL2 of the converter's tests
    (InternLM2 with GQA, InternViT, 448-pixel tiles of 256 tokens) converted
-   by ``vera.convert_internvl2``, the folder docs/models.md says to serve. The
+   by ``vera.vlm.convert_internvl2``, the folder docs/models.md says to serve. The
    language model's heads are 32 wide: vLLM's CPU attention has no kernel for
    the test suite's 16.
 2. The server: docs/models.md's ``vllm serve`` line for the model
@@ -153,7 +153,7 @@ def write_model(arch: str, work: Path) -> Path:
     original = _sibling("compare_internvl2_original")
     sizes = original.SIZES | {"HIDDEN": 4 * HEAD_DIM, "HEAD_DIM": HEAD_DIM}
     original.write_checkpoint(work / "internvl2-original", 32768, sizes)
-    subprocess.run([sys.executable, "-m", "vera.convert_internvl2", str(work / "internvl2-original"),
+    subprocess.run([sys.executable, "-m", "vera.vlm.convert_internvl2", str(work / "internvl2-original"),
                     str(work / "internvl2"), "--overwrite"], check=True, stdout=subprocess.DEVNULL)
     return work / "internvl2"
 

@@ -18,10 +18,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from vera.commands import run
 from vera.data.annotations import load_test_annotations
 from vera.scoring.synthetic import write_synthetic_inputs
 from video_fixtures import decode_index, index_frame
+from scripts import run
 
 # An anomalous video, a normal one, and one whose key needs escaping in HTML and quoting in a link.
 ODD_KEY = "Fight#2 <b>&x264"

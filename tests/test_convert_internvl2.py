@@ -399,19 +399,20 @@ def test_unused_or_missing_source_tensors_are_refused(tmp_path):
 
 
 def test_command_line_converts_and_refuses_a_full_folder(converted, tmp_path, capsys):
-    from vera.commands import run
+    from vera.errors import run_cli
+    from vera.vlm.convert_internvl2 import main
 
     dst = tmp_path / "dst"
     dst.mkdir()
     (dst / "keep.txt").write_text("x")
-    command = [sys.executable, "-m", "vera.convert_internvl2", str(converted["src"]), str(dst)]
+    command = [sys.executable, "-m", "vera.vlm.convert_internvl2", str(converted["src"]), str(dst)]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {dst} is not empty; choose a new folder or pass --overwrite"
-    assert run("convert_internvl2", [str(converted["src"]), str(dst), "--overwrite"]) == 0
+    assert run_cli(main, [str(converted["src"]), str(dst), "--overwrite"]) == 0
     assert json.loads(capsys.readouterr().out)["native_tensors"] == len(unfuse(converted["weights"]))
     assert not (dst / "keep.txt").exists() and (dst / "vera_conversion.json").is_file()
-    assert run("convert_internvl2", [str(tmp_path / "absent"), str(tmp_path / "x")]) == 2
+    assert run_cli(main, [str(tmp_path / "absent"), str(tmp_path / "x")]) == 2
     assert "argument SRC: folder not found" in capsys.readouterr().err
 
 
@@ -698,13 +699,14 @@ def test_a_vision_config_without_qk_normalization_builds_query_key_norms(tmp_pat
     """InternVisionConfig's own default is qk_normalization=True (InternVL2-26B and larger use the norms)."""
     from transformers import AutoModelForImageTextToText
 
-    from vera.commands import run
+    from vera.errors import run_cli
+    from vera.vlm.convert_internvl2 import main
 
     norms = {f"vision_model.encoder.layers.{layer}.attn.{name}.weight": torch.rand(VIT_HIDDEN) + 0.5
              for layer in range(LAYERS) for name in ("q_norm", "k_norm")}
     original = write_original(tmp_path / "src", extra=norms)
     _without(tmp_path / "src", "qk_normalization")
-    assert run("convert_internvl2", [str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
+    assert run_cli(main, [str(tmp_path / "src"), str(tmp_path / "dst")]) == 0
     vision = json.loads((tmp_path / "dst" / "config.json").read_text())["vision_config"]
     assert vision["use_qk_norm"] is True
     assert (vision["attention_bias"], vision["norm_type"]) == (True, "layer_norm")  # stated, so kept

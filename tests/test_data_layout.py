@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from vera.commands import run
 from vera.scoring.synthetic import write_synthetic_inputs
+from scripts import run
 
 
 @pytest.fixture

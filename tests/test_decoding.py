@@ -16,6 +16,7 @@ from vera.vlm import decoding
 from vera.vlm.parsing import answer_prefix
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
 from vera.constants import PRESET_QUESTIONS
+from scripts import load_script
 
 ARCHS = ("internvl", "qwen2_vl")
 TOKENS = 24
@@ -253,7 +254,7 @@ def test_step1_label_mode_records_scores_and_keeps_folders_apart(tmp_path, tiny_
 def test_score_mode_and_cache_options_on_the_command_line(tmp_path, capsys, tiny_models):
     import cv2
 
-    from vera.commands import generate_initial_score as cli
+    cli = load_script("generate_initial_score")
     from vera.errors import run_cli
 
     frames = tmp_path / "frames" / "v"

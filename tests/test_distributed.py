@@ -31,6 +31,7 @@ from video_fixtures import index_frame
 from vera.distributed import Ranks, check_device_options, launch, make_fabric
 from vera.errors import VeraError, run_cli
 from vera.vlm.step1 import Step1Summary
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four short videos (3, 2, 3 and 2 segments): rank 0 of 2 takes a and c, rank 1 takes b and d.
@@ -73,9 +74,9 @@ def _per_video(folder: Path, suffix: str) -> dict[str, bytes]:
 
 
 def _one_process(command: str, argv: list[str], reference: Path, suffix: str) -> dict[str, bytes]:
-    """The reference: ``vera.commands.<command>`` in this process (on one torch thread, as the ranks run with
+    """The reference: the script's ``main`` in this process (on one torch thread, as the ranks run with
     OMP_NUM_THREADS=1) into ``reference``; its per-video files."""
-    assert importlib.import_module(f"vera.commands.{command}").main(argv + ["--output", str(reference)]) == 0
+    assert load_script(command).main(argv + ["--output", str(reference)]) == 0
     expected = _per_video(reference, suffix)
     assert set(expected) == set(LENGTHS)
     return expected
@@ -200,7 +201,7 @@ def test_device_options_are_checked_before_anything_starts(tmp_path, capsys):
         check_device_options("cuda:1", "auto", 2, 1)
     check_device_options("cpu", "auto", 1, 1)
     check_device_options("auto", "cpu", 2, 3)
-    cli = importlib.import_module("vera.commands.extract_features")
+    cli = load_script("extract_features")
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
     base = ["--annotations", str(annotation), "--frames", str(tmp_path), "--random-init", "--output",

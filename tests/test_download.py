@@ -22,9 +22,9 @@ import pytest
 
 import vera.data.download as download
 import vera.data.transfer as transfer
-from vera.commands import run
 from vera.data.download import DriveArchive, RepoFile
 from vera.errors import VeraError
+from scripts import run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

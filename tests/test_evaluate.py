@@ -21,9 +21,9 @@ from vera.scoring.evaluate import evaluate
 from vera.scoring.steps import ScoringOptions
 from vera.scoring.synthetic import segment_file, write_synthetic_inputs
 
-from scripts import ROOT
+from scripts import ROOT, load_script
 
-compute_auc = importlib.import_module("vera.commands.compute_auc")
+compute_auc = load_script("compute_auc")
 
 
 def _reference_run(annotation_path: Path, scores_dir: Path, features_dir: Path, dataset: str, metric: str):

@@ -22,6 +22,7 @@ from vera.features.imagebind import TINY, randomly_initialised
 from vera.data.segments import num_segments, segment_centres, segment_window
 from vera.runs import PARTIAL_DIR
 from video_fixtures import decode_to_jpegs
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = {"Fighting033_x264_570_841": "Fighting", "RoadAccidents133_x264_270_451": "RoadAccidents"}
@@ -29,7 +30,7 @@ TINY_SETTINGS = FeatureSettings(model="random-tiny (seed 0)")
 
 
 def _cli():
-    return importlib.import_module("vera.commands.extract_features")
+    return load_script("extract_features")
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +219,7 @@ def test_problem_videos_are_named_and_the_rest_go_on(data, encoder, tmp_path: Pa
 
 
 def test_compute_auc_accepts_the_features(data, from_frames, tmp_path: Path):
-    compute_auc = importlib.import_module("vera.commands.compute_auc")
+    compute_auc = load_script("compute_auc")
     # One anomalous clip and one filed as normal, with Step 1 scores on the same segment grid.
     entries = [
         {"video": "frames/Fighting/Fighting033_x264_570_841.mp4", "temporal_label": [100, 270, -1, -1], "length": 271},

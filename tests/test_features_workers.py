@@ -21,6 +21,7 @@ from vera.data.annotations import TestVideo
 from vera.errors import run_cli
 from vera.features.feature_extraction import FeatureSettings, extract_features
 from vera.features.imagebind import TINY, segment_clips
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = FeatureSettings(model="random-tiny (seed 0)")
@@ -93,7 +94,7 @@ def test_the_script_with_input_workers_writes_what_in_process_writes(data, tmp_p
     from JPEG folders (the test above reads video files)."""
     argv = ["--annotations", str(data["annotations"]), "--frames", str(data["frames"]), "--random-init", "--tiny",
             "--device", "cpu", "--batch-size", "12", "--no-progress"]
-    assert run_cli(importlib.import_module("vera.commands.extract_features").main,
+    assert run_cli(load_script("extract_features").main,
                    [*argv, "--output", str(tmp_path / "out0"), "--input-workers", "0"]) == 0
     done = subprocess.run([sys.executable, "Preprocessing/extract_features.py", *argv, "--output",
                            str(tmp_path / "out2"), "--input-workers", "2"],

@@ -37,6 +37,7 @@ from vera.data.frames import (
 )
 from vera.data.segments import segment_centres, segment_window, window_frame_indices
 from vera.runs import LOCK_FILE, PARTIAL_DIR, RUN_FILE
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frame counts, sizes and rates of the real clips, from ../shared/data/README.md.
@@ -345,7 +346,7 @@ def test_a_video_that_decodes_short_fails_unless_allowed(tmp_path: Path, capsys:
     assert read_manifest(tmp_path / "frames") == {}
     assert sorted(os.listdir(tmp_path / "frames")) == [LOCK_FILE, MANIFEST_NAME, "run.json"]
 
-    from vera.commands.extract_frames import main
+    main = load_script("extract_frames").main
     from vera.errors import run_cli
     argv = ["--videos", str(cut.parent), "--frames", str(tmp_path / "frames"), "--workers", "1", "--no-progress"]
     assert run_cli(main, argv) == 2

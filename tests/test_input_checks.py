@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from report_fixtures import ENTRIES, make_case
-from scripts import ROOT
-from vera.commands import run
+from scripts import ROOT, run
 from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.io import parse_json, read_json

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import ROOT
+from scripts import ROOT, load_script
 from vera.data.annotations import load_test_annotations
 from vera.errors import run_cli
 from vera.scoring.synthetic import write_synthetic_inputs
@@ -72,7 +72,7 @@ def test_an_empty_feature_file_is_one_line_in_compute_auc_and_on_resume(tmp_path
 
     for key, length in (("v1", 40), ("v2", 48)):
         write_index_folder(tmp_path / "frames" / key, length)
-    extract = importlib.import_module("vera.commands.extract_features")
+    extract = load_script("extract_features")
     argv = ["--annotations", str(annotation), "--frames", str(tmp_path / "frames"), "--random-init", "--tiny",
             "--device", "cpu", "--no-progress", "--output", str(tmp_path / "feat")]
     assert run_cli(extract.main, argv) == 0
@@ -88,7 +88,7 @@ def test_an_empty_feature_file_is_one_line_in_compute_auc_and_on_resume(tmp_path
 def test_tiny_model_onto_a_file_or_a_read_only_disk_is_one_line(tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("keep me")
-    result = script("-m", "vera.tiny_model", "--arch", "internvl", "--out", str(taken))
+    result = script("-m", "vera.vlm.tiny_model", "--arch", "internvl", "--out", str(taken))
     assert (result.returncode, result.stderr) == (2, f"error: output {taken} exists and is not a folder\n")
     assert taken.read_text() == "keep me"
     read_only = Path(tempfile.mkdtemp(prefix="vera-read-only-"))
@@ -98,7 +98,7 @@ def test_tiny_model_onto_a_file_or_a_read_only_disk_is_one_line(tmp_path):
         read_only.rmdir()
         pytest.skip(f"cannot mount a read-only tmpfs here: {mounted.stderr.decode().strip()}")
     try:
-        result = script("-m", "vera.tiny_model", "--arch", "internvl", "--out", str(read_only / "tiny"))
+        result = script("-m", "vera.vlm.tiny_model", "--arch", "internvl", "--out", str(read_only / "tiny"))
     finally:
         subprocess.run(["umount", str(read_only)], check=True)
         read_only.rmdir()
@@ -112,7 +112,7 @@ def test_a_bad_video_exits_2_in_step1_as_in_feature_extraction(tmp_path, capsys,
     annotation = annotation_of(tmp_path, {"good": 40, "bad": 40})
     write_index_folder(tmp_path / "frames" / "good", 40)
     message = "video bad: frame folder not found"
-    step1 = importlib.import_module("vera.commands.generate_initial_score")
+    step1 = load_script("generate_initial_score")
     assert run_cli(step1.main, ["--dataset", "ucf", "--annotations", str(annotation), "--frames",
                                 str(tmp_path / "frames"), "--model", str(tiny_models.path("internvl")), "--preset",
                                 "ucf", "--max-new-tokens", "2", "--device", "cpu", "--no-progress", "--output",
@@ -120,7 +120,7 @@ def test_a_bad_video_exits_2_in_step1_as_in_feature_extraction(tmp_path, capsys,
     error = capsys.readouterr().err.splitlines()[-1]
     assert error.startswith("error: 1 of 2 videos failed (") and message in error
     assert error.endswith("); fix them and rerun to resume")
-    features = importlib.import_module("vera.commands.extract_features")
+    features = load_script("extract_features")
     assert run_cli(features.main, ["--annotations", str(annotation), "--frames", str(tmp_path / "frames"),
                                    "--random-init", "--tiny", "--device", "cpu", "--no-progress", "--output",
                                    str(tmp_path / "feat")]) == 2

@@ -32,7 +32,8 @@ PAUSED_COMPUTE_AUC = """
 import sys, time
 from pathlib import Path
 import vera.scoring.evaluate as evaluation
-from vera.commands import run
+sys.path.insert(0, "tests")  # the tests' own helpers; the process runs in the project root
+from scripts import run
 
 go, real = Path(sys.argv[1]), evaluation.evaluate
 def paused(*args, **kwargs):
@@ -51,7 +52,8 @@ import sys, time
 from pathlib import Path
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.scripted import ScriptedBackend
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE
+from vera.constants import PRESET_QUESTIONS
 from vera.vlm.step1 import Step1Runner, Step1Settings
 
 frames, out, go = (Path(arg) for arg in sys.argv[1:4])

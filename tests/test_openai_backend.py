@@ -43,8 +43,9 @@ from vera.vlm.backends.openai import (  # noqa: E402 - after the skip
     backoff_delay,
     label_probability,
 )
+from scripts import load_script
 
-STEP1 = "vera.commands.generate_initial_score"
+STEP1 = "generate_initial_score"
 
 
 # -- a fake OpenAI-compatible server -----------------------------------------------------------
@@ -187,7 +188,7 @@ def test_base_urls_are_normalised_and_checked():
 
 
 def test_cli_refuses_mismatched_backend_options_in_one_line(tmp_path, capsys):
-    cli = importlib.import_module(STEP1)
+    cli = load_script(STEP1)
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
     base = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path), "--preset", "ucf",
@@ -368,7 +369,7 @@ def test_step1_cli_with_two_servers_records_each_segment_once(servers, tmp_path,
             "--preset", "ucf", "--frame-layout", "per-frame", "--backend", "openai", "--served-model", "fake",
             "--base-url", f"{one.url},{two.url}", "--concurrency", "2", "--batch-size", "4", "--no-progress",
             "--output", str(out)]
-    cli = importlib.import_module(STEP1)
+    cli = load_script(STEP1)
     assert cli.main(argv) == 0
     assert "2 videos (0 already finished), 10 segments, 10 generated" in capsys.readouterr().out
     assert len(one.bodies) + len(two.bodies) == 10 and one.bodies and two.bodies
@@ -402,7 +403,7 @@ def test_training_cli_through_the_openai_backend(servers, tmp_path):
     listing = tmp_path / "train.json"
     listing.write_text(json.dumps([{"video": f"frames/{name}.mp4", "length": 16} for name in names]))
     out = tmp_path / "run"
-    training = importlib.import_module("vera.commands.training")
+    training = load_script("training")
     assert training.main(["--dataset", "ucf", "--train", str(listing), "--val", str(listing),
                           "--frames", str(tmp_path / "frames"), "--backend", "openai", "--served-model", "fake",
                           "--base-url", server.url, "--frame-layout", "per-frame", "--num-frames", "2",
@@ -496,7 +497,7 @@ def test_step1_against_transformers_serve_survives_a_killed_server(tiny_models, 
                                        "length": length} for key, length in lengths.items()]))
     common = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path / "frames"),
               "--preset", "ucf", "--frame-layout", "per-frame", "--max-new-tokens", "8", "--no-progress"]
-    cli = importlib.import_module(STEP1)
+    cli = load_script(STEP1)
     server = TransformersServe(model, tmp_path / "serve.log")
     server.start()
     try:

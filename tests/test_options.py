@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import vera.options as options
+from scripts import ROOT, load_script
 
 
 def test_every_option_name_is_defined_once():
@@ -31,7 +32,7 @@ def test_help_answers_without_importing_the_heavy_libraries():
     import subprocess
     import sys
 
-    probe = ("import sys, contextlib, io\nfrom vera.commands import run\n"
+    probe = (f"import sys, contextlib, io\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom scripts import run\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n"
              "    try:\n        run('generate_initial_score', ['--help'])\n    except SystemExit:\n        pass\n"
              "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'lightning') if m in sys.modules))")
@@ -58,14 +59,14 @@ def test_an_argument_error_is_the_only_line_printed(tmp_path):
     # No Data/ prompts (conftest's VERA_DATA is empty): a run would say it uses the project's own templates.
     common = ["--dataset", "ucf", "--frames", str(tmp_path / "frames"), "--served-model", "m", "--output",
               str(tmp_path / "out")]
-    for script, extra in (("training.py", ["--train", str(tmp_path / "list.json"), "--val",
+    for path, extra in (("training.py", ["--train", str(tmp_path / "list.json"), "--val",
                                            str(tmp_path / "list.json")]),
                           ("Inference/generate_initial_score.py", ["--annotations", str(tmp_path / "list.json"),
                                                                    "--preset", "ucf"])):
-        result = subprocess.run([sys.executable, str(root / script), *common, *extra], capture_output=True,
+        result = subprocess.run([sys.executable, str(root / path), *common, *extra], capture_output=True,
                                 text=True, timeout=60)
         assert (result.returncode, result.stdout, result.stderr) == (
-            2, "", "error: argument --served-model: only with --backend openai\n"), script
+            2, "", "error: argument --served-model: only with --backend openai\n"), path
 
 
 def test_no_progress_turns_off_the_bars_of_the_hugging_face_libraries():
@@ -91,13 +92,11 @@ def _refused_as_unknown(parser, token: str) -> bool:
 
 
 def test_no_command_takes_an_abbreviated_flag():
-    import importlib
-
-    from vera.commands import COMMANDS
+    from scripts import SCRIPTS
 
     checked = 0
-    for name, module_name in COMMANDS.items():
-        module = importlib.import_module(f"vera.commands.{module_name}")
+    for name in SCRIPTS:
+        module = load_script(name)
         if not hasattr(module, "COMMAND"):
             continue
         parser = module.COMMAND.parser()
@@ -142,7 +141,7 @@ def test_every_argument_parser_in_the_project_refuses_abbreviations():
     ("compute_auc", ["--dataset", "ucf", "--devices", "2"], "unrecognized arguments: --devices"),
 ])
 def test_a_flag_of_another_command_names_what_this_one_takes(command, argv, message, capsys):
-    from vera.commands import run
+    from scripts import run
 
     assert run(command, argv) == 2
     error = capsys.readouterr().err

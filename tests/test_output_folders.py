@@ -29,6 +29,7 @@ import vera.vlm.step1  # noqa: F401
 from unprivileged import read_only_folder, unprivileged, world_readable_tmp
 from vera.errors import run_cli
 from vera.runs import RunFolder
+from scripts import load_script
 
 STAGES = {
     # command module: (kind of run folder, the flag naming the output folder, where its work starts)
@@ -37,7 +38,7 @@ STAGES = {
     "generate_initial_score": ("step1", "--output", (vera.vlm.backends, "load_backend")),
     "compute_auc": ("evaluation", "--output", (vera.scoring.evaluate, "evaluate")),
 }
-COMMANDS = {name: importlib.import_module(f"vera.commands.{name}") for name in STAGES}
+COMMANDS = {name: load_script(name) for name in STAGES}
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ import pytest
 
 from reference import paper as reference
 from vera.scoring.steps import ScoringOptions, frame_scores
+from scripts import load_script
 
-compute_auc = importlib.import_module("vera.commands.compute_auc")
+compute_auc = load_script("compute_auc")
 
 RTOL = 1e-12
 

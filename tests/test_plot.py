@@ -19,9 +19,10 @@ from vera.learning.settings import TrainingOptions
 from vera.scoring.synthetic import write_synthetic_inputs
 from vera.vlm.backends.base import VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
+from scripts import load_script
 
-compute_auc = importlib.import_module("vera.commands.compute_auc")
-plot = importlib.import_module("vera.commands.plot")
+compute_auc = load_script("compute_auc")
+plot = load_script("plot")
 PNG = b"\x89PNG\r\n\x1a\n"
 
 

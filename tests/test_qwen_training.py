@@ -38,6 +38,7 @@ from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.parsing import last_character_label
 from vera.constants import INITIAL_QUESTIONS
 from vera.vlm.qwen_video import chat_text
+from scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -140,7 +141,7 @@ def test_epochs_default_to_the_authors_per_layout(ucf: dict, tmp_path: Path, tin
     # Through training.py: resolved from the model's layout, recorded in run.json.
     backend = ScriptedBackend(Script({}))
     monkeypatch.setattr(importlib.import_module("vera.vlm.backends"), "load_backend", lambda *a, **k: backend)
-    cli = importlib.import_module("vera.commands.training")
+    cli = load_script("training")
     base = ["--dataset", "ucf", "--train", str(ucf["train"]), "--val", str(ucf["val"]), "--frames", str(ucf["frames"]),
             "--max-steps", "1", "--limit-val", "1", "--accelerator", "cpu"]
     for arch, extra, epochs in (("qwen2_vl", [], 50), ("qwen2_vl", ["--epochs", "7"], 7), ("internvl", [], 10)):
@@ -210,7 +211,7 @@ def test_tiny_qwen2_vl_training_feeds_the_optimizer_as_the_script_and_resumes(
             "--model", str(tiny_models.path("qwen2_vl")), "--prompt-file", str(learner_file),
             "--optimizer-prompt-file", str(optimizer_file), "--limit-val", "1", "--max-new-tokens", "2",
             "--accelerator", "cpu", "--output", str(out), "--dump-inputs", str(dumps)]
-    cli = importlib.import_module("vera.commands.training")
+    cli = load_script("training")
     assert cli.main(argv + ["--max-steps", "1"]) == 0
     assert cli.main(argv + ["--max-steps", "2"]) == 0
 

@@ -29,6 +29,7 @@ from vera.vlm.input_dump import enable_input_dumps
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_frames, learner_request, load_template, resolve_frame_layout
 from vera.constants import PRESET_QUESTIONS
 from vera.vlm.qwen_video import chat_text
+from scripts import load_script
 
 SYS_START = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 SYS_END = "<|im_end|>\n<|im_start|>assistant\n"
@@ -284,7 +285,7 @@ def test_cli_dumps_qwen2_vl_inputs_as_the_authors_built_them(shared_data, tmp_pa
     length = 181
     write_jpegs(shared_data / "clips" / f"{FIGHTING}.mp4", tmp_path / "frames" / FIGHTING, length, size=(96, 72))
     prompt_file = shared_data / "prompts" / "VERA_learner_instruct.txt"
-    cli = importlib.import_module("vera.commands.generate_initial_score")
+    cli = load_script("generate_initial_score")
     dumps, out = tmp_path / "dumps", tmp_path / "scores"
     assert cli.main(["--dataset", "ucf", "--annotations", str(_annotation(tmp_path, FIGHTING, length)),
                      "--frames", str(tmp_path / "frames"), "--model", str(tiny_models.path("qwen2_vl")),
@@ -312,7 +313,7 @@ def test_cli_dumps_internvl_inputs_as_the_released_code_built_them(shared_data, 
     length = 40
     write_jpegs(shared_data / "clips" / f"{FIGHTING}.mp4", tmp_path / "frames" / FIGHTING, length)
     prompt_file = shared_data / "prompts" / "VERA_learner_instruct.txt"
-    cli = importlib.import_module("vera.commands.generate_initial_score")
+    cli = load_script("generate_initial_score")
     dumps = tmp_path / "dumps"
     assert cli.main(["--dataset", "ucf", "--annotations", str(_annotation(tmp_path, FIGHTING, length)),
                      "--frames", str(tmp_path / "frames"), "--model", str(tiny_models.path("internvl")),

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from report_fixtures import ENTRIES, ODD_KEY, QUESTIONS, data_uri_frame, make_case, parse
-from vera.commands import run
 from vera.errors import VeraError
+from scripts import run
 
 TOP_K, LIMIT = 3, 6
 

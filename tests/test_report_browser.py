@@ -11,7 +11,7 @@ import pytest
 
 from browser import Browser, chromium_executable
 from report_fixtures import ODD_KEY, make_case, response
-from vera.commands import run
+from scripts import run
 
 EXECUTABLE = chromium_executable()
 pytestmark = pytest.mark.skipif(EXECUTABLE is None, reason="no Chromium on PATH: apt-get install chromium "

@@ -28,6 +28,7 @@ from vera.constants import PRESET_QUESTIONS
 from vera.data.frames import resize_frames
 from vera.options import shard as shard_option
 from vera.vlm.step1 import Step1Runner, Step1Settings, plan_segments, select_videos
+from scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = PRESET_QUESTIONS["ucf"]
@@ -208,7 +209,8 @@ from pathlib import Path
 from video_fixtures import decode_index
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.scripted import ScriptedBackend
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE
+from vera.constants import PRESET_QUESTIONS
 from vera.vlm.step1 import Step1Runner, Step1Settings
 
 answered = 0
@@ -415,7 +417,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys, ti
     for key in list(keys)[:1]:  # the frames run does the first video only (--limit 1)
         assert decode_to_jpegs(clips / f"{key}.mp4", frames / key) == keys[key]
 
-    cli = importlib.import_module("vera.commands.generate_initial_score")
+    cli = load_script("generate_initial_score")
     common = ["--dataset", "ucf", "--annotations", str(annotation), "--model", str(tiny_models.path("internvl")),
               "--preset", "ucf", "--batch-size", "8", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
     threads = torch.get_num_threads()
@@ -443,7 +445,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys, ti
     finally:
         torch.set_num_threads(threads)
 
-    compute_auc = importlib.import_module("vera.commands.compute_auc")
+    compute_auc = load_script("compute_auc")
     assert compute_auc.main(["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores--videos"),
                      "--skip-step2", "--no-curves", "--output", str(tmp_path / "auc")]) == 0
     metrics = json.loads((tmp_path / "auc" / "metrics.json").read_text())
@@ -458,7 +460,7 @@ def test_cli_on_real_clips_with_the_tiny_model(shared_data, tmp_path, capsys, ti
 def test_cli_errors_are_one_line(tmp_path, capsys):
     from vera.errors import run_cli
 
-    cli = importlib.import_module("vera.commands.generate_initial_score")
+    cli = load_script("generate_initial_score")
     annotation = tmp_path / "ann.json"
     annotation.write_text("[]")
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "internvl"}))  # a model folder, no weights read

@@ -141,7 +141,8 @@ from pathlib import Path
 from video_fixtures import decode_index
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.scripted import ScriptedBackend
-from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, PRESET_QUESTIONS
+from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE
+from vera.constants import PRESET_QUESTIONS
 from vera.vlm.step1 import Step1Runner, Step1Settings
 
 def respond(request):

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import ROOT
+from scripts import ROOT, load_script
 from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.scoring.evaluate import evaluate
@@ -20,8 +20,8 @@ from vera.scoring.steps import ScoringOptions
 from vera.scoring.sweep import sweep
 from vera.scoring.synthetic import write_synthetic_inputs
 
-compute_auc = importlib.import_module("vera.commands.compute_auc")
-reproduce_tables = importlib.import_module("vera.commands.reproduce_tables")
+compute_auc = load_script("compute_auc")
+reproduce_tables = load_script("reproduce_tables")
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ from vera.learning.sampling import training_frame_indices
 from vera.options import questions_source
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, load_questions, questions_from
+from scripts import load_script
 
 QUESTIONS = ["1. Is there a fight?", "2. Is something burning?"]
 
@@ -205,12 +206,12 @@ def _cli_with_scripted_model(monkeypatch: pytest.MonkeyPatch, module: str, respo
     """The command ``module`` with the model replaced by a scripted one (the model folder is still checked)."""
     backend = ScriptedBackend(respond)
     monkeypatch.setattr(importlib.import_module("vera.vlm.backends"), "load_backend", lambda *a, **k: backend)
-    return importlib.import_module(module), backend
+    return load_script(module), backend
 
 
 def test_batch_size_and_num_frames_reach_the_learner_and_the_optimizer(ucf: dict, tmp_path: Path, tiny_models,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    cli, backend = _cli_with_scripted_model(monkeypatch, "vera.commands.training", Script({}))
+    cli, backend = _cli_with_scripted_model(monkeypatch, "training", Script({}))
     argv = ["--dataset", "ucf", "--train", str(ucf["train"]), "--val", str(ucf["val"]), "--frames", str(ucf["frames"]),
             "--model", str(tiny_models.path("internvl")), "--batch-size", "3", "--num-frames", "4",
             "--max-steps", "1", "--limit-val", "1", "--accelerator", "cpu", "--output", str(tmp_path / "run")]
@@ -330,7 +331,7 @@ def test_step1_with_questions_none(shared_data: Path, tmp_path: Path, tiny_model
     annotation = tmp_path / "ann.json"
     annotation.write_text(json.dumps([{"video": "frames/Abuse/Abuse001_x264.mp4", "temporal_label": [2, 10, -1, -1],
                                        "length": 20}]))
-    cli, backend = _cli_with_scripted_model(monkeypatch, "vera.commands.generate_initial_score",
+    cli, backend = _cli_with_scripted_model(monkeypatch, "generate_initial_score",
                                             lambda request: "Answers to Prompt Questions: none.\nOutput:\n0")
     learner_file = shared_data / "prompts" / "VERA_learner_instruct.txt"
     argv = ["--dataset", "ucf", "--annotations", str(annotation), "--frames", str(tmp_path / "frames"),
@@ -374,7 +375,7 @@ def test_training_with_an_optimizer_that_sees_no_frames(ucf: dict, tmp_path: Pat
 
 def test_tiny_model_runs_the_studies_end_to_end(ucf: dict, tmp_path: Path, tiny_models) -> None:
     """The real backend: no questions, TSN frames, m = 3 and an optimizer call without images, one step."""
-    cli = importlib.import_module("vera.commands.training")
+    cli = load_script("training")
     out = tmp_path / "run"
     argv = ["--dataset", "ucf", "--train", str(ucf["train"]), "--val", str(ucf["val"]), "--frames", str(ucf["frames"]),
             "--model", str(tiny_models.path("internvl")), "--questions", "none", "--frame-sampling", "tsn",
@@ -391,7 +392,7 @@ def test_tiny_model_runs_the_studies_end_to_end(ucf: dict, tmp_path: Path, tiny_
 
 def test_study_options_are_checked_before_anything_runs(ucf: dict, tmp_path: Path,
                                                         capsys: pytest.CaptureFixture) -> None:
-    cli = importlib.import_module("vera.commands.training")
+    cli = load_script("training")
     base = ["--dataset", "ucf", "--train", str(ucf["train"]), "--val", str(ucf["val"]), "--frames", str(ucf["frames"]),
             "--model", str(tmp_path), "--output", str(tmp_path / "run")]
     assert run_cli(cli.main, base + ["--num-questions", "0"]) == 2

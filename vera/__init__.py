@@ -13,8 +13,10 @@ The package is organised by capability, in the order of the paper's pipeline:
 Shared mechanisms live at the top: ``vera.options`` (every command-line option,
 defined once), ``vera.runs`` (output folders: identity, refusal, resume),
 ``vera.io`` (atomic writes, clear read errors), ``vera.errors`` (one-line
-errors) and ``vera.devices``. ``vera.commands`` holds the entry points that the
-top-level scripts (``Inference/``, ``Preprocessing/``, ``training.py``) call.
+errors), ``vera.devices`` and ``vera.constants`` (the method's constants). The
+command lines are the top-level scripts (``Preprocessing/``, ``Inference/``,
+``training.py``, ``detect.py``, ``Data/``): each holds its options and a ``main``
+that reads as its stage.
 """
 
 __version__ = "0.2.0"

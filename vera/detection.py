@@ -165,7 +165,7 @@ def check_failures(stage: str, failed: dict[str, str]) -> None:
 
 @dataclass
 class DetectSettings:
-    """Everything ``detect.py`` was asked for (``vera.commands.detect`` builds it from the command line)."""
+    """Everything ``detect.py`` was asked for (``detect.py`` builds it from the command line)."""
 
     inputs: list[Path]
     output: Path

@@ -1,6 +1,6 @@
 """Convert an original InternVL2 checkpoint to the native transformers format, once.
 
-    python -m vera.convert_internvl2 SRC DST
+    python -m vera.vlm.convert_internvl2 SRC DST
 
 ``SRC`` is a folder as the InternVL2 authors published it (``config.json`` of
 ``InternVLChatModel``, safetensors shards, the language model's tokenizer
@@ -301,3 +301,24 @@ def convert(src: Path, dst: Path, overwrite: bool = False) -> dict:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m vera.vlm.convert_internvl2 SRC DST [--overwrite]``: convert, then print the report."""
+    from vera.options import Command
+
+    args = Command(
+        "Convert an original InternVL2 checkpoint (remote-code InternVLChatModel) into a folder that "
+        "transformers' InternVLForConditionalGeneration and the hf backend load.",
+        ["convert_src", "convert_dst", "convert_overwrite"],
+        prog="python -m vera.vlm.convert_internvl2",
+    ).parse(argv)
+    report = convert(args.src, args.dst, overwrite=args.overwrite)
+    print(json.dumps(report, ensure_ascii=False, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    from vera.errors import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -1,7 +1,7 @@
 """A tiny random vision-language model for tests and smoke runs, written with no network.
 
-    python -m vera.tiny_model --arch internvl --out runs/tiny-internvl
-    python -m vera.tiny_model --arch qwen2_vl --out runs/tiny-qwen2vl
+    python -m vera.vlm.tiny_model --arch internvl --out runs/tiny-internvl
+    python -m vera.vlm.tiny_model --arch qwen2_vl --out runs/tiny-qwen2vl
 
 The folder holds a config, random weights (a fixed seed), a byte-level BPE
 tokenizer trained here on the prompt texts plus the special tokens that the

@@ -13,7 +13,7 @@ How the ``<image>`` placeholders of a prompt become image tokens:
   ``<img>…</img>`` at the first placeholder, as InternVL2's ``batch_chat`` did
   for the released code; later ``<image>`` strings stay plain text. The rest of
   the query (system turn, separators, BOS) is the checkpoint's chat template:
-  only an InternVL2 checkpoint converted by ``vera.convert_internvl2`` renders
+  only an InternVL2 checkpoint converted by ``vera.vlm.convert_internvl2`` renders
   the original ``internlm2-chat`` query, so that the input ids equal
   ``batch_chat``'s, left padding included (``tests/test_convert_internvl2.py``);
   a native ``-hf`` checkpoint (InternVL3) gets its own template. Each frame is
