@@ -8,12 +8,14 @@ predictions and the labels, and proposes new questions, which replace Q. Every
 (first the initial ones, then any with strictly higher validation accuracy, or
 AUC with ``--select-by auc``) are the run's result, ``best_questions.txt``.
 
-Algorithm 1's steps, and where each runs:
+Algorithm 1's steps, and where each runs (Algorithm 1 is in App. A.1 of v1
+and v3, the CVPR version's supplementary material; Eqs. (1)–(2) are in
+Sec. 3.2, numbered the same in v1, v3 and the CVPR version):
 
     Q <- the initial guiding questions; validate Q      VerbalizedLearning.run
     for each epoch, for each batch of training videos   run; the batch: training_data.batch_at
-        learner: answer Q on each video, predict 0/1    learner_pass
-        optimizer: new Q from the batch's frames,       optimizer_proposal (an unusable answer keeps Q)
+        learner: answer Q on each video, predict 0/1    learner_pass (Eq. (1))
+        optimizer: new Q from the batch's frames,       optimizer_proposal (Eq. (2); an unusable answer keeps Q)
                    the predictions and the labels
         every val_every steps: validation accuracy      VerbalizedLearning.validate, validation_scores
         Q* <- Q if it is strictly higher                select
@@ -52,6 +54,7 @@ from vera.vlm.parsing import UNREADABLE, last_character_label, parse_answer
 from vera.vlm.prompts import build_learner_prompt, learner_request, load_template
 
 
+# Algorithm 1 (App. A.1)
 class VerbalizedLearning:
     """Algorithm 1 in one process (rank)."""
 
@@ -90,6 +93,7 @@ class VerbalizedLearning:
 
     # -- the algorithm
 
+    # Algorithm 1's loop, Q* <- Q0 to "Return Q*" (App. A.1)
     def run(self, backend: VLMBackend) -> TrainingState:
         """Train until ``total_steps``, validating on schedule; resumable at every step."""
         self.backend = backend
@@ -128,6 +132,7 @@ class VerbalizedLearning:
             self.frames.close()
         return self.state
 
+    # one iteration t of Algorithm 1: Eq. (1) on the batch, then Eq. (2) (Sec. 3.2, App. A.1)
     def train_step(self) -> dict:
         """One step: the learner on the batch (each rank its share), the optimizer's proposal (rank 0),
         broadcast. Returns the step's ``history.jsonl`` record."""
@@ -179,6 +184,7 @@ class VerbalizedLearning:
             "skipped": [{"key": r["key"], "error": r["error"]} for r in skipped],
         }
 
+    # Algorithm 1's "if t mod μ = 0": Acc_t, then Q* <- Q_t if Acc_t > Acc* (unnumbered, App. A.1)
     def validate_and_select(self, training: Progress) -> None:
         """Validate the current questions, select, record; ``training``'s postfix shows the best metric from now on."""
         with validation_progress(self.state.step, len(self.val), self.show_progress) as shown:
@@ -193,6 +199,7 @@ class VerbalizedLearning:
             shown.close(message=validation_line(result))
         training.set_postfix(best=self.state.best.metric)
 
+    # Acc_t of Q_t on D_val, by Eq. (1) per video (unnumbered, App. A.1)
     def validate(self, shown: Progress) -> dict:
         """Score the current questions on (this rank's share of) the validation list, gathered everywhere;
         ``shown`` counts the videos (rank 0's share times the ranks)."""
@@ -235,6 +242,7 @@ class VerbalizedLearning:
 # --------------------------------------------------------------------------- the two roles, validation, selection
 
 
+# Eq. (1), Sec. 3.2: Ŷ⁽ʲ⁾ = f_learner⁽ᵗ⁾(Ṽ⁽ʲ⁾) with prompt (θ, Q_t)
 def learner_pass(backend: VLMBackend, template: str, questions: list[str], loaded: list[Loaded],
                  options: TrainingOptions, rule: str = "output") -> list[dict]:
     """The learner's answers to ``questions`` for the readable videos of ``loaded`` (an unreadable one is recorded
@@ -261,6 +269,7 @@ def _answer_record(loaded: Loaded, answer: VLMAnswer, rule: str) -> dict:
     }
 
 
+# Eq. (2), Sec. 3.2: Q_{t+1} = f_opt⁽ᵗ⁾(V_batch, Ŷ_batch, Y_batch) with prompt (ψ, Q_t)
 def optimizer_proposal(backend: VLMBackend, template: str, questions: list[str], loaded: list[Loaded] | None,
                        records: list[dict], step: int, options: TrainingOptions) -> dict:
     """One optimizer call: the questions for the next step, and whether its answer gave usable ones (if not,
@@ -281,6 +290,7 @@ def optimizer_proposal(backend: VLMBackend, template: str, questions: list[str],
             "questions": proposal.questions if proposal.accepted else list(questions)}
 
 
+# Acc_t of Algorithm 1 (unnumbered, App. A.1)
 def validation_scores(records: list[dict], questions: list[str], step: int, rule: str) -> dict:
     """The validation accuracy (and AUC) of ``questions`` from the learner's validation ``records``: the
     ``validation.jsonl`` record, before selection."""
@@ -302,6 +312,7 @@ def validation_scores(records: list[dict], questions: list[str], step: int, rule
     }
 
 
+# Algorithm 1's "if Acc_t > Acc*: Q* <- Q_t" (unnumbered, App. A.1; Q* also in Sec. 3.3)
 def select(best: Best | None, result: dict, select_by: str) -> Best | None:
     """The new best questions Q* if the validated questions beat ``best`` on a strictly higher metric
     (the first validation always does), else None."""

@@ -1,6 +1,6 @@
 """Steps 2 and 3 of VERA's inference, as the paper names them, for one video: answers in, frame scores out.
 
-Step 2 (scene context) replaces each segment's answer yᵤ by the
+Step 2 (scene context) replaces each segment's answer ỹᵤ by the
 softmax(S/τ)-weighted mean of the answers of its K most similar segments;
 Step 3 (temporal context) smooths that sequence with a Gaussian (ω, σ₁),
 gives each segment's value to its frames, and weights the frames by a
@@ -12,9 +12,16 @@ Each step exists in two protocols, side by side:
   for bit, quirks included, because the paper's tables were made with them;
 * ``paper`` follows the paper's text (README, "Scoring protocols").
 
-The paper's symbols: h segments, F frames, features eᵤ, similarity
-S(u, w) = cos(eᵤ, e_w), neighbours Φᵤ (|Φᵤ| = K), temperature τ, filter size
-ω, standard deviations σ₁ (segments) and σ₂ (frames).
+The paper's symbols: h segments, F frames, answers ỹᵤ, features eᵤ,
+similarity sim(u, w) = cos(eᵤ, e_w) (S here), neighbours κᵤ (K of them),
+temperature τ, ȳᵤ after Step 2, γ̄ᵤ after smoothing (filter size ω, standard
+deviation σ₁ in segments), ρᵢ per frame, weights w(i) (σ₂ in frames), ŷᵢ.
+
+Equation and section numbers in the comments are the CVPR version's (arXiv
+v3); v1 numbers Eqs. (1)–(5) and Secs. 3.2–3.3 the same way. Step 2 is
+Eq. (4), Step 3 ends in Eq. (5); the similarity, the Gaussian G(p), the
+smoothing and w(i) are unnumbered, in the text of Sec. 3.3. The values of K,
+τ, ω, σ₁, σ₂ are in App. B.4 (v1: B.3).
 """
 
 from __future__ import annotations
@@ -36,9 +43,11 @@ Metric = Literal["auc", "ap"]
 
 
 # ================================================================ Step 2: scene context
-# ȳᵤ = Σ_{w ∈ Φᵤ} softmax_w(S(u, w)/τ) · y_w, Φᵤ the K segments most similar to u (itself included).
+# Eq. (4), Sec. 3.3:
+# ȳᵤ = Σ_{w ∈ κᵤ} softmax_w(S(u, w)/τ) · ỹ_w, κᵤ the K segments most similar to u (itself included).
 
 
+# K of Eq. (4), Sec. 3.3 (its value: App. B.4)
 def released_neighbour_count(num_segments: int, dataset: str, metric: Metric,
                              ratio: float = RELEASED_NEIGHBOUR_FRACTION) -> int:
     """K as released: int(ratio·h), ratio 0.15; XD keeps all h for short videos (h ≤ 10 for AUC, h ≤ 4 for AP).
@@ -52,17 +61,20 @@ def released_neighbour_count(num_segments: int, dataset: str, metric: Metric,
     return int(ratio * num_segments)
 
 
+# K of Eq. (4), Sec. 3.3 (its value: App. B.4)
 def paper_neighbour_count(num_segments: int, dataset: str, ratio: float | None = None) -> int:
     """K from the paper: 10 % of the segments (UCF) or 15 % (XD), or ``ratio``, at least one."""
     return max(1, int((PAPER_NEIGHBOUR_FRACTION[dataset] if ratio is None else ratio) * num_segments))
 
 
+# sim(u, w) (unnumbered, Sec. 3.3, Step 2)
 def cosine_similarity(features: np.ndarray) -> np.ndarray:
     """S = ê êᵀ with unit rows ê = e/‖e‖, computed as released (the stored dtype, the same BLAS call)."""
     normalised = features / np.linalg.norm(features, axis=1, keepdims=True)
     return np.dot(normalised, normalised.T)
 
 
+# sim(u, w) (unnumbered, Sec. 3.3, Step 2)
 def paper_similarity(features: np.ndarray) -> np.ndarray:
     """S in float64, *exactly* equal wherever two feature rows are equal (so that ties go by index).
 
@@ -79,8 +91,9 @@ def paper_similarity(features: np.ndarray) -> np.ndarray:
     return cosine_similarity(rows[first])[np.ix_(inverse, inverse)]
 
 
+# κᵤ, the top-K indices of Eq. (4), Sec. 3.3
 def released_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
-    """Φ as released: ``np.argsort(similarity, axis=1)[:, -k:]``, ascending similarity.
+    """κ as released: ``np.argsort(similarity, axis=1)[:, -k:]``, ascending similarity.
 
     The same call on the same float32 matrix, so that among equal
     similarities numpy's own tie order picks the neighbours and orders the
@@ -89,8 +102,9 @@ def released_neighbours(similarity: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(similarity, axis=1)[:, -k:]
 
 
+# κᵤ, the top-K indices of Eq. (4), Sec. 3.3
 def paper_neighbours(similarity: np.ndarray, k: int | None) -> np.ndarray:
-    """Φ from the paper: the K most similar segments, most similar first, ties to the lower index (None: all)."""
+    """κ from the paper: the K most similar segments, most similar first, ties to the lower index (None: all)."""
     return np.argsort(-similarity, axis=1, kind="stable")[:, :k]
 
 
@@ -99,6 +113,7 @@ def video_rng(seed: int, key: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(key.encode("utf-8"))])
 
 
+# Table 13's random κᵤ for Eq. (4) (App. B.4)
 def random_neighbours(num_segments: int, k: int, rng: np.random.Generator) -> np.ndarray:
     """Table 13's "random" control: for every segment, K distinct segments drawn uniformly (in the order drawn).
 
@@ -116,9 +131,10 @@ def random_neighbours(num_segments: int, k: int, rng: np.random.Generator) -> np
     return picks
 
 
+# Eq. (4), Sec. 3.3
 def scene_context(neighbour_similarity: np.ndarray, neighbour_scores: np.ndarray, tau: float,
                   released: bool) -> np.ndarray:
-    """ȳᵤ = softmax(S(u, Φᵤ)/τ) · y(Φᵤ), one row per segment (rows: S[u, Φᵤ] and y[Φᵤ]).
+    """ȳᵤ = softmax(S(u, κᵤ)/τ) · ỹ(κᵤ), one row per segment (rows: S[u, κᵤ] and ỹ[κᵤ]).
 
     S/τ is computed as S·(1/τ), which is the released ``S * 10`` exactly for τ = 0.1.
     Released: the softmax stays in the similarity's dtype (float32 as stored)
@@ -136,12 +152,14 @@ def scene_context(neighbour_similarity: np.ndarray, neighbour_scores: np.ndarray
 
 
 # ================================================================ Step 3: temporal context
-# ỹ = ȳ ∗ g(ω, σ₁) over the segments; each segment's value to its frames; ŷ_t = ỹ(t) · exp(−(t − c)²/(2σ₂²)).
+# Sec. 3.3: γ̄ = ȳ ∗ G (unnumbered); each segment's value to its frames, ρᵢ; Eq. (5): ŷᵢ = w(i) · ρᵢ,
+# w(i) = exp(−(i − c)²/(2σ₂²)) (unnumbered).
 
 
+# γ̄ = ȳ ∗ G, G(p) = exp(−p²/(2σ₁²)) (unnumbered, Sec. 3.3, Step 3)
 def released_smoothing(values: np.ndarray, window: int = RELEASED_KERNEL_SIZE,
                        sigma: float = RELEASED_KERNEL_SIGMA) -> np.ndarray:
-    """ỹ as released: a 15-tap Gaussian (σ₁ = 10) on t = linspace(-8, 7, 15), "same" mode.
+    """γ̄ as released: a 15-tap Gaussian (σ₁ = 10) on t = linspace(-8, 7, 15), "same" mode.
 
     Released quirks: ``-15 // 2`` is -8 (the minus applies first, then floor
     division rounds -7.5 down), so the 15 taps run from -8 to 7 in steps of
@@ -156,8 +174,9 @@ def released_smoothing(values: np.ndarray, window: int = RELEASED_KERNEL_SIZE,
     return np.convolve(np.asarray(values, dtype=np.float64), kernel, mode="same")[: len(values)]
 
 
+# γ̄ = ȳ ∗ G, G(p) = exp(−p²/(2σ₁²)) (unnumbered, Sec. 3.3, Step 3)
 def paper_smoothing(values: np.ndarray, window: int, sigma: float) -> np.ndarray:
-    """ỹ from the paper: a symmetric Gaussian over taps -⌊ω/2⌋ … ⌊ω/2⌋, renormalised where it overhangs the video.
+    """γ̄ from the paper: a symmetric Gaussian over taps -⌊ω/2⌋ … ⌊ω/2⌋, renormalised where it overhangs the video.
 
     Renormalising at the edges keeps a constant input constant, instead of
     pulling the first and last segments towards zero as zero padding would.
@@ -171,6 +190,7 @@ def paper_smoothing(values: np.ndarray, window: int, sigma: float) -> np.ndarray
     return smoothed / coverage
 
 
+# the flattening of γ̄ into ρ₁ … ρ_F (unnumbered, Sec. 3.3, Step 3)
 def frames_per_segment(num_segments: int, last_segment_frames: int) -> np.ndarray:
     """Frames each segment's value goes to: 16 each (the stride d), the last one ``last_segment_frames``."""
     counts = np.full(num_segments, SEGMENT_STRIDE, dtype=np.int64)
@@ -178,6 +198,7 @@ def frames_per_segment(num_segments: int, last_segment_frames: int) -> np.ndarra
     return counts
 
 
+# w(i), the weight of Eq. (5) (defined unnumbered, Sec. 3.3)
 def released_position_weights(num_frames: int, fraction: float = POSITION_SIGMA_FRACTION) -> np.ndarray:
     """exp(-½((t − c)/σ₂)²) with c = int(F/2), σ₂ = int(fraction·F), as the released code computes it.
 
@@ -188,6 +209,7 @@ def released_position_weights(num_frames: int, fraction: float = POSITION_SIGMA_
     return np.exp(-0.5 * ((frame - centre) / sigma) ** 2)
 
 
+# w(i), the weight of Eq. (5) (defined unnumbered, Sec. 3.3)
 def paper_position_weights(num_frames: int, fraction: float = POSITION_SIGMA_FRACTION) -> np.ndarray:
     """exp(-(t − c)²/(2σ₂²)) centred on the middle of the video, c = (F − 1)/2, σ₂ = ⌊fraction·F⌋ (⌊F/2⌋)."""
     frame = np.arange(num_frames, dtype=np.float64)
@@ -200,6 +222,7 @@ def released_ap_trim(num_frames: int) -> int:
     return num_frames - 1 - (num_frames - 1) % SEGMENT_STRIDE
 
 
+# Y = [y₁, …, y_F] (unnumbered, Sec. 3.1)
 def ground_truth(length: int, intervals: tuple[tuple[int, int], ...]) -> np.ndarray:
     """Frame labels: ones on [s, min(e, length)) for every annotated interval."""
     labels = np.zeros(length, dtype=np.float64)
@@ -211,6 +234,7 @@ def ground_truth(length: int, intervals: tuple[tuple[int, int], ...]) -> np.ndar
 # ================================================================ settings
 
 
+# K and τ of Eq. (4), ω, σ₁, σ₂ of Step 3 (values: App. B.4; sweeps: Tables 13–17)
 @dataclass(frozen=True)
 class ScoringOptions:
     """How one evaluation turns segment scores into frame scores.
@@ -291,8 +315,9 @@ class ScoringOptions:
 # ================================================================ one video, any settings
 
 
+# Eq. (4) and Step 3 up to Eq. (5), Sec. 3.3
 class VideoSteps:
-    """Steps 2–3 of one video (segment scores yᵤ, segment features eᵤ) under any ``ScoringOptions``.
+    """Steps 2–3 of one video (segment scores ỹᵤ, segment features eᵤ) under any ``ScoringOptions``.
 
     It keeps what a setting does not change: the similarity matrix, Step 2's
     values of each (K, τ) and, with ``keep_order`` (a sweep over many K), each
@@ -316,6 +341,7 @@ class VideoSteps:
     def num_segments(self) -> int:
         return len(self.scores)
 
+    # sim(u, w) (unnumbered, Sec. 3.3, Step 2)
     def similarity(self, released: bool) -> np.ndarray:
         """S: float32 as stored (released), or float64 with exact ties for equal rows (paper)."""
         if released not in self._similarity:
@@ -323,8 +349,9 @@ class VideoSteps:
             self._similarity[released] = compute(self.features)
         return self._similarity[released]
 
+    # κᵤ of Eq. (4), Sec. 3.3
     def neighbours(self, options: ScoringOptions) -> np.ndarray:
-        """Φᵤ of every segment under ``options`` (K, random or most similar, protocol), one row per segment."""
+        """κᵤ of every segment under ``options`` (K, random or most similar, protocol), one row per segment."""
         k = options.neighbour_count(self.num_segments)
         released = options.released
         if options.random_k is not None:  # K = 0 is the released "all segments"
@@ -338,6 +365,7 @@ class VideoSteps:
         order = self._order[released]
         return order[:, -k:] if released else order[:, :k]
 
+    # Eq. (4), Sec. 3.3
     def context(self, options: ScoringOptions) -> np.ndarray:
         """ȳ: Step 2's value of every segment (the answers themselves without retrieval)."""
         if not options.retrieval:
@@ -350,14 +378,16 @@ class VideoSteps:
             self._context[key] = scene_context(similarity, self.scores[neighbours], tau, options.released)
         return self._context[key]
 
+    # γ̄ = ȳ ∗ G (unnumbered, Sec. 3.3, Step 3)
     def smoothed(self, context: np.ndarray, options: ScoringOptions) -> np.ndarray:
-        """ỹ: Step 3's Gaussian smoothing of ȳ over the segments."""
+        """γ̄: Step 3's Gaussian smoothing of ȳ over the segments."""
         if options.skip_smoothing:
             return np.asarray(context, dtype=np.float64)
         parameters = options.hyperparameters()
         smoothing = released_smoothing if options.released else paper_smoothing
         return smoothing(context, parameters["window"], parameters["sigma1"])
 
+    # ỹ, ȳ (Eq. (4)) and γ̄ (unnumbered) per segment, Sec. 3.3
     def stages(self, options: ScoringOptions) -> dict[str, np.ndarray]:
         """Per segment: the answers, after Step 2, after smoothing, and the values the frames repeat."""
         context = self.context(options)
@@ -371,10 +401,12 @@ class VideoSteps:
         return {"answers": self.scores, "context": np.asarray(context, dtype=np.float64), "smoothed": smoothed,
                 "values": values}
 
+    # ŷ, Eq. (5), Sec. 3.3
     def frame_scores(self, options: ScoringOptions) -> np.ndarray:
         return frames_from_segments(self.stages(options)["values"], self.last_segment_frames, options)
 
 
+# ρᵢ, then ŷᵢ = w(i) · ρᵢ: Eq. (5), Sec. 3.3
 def frames_from_segments(values: np.ndarray, last_segment_frames: int, options: ScoringOptions) -> np.ndarray:
     """ŷ: each segment's value over its frames, then the position weights (none for the released XD-AP)."""
     frames = np.repeat(values, frames_per_segment(len(values), last_segment_frames))
@@ -387,6 +419,7 @@ def frames_from_segments(values: np.ndarray, last_segment_frames: int, options: 
     return weights * frames
 
 
+# Steps 2–3 of one video: Eq. (4), smoothing, Eq. (5) (Sec. 3.3)
 def frame_scores(scores: np.ndarray, features: np.ndarray | None, last_segment_frames: int,
                  options: ScoringOptions, key: str = "") -> np.ndarray:
     """Frame-level scores of one video from its segment scores and segment features (``key`` seeds --random-k)."""
