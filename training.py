@@ -41,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     from vera.vlm.prompts import build_learner_prompt, load_template, questions_from, resolve_frame_layout
     from vera.constants import INITIAL_QUESTIONS
 
+    # Reads: the training and validation lists (video-level 0/1 labels only), the initial questions Q0 and the
+    # learner's and optimizer's prompts.
     options = TrainingOptions(
         dataset=args.dataset, train=args.train, val=args.val, output=args.output,
         frames_dir=args.frames, videos_dir=args.videos, model=args.model or args.served_model,
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
             enable_input_dumps(backend, args.dump_inputs)
         return backend
 
+    # Algorithm 1 (vera/learning/algorithm1.py): for each batch the frozen VLM as learner answers with the
+    # current questions (Eq. (1)), as optimizer rewrites them from the frames, predictions and labels (Eq. (2));
+    # validation accuracy selects the best questions. Writes best_questions.txt, the history and a checkpoint.
     try:
         train(options, backend_on, accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
     except VeraError:

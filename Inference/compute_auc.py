@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     from vera.data.annotations import load_test_annotations
     from vera.scoring.evaluate import evaluate, evaluation_folder, summary, write_outputs
 
-    options = scoring_options(args)
+    options = scoring_options(args)  # the protocol and the paper's hyper-parameters (vera/constants.py)
     if args.output is None:
         from pathlib import Path
 
@@ -39,12 +39,21 @@ def main(argv: list[str] | None = None) -> int:
         from vera.figures import preload_plotting
 
         preload_plotting()
+    # A folder this run may not write is refused now, not after the computation.
     folder = evaluation_folder(args.output, options, annotations=args.annotations, scores_dir=args.scores,
                                features_dir=args.features, gt_frames=args.gt_frames,
                                merge_xd_duplicates=args.merge_xd_duplicates, overwrite=args.overwrite)
-    folder.check()  # a folder we may not write is refused now, not after the computation
+    folder.check()
+
+    # Reads: the test annotation, each video's Step 1 answers y (one 0/1 per segment) and its ImageBind features.
     videos = load_test_annotations(args.annotations, args.dataset, merge_xd_duplicates=args.merge_xd_duplicates)
+    # For each video (vera/scoring/steps.py, Sec. 3.3): Step 2, the scene context of Eq. (4) (each segment's
+    # score becomes the softmax-weighted mean over its K most similar segments); Step 3, Gaussian smoothing
+    # over the segments, expansion to frames and the position weighting of Eq. (5). Then the frame-level metric:
+    # ROC AUC (UCF-Crime) or AP (XD-Violence), by scikit-learn (vera/scoring/metrics.py).
     evaluation = evaluate(videos, args.scores, args.features, options, args.gt_frames, args.allow_missing)
+
+    # Writes: metrics.json, frame_scores/<key>.npy, stages.npz (every step's values) and the ROC/PR curves.
     write_outputs(evaluation, folder.open(), curves=not args.no_curves)
     print(summary(evaluation))
     if args.merge_xd_duplicates:

@@ -28,24 +28,22 @@ def main(argv: list[str] | None = None) -> int:
     from vera.distributed import check_device_options
 
     check_device_options(args.device, args.accelerator, args.devices, args.num_nodes)
-    from vera.vlm.backends import choose_model, load_backend, server_settings
-
-    chosen = choose_model(args.backend, args.model, args.served_model)
-    model, local_files_only = chosen.name, chosen.local_files_only
     from vera.data.annotations import load_test_annotations
-    from vera.distributed import launch
-    from vera.vlm.prompts import (
-        build_learner_prompt,
-        load_template,
-        preset_questions,
-        questions_from,
-        resolve_frame_layout,
-    )
     from vera.data.loading import resolve_workers
+    from vera.distributed import launch
+    from vera.errors import VeraError
+    from vera.vlm.backends import choose_model, load_backend, server_settings
+    from vera.vlm.context import check_context, prompt_source
+    from vera.vlm.prompts import (build_learner_prompt, load_template, preset_questions, questions_from,
+                                  resolve_frame_layout)
     from vera.vlm.step1 import Step1Runner, Step1Settings, step1_folder, step1_identity
 
+    # The frozen VLM (never fine-tuned) and the guiding questions learned by training.py (or a preset).
+    chosen = choose_model(args.backend, args.model, args.served_model)
+    model, local_files_only = chosen.name, chosen.local_files_only
     questions = questions_from(args.questions) if args.questions else preset_questions(args.preset)
     template = load_template(args.prompt_file)
+    # Reads: the test annotation; every 16 frames a segment, its 10-second window, 8 frames of it.
     videos = load_test_annotations(args.annotations, args.dataset)
     settings = Step1Settings(
         output=args.output, frames_dir=args.frames, videos_dir=args.videos,
@@ -57,15 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         dump_inputs=args.dump_inputs, score_mode=args.score_mode,
         input_workers=resolve_workers(args.input_workers, args.devices),
     )
-    # The output folder is checked (writable, same settings or --overwrite) before the model loads.
+    # The learner prompt: the template with the questions and one slot per frame (vera/vlm/prompts.py).
     prompt = build_learner_prompt(template, questions, settings.num_frames, settings.frame_layout)
+    # The output folder is checked (writable, same settings or --overwrite) before the model loads.
     image_format = args.image_format if args.backend == "openai" else None  # as the backend's describe() gives it
     step1_folder(settings, step1_identity(args.backend, model, questions, prompt, settings, image_format),
                  videos).check()
     server = server_settings(args.backend, base_urls=args.base_url, concurrency=args.concurrency,
                              timeout=args.request_timeout, retries=args.retries, image_format=args.image_format)
     ranks = launch(args.accelerator, args.devices, args.num_nodes, args.device)
-    from vera.vlm.context import check_context, prompt_source
 
     def load_checked():
         backend = load_backend(
@@ -79,14 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         return backend
 
     backend = ranks.together(load_checked)
+    # Step 1 (Sec. 3.3, Eq. (3)): the VLM answers the questions for each segment (the explanation) and ends
+    # with a 0/1 after "Output" (vera/vlm/parsing.py). Writes OUTPUT/<key>.json per video, resuming where a run stopped.
     summary = Step1Runner(backend, template, questions, settings).run(videos, ranks)
     if not ranks.is_main:
         # Rank 0 reports for all; a non-zero exit here would make Lightning's launcher kill rank 0 mid-report.
         return 0
     print(summary.text())
     if summary.failed:
-        from vera.errors import VeraError
-
         listed = "; ".join(list(summary.failed.values())[:3])
         raise VeraError(f"{len(summary.failed)} of {summary.videos} videos failed ({listed}); fix them and rerun to "
                         "resume")
