@@ -19,7 +19,7 @@ import numpy as np
 
 from vera.data.annotations import TestVideo
 from vera.errors import VeraError
-from vera.scoring.evaluate import check_window, read_inputs, select_videos
+from vera.scoring.evaluate import read_inputs, select_videos
 from vera.scoring.metrics import pr_auc, roc_auc
 from vera.scoring.steps import ScoringOptions, VideoSteps, frames_from_segments
 
@@ -82,7 +82,6 @@ def sweep(
         videos_in = [video for video in kept if video.key in keys]
         if not videos_in:
             raise VeraError("no video of this setting could be scored")
-        check_window(options, max(video.values[part].size for video in videos_in))
         scores = [frames_from_segments(video.values[part], video.last_segment_frames, part)[: video.labels.size]
                   for video in videos_in]
         results[part, keys] = metric_value(np.concatenate([video.labels for video in videos_in]),
