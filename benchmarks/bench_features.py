@@ -211,7 +211,7 @@ def main() -> None:
         keys = sorted(path.stem for path in args.clips.glob("*.mp4"))
         sources = {"video files": {"videos_dir": args.clips}}
         if args.frames_from == "jpeg":
-            from video_fixtures import decode_to_jpegs  # OpenCV: only where JPEG folders are wanted
+            from fixtures.videos import decode_to_jpegs  # OpenCV: only where JPEG folders are wanted
 
             lengths = {key: decode_to_jpegs(args.clips / f"{key}.mp4", Path(temporary) / key) for key in keys}
             sources["JPEG folders"] = {"frames_dir": Path(temporary)}

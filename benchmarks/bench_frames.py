@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # test fixtures (video writer), not the package
 
-from video_fixtures import decode_index, write_h264_index_video  # noqa: E402
+from fixtures.videos import decode_index, write_h264_index_video  # noqa: E402
 
 from vera.data.frame_extraction import extract_videos  # noqa: E402
 from vera.data.frames import DEFAULT_CACHE_BYTES, JpegFolderFrames, VideoFileFrames  # noqa: E402

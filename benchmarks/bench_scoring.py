@@ -98,7 +98,7 @@ def run_compare(workdir: Path, annotations: Path, repeats: int = 3) -> dict:
     from vera.scoring.sweep import sweep
     from vera.scoring.tables import reproduce
 
-    from scripts import load_script
+    from fixtures.scripts import load_script
 
     compute_auc = load_script("compute_auc")
     output = Path(tempfile.mkdtemp(prefix="vera-bench-out-"))

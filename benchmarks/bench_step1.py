@@ -178,7 +178,7 @@ def input_pipeline(clips: Path, image_size: int = 448, workers: tuple[int, ...] 
     from vera.vlm.step1 import plan_segments
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from video_fixtures import decode_to_jpegs
+    from fixtures.videos import decode_to_jpegs
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

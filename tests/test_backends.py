@@ -253,7 +253,7 @@ def test_the_commands_stop_in_seconds_on_a_hub_id_they_cannot_have(command, tmp_
                                                                     no_network):
     from huggingface_hub import constants
 
-    from scripts import run
+    from fixtures.scripts import run
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     annotation = tmp_path / "ann.json"

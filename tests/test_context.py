@@ -12,8 +12,8 @@ from transformers import AutoTokenizer
 
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt
 from vera.constants import INITIAL_QUESTIONS, PRESET_QUESTIONS
-from video_fixtures import write_index_video
-from scripts import run
+from fixtures.videos import write_index_video
+from fixtures.scripts import run
 
 LIMIT = 8192  # the tiny models' max_position_embeddings (vera.vlm.tiny_model)
 CONTEXT_TOKENS_PER_FRAME = 4  # the tiny InternVL: (32 / 8)² patches, merged 2×2

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from vera.scoring.synthetic import write_synthetic_inputs
-from scripts import run
+from fixtures.scripts import run
 
 
 @pytest.fixture

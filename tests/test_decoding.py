@@ -16,7 +16,7 @@ from vera.vlm import decoding
 from vera.vlm.parsing import answer_prefix
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_request
 from vera.constants import PRESET_QUESTIONS
-from scripts import load_script
+from fixtures.scripts import load_script
 
 ARCHS = ("internvl", "qwen2_vl")
 TOKENS = 24

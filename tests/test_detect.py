@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from report_fixtures import parse
-from scripts import ROOT, run
+from fixtures.reports import parse
+from fixtures.scripts import ROOT, run
 
 # The clips' frame counts, as the shared data's README lists them.
 CLIPS = {"Fighting033_x264_570_841": 271, "v=JfLYNEsrTew__#1_label_G-0-0_52_431": 379}
@@ -215,7 +215,7 @@ def test_bad_arguments_are_one_line_errors(clips, tiny_models, tmp_path, monkeyp
 
 @pytest.mark.parametrize("command", ["detect", "report"])
 def test_help_imports_no_heavy_library(command):
-    probe = (f"import sys, contextlib, io\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom scripts import run\n"
+    probe = (f"import sys, contextlib, io\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom fixtures.scripts import run\n"
              "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
              f"    try:\n        run({command!r}, ['--help'])\n    except SystemExit:\n        pass\n"
              "assert 'usage:' in out.getvalue()\n"
@@ -227,7 +227,7 @@ def test_help_imports_no_heavy_library(command):
 @pytest.fixture
 def with_bad_videos(shared_data, tmp_path):
     """One good clip beside a 1-frame video (decodes, too short to score) and a file that is no video."""
-    from video_fixtures import write_index_video
+    from fixtures.videos import write_index_video
 
     folder = tmp_path / "mixed"
     folder.mkdir()

@@ -26,12 +26,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from video_fixtures import index_frame
+from fixtures.videos import index_frame
 
 from vera.distributed import Ranks, check_device_options, launch, make_fabric
 from vera.errors import VeraError, run_cli
 from vera.vlm.step1 import Step1Summary
-from scripts import load_script
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # Four short videos (3, 2, 3 and 2 segments): rank 0 of 2 takes a and c, rank 1 takes b and d.

@@ -24,7 +24,7 @@ import vera.data.download as download
 import vera.data.transfer as transfer
 from vera.data.download import DriveArchive, RepoFile
 from vera.errors import VeraError
-from scripts import run
+from fixtures.scripts import run
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 

@@ -21,7 +21,7 @@ from vera.scoring.evaluate import evaluate
 from vera.scoring.steps import ScoringOptions
 from vera.scoring.synthetic import segment_file, write_synthetic_inputs
 
-from scripts import ROOT, load_script
+from fixtures.scripts import ROOT, load_script
 
 compute_auc = load_script("compute_auc")
 

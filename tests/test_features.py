@@ -21,8 +21,8 @@ from vera.data.frames import open_frames
 from vera.features.imagebind import TINY, randomly_initialised
 from vera.data.segments import num_segments, segment_centres, segment_window
 from vera.runs import PARTIAL_DIR
-from video_fixtures import decode_to_jpegs
-from scripts import load_script
+from fixtures.videos import decode_to_jpegs
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIPS = {"Fighting033_x264_570_841": "Fighting", "RoadAccidents133_x264_270_451": "RoadAccidents"}

@@ -14,14 +14,14 @@ import numpy as np
 import pytest
 from test_features import data, encoder  # noqa: F401 (fixtures)
 from test_step1_workers import CLIPS, folder_bytes
-from video_fixtures import write_problem_videos
+from fixtures.videos import write_problem_videos
 
 import vera.features.feature_extraction as extraction
 from vera.data.annotations import TestVideo
 from vera.errors import run_cli
 from vera.features.feature_extraction import FeatureSettings, extract_features
 from vera.features.imagebind import TINY, segment_clips
-from scripts import load_script
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = FeatureSettings(model="random-tiny (seed 0)")

@@ -15,7 +15,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from video_fixtures import decode_index, extract_or_crash, index_frame, write_h264_index_video, write_index_video
+from fixtures.videos import decode_index, extract_or_crash, index_frame, write_h264_index_video, write_index_video
 
 from vera.errors import VeraError
 from vera.data.frame_extraction import (
@@ -37,7 +37,7 @@ from vera.data.frames import (
 )
 from vera.data.segments import segment_centres, segment_window, window_frame_indices
 from vera.runs import LOCK_FILE, PARTIAL_DIR, RUN_FILE
-from scripts import load_script
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 # Frame counts, sizes and rates of the real clips, from ../shared/data/README.md.

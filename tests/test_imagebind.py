@@ -41,7 +41,7 @@ from vera.features.imagebind import (
     window_sample,
 )
 from vera.data.segments import segment_centres, segment_window
-from video_fixtures import decode_to_jpegs
+from fixtures.videos import decode_to_jpegs
 
 INSTALL = ("pip install --no-deps imagebind-packaged==0.1.2 pytorchvideo==0.1.5 timm==1.0.31 iopath==0.1.10 "
            "portalocker==4.4.2 ftfy==6.3.1 wcwidth==0.9.4 einops==0.8.2")

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from report_fixtures import ENTRIES, make_case
-from scripts import ROOT, run
+from fixtures.reports import ENTRIES, make_case
+from fixtures.scripts import ROOT, run
 from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.io import parse_json, read_json

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import cv2
 import pytest
-from video_fixtures import decode_index, index_frame, write_index_video
+from fixtures.videos import decode_index, index_frame, write_index_video
 
 import vera.data.loading
 from vera.data.frames import open_frames

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import ROOT, load_script
+from fixtures.scripts import ROOT, load_script
 from vera.data.annotations import load_test_annotations
 from vera.errors import run_cli
 from vera.scoring.synthetic import write_synthetic_inputs

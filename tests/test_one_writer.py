@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import ROOT
+from fixtures.scripts import ROOT
 from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.runs import LOCK_FILE, RUN_FILE, RunFolder
@@ -33,7 +33,7 @@ import sys, time
 from pathlib import Path
 import vera.scoring.evaluate as evaluation
 sys.path.insert(0, "tests")  # the tests' own helpers; the process runs in the project root
-from scripts import run
+from fixtures.scripts import run
 
 go, real = Path(sys.argv[1]), evaluation.evaluate
 def paused(*args, **kwargs):

@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
-from video_fixtures import decode_index, index_frame
+from fixtures.videos import decode_index, index_frame
 
 from vera.errors import VeraError, run_cli
 from vera.options import base_urls
@@ -43,7 +43,7 @@ from vera.vlm.backends.openai import (  # noqa: E402 - after the skip
     backoff_delay,
     label_probability,
 )
-from scripts import load_script
+from fixtures.scripts import load_script
 
 STEP1 = "generate_initial_score"
 

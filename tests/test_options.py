@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 import vera.options as options
-from scripts import ROOT, load_script
+from fixtures.scripts import ROOT, load_script
 
 
 def test_every_option_name_is_defined_once():
@@ -32,7 +32,7 @@ def test_help_answers_without_importing_the_heavy_libraries():
     import subprocess
     import sys
 
-    probe = (f"import sys, contextlib, io\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom scripts import run\n"
+    probe = (f"import sys, contextlib, io\nsys.path.insert(0, {str(ROOT / 'tests')!r})\nfrom fixtures.scripts import run\n"
              "with contextlib.redirect_stdout(io.StringIO()):\n"
              "    try:\n        run('generate_initial_score', ['--help'])\n    except SystemExit:\n        pass\n"
              "print(sorted(m for m in ('torch', 'transformers', 'numpy', 'lightning') if m in sys.modules))")
@@ -92,7 +92,7 @@ def _refused_as_unknown(parser, token: str) -> bool:
 
 
 def test_no_command_takes_an_abbreviated_flag():
-    from scripts import SCRIPTS
+    from fixtures.scripts import SCRIPTS
 
     checked = 0
     for name in SCRIPTS:
@@ -141,7 +141,7 @@ def test_every_argument_parser_in_the_project_refuses_abbreviations():
     ("compute_auc", ["--dataset", "ucf", "--devices", "2"], "unrecognized arguments: --devices"),
 ])
 def test_a_flag_of_another_command_names_what_this_one_takes(command, argv, message, capsys):
-    from scripts import run
+    from fixtures.scripts import run
 
     assert run(command, argv) == 2
     error = capsys.readouterr().err

@@ -26,10 +26,10 @@ import vera.scoring.steps  # noqa: F401
 import vera.vlm.backends
 import vera.vlm.prompts  # noqa: F401
 import vera.vlm.step1  # noqa: F401
-from unprivileged import read_only_folder, unprivileged, world_readable_tmp
+from fixtures.unprivileged import read_only_folder, unprivileged, world_readable_tmp
 from vera.errors import run_cli
 from vera.runs import RunFolder
-from scripts import load_script
+from fixtures.scripts import load_script
 
 STAGES = {
     # command module: (kind of run folder, the flag naming the output folder, where its work starts)

@@ -14,7 +14,7 @@ import pytest
 from sklearn.metrics import auc, roc_curve
 
 from reference.released import reference_video
-from scripts import ROOT, run
+from fixtures.scripts import ROOT, run
 from vera.data.annotations import NORMAL_CLASS, load_test_annotations
 from vera.errors import VeraError
 

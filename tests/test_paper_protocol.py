@@ -12,7 +12,7 @@ import pytest
 
 from reference import paper as reference
 from vera.scoring.steps import ScoringOptions, frame_scores
-from scripts import load_script
+from fixtures.scripts import load_script
 
 compute_auc = load_script("compute_auc")
 

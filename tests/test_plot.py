@@ -19,7 +19,7 @@ from vera.learning.settings import TrainingOptions
 from vera.scoring.synthetic import write_synthetic_inputs
 from vera.vlm.backends.base import VLMRequest
 from vera.vlm.backends.scripted import ScriptedBackend
-from scripts import load_script
+from fixtures.scripts import load_script
 
 compute_auc = load_script("compute_auc")
 plot = load_script("plot")

@@ -38,7 +38,7 @@ from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.parsing import last_character_label
 from vera.constants import INITIAL_QUESTIONS
 from vera.vlm.qwen_video import chat_text
-from scripts import load_script
+from fixtures.scripts import load_script
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 

@@ -29,7 +29,7 @@ from vera.vlm.input_dump import enable_input_dumps
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, build_learner_prompt, learner_frames, learner_request, load_template, resolve_frame_layout
 from vera.constants import PRESET_QUESTIONS
 from vera.vlm.qwen_video import chat_text
-from scripts import load_script
+from fixtures.scripts import load_script
 
 SYS_START = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n"
 SYS_END = "<|im_end|>\n<|im_start|>assistant\n"

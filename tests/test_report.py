@@ -13,9 +13,9 @@ from urllib.parse import unquote
 import numpy as np
 import pytest
 
-from report_fixtures import ENTRIES, ODD_KEY, QUESTIONS, data_uri_frame, make_case, parse
+from fixtures.reports import ENTRIES, ODD_KEY, QUESTIONS, data_uri_frame, make_case, parse
 from vera.errors import VeraError
-from scripts import run
+from fixtures.scripts import run
 
 TOP_K, LIMIT = 3, 6
 

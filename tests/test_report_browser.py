@@ -9,9 +9,9 @@ import struct
 
 import pytest
 
-from browser import Browser, chromium_executable
-from report_fixtures import ODD_KEY, make_case, response
-from scripts import run
+from fixtures.browser import Browser, chromium_executable
+from fixtures.reports import ODD_KEY, make_case, response
+from fixtures.scripts import run
 
 EXECUTABLE = chromium_executable()
 pytestmark = pytest.mark.skipif(EXECUTABLE is None, reason="no Chromium on PATH: apt-get install chromium "

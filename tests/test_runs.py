@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from vera.errors import VeraError
-from unprivileged import read_only_folder, unprivileged, world_readable_tmp
+from fixtures.unprivileged import read_only_folder, unprivileged, world_readable_tmp
 from vera.runs import LOCK_FILE, PARTIAL_DIR, RUN_FILE, RunFolder, check_writable
 
 IDENTITY = {"model": "tiny", "fps": 30, "questions": ["Is there a fight?"]}

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import ROOT
+from fixtures.scripts import ROOT
 from vera.data.annotations import load_test_annotations
 from vera.scoring.synthetic import write_synthetic_inputs
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import auc, roc_curve
-from video_fixtures import decode_index, decode_to_jpegs, index_frame, write_index_video
+from fixtures.videos import decode_index, decode_to_jpegs, index_frame, write_index_video
 
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.base import VLMAnswer, VLMRequest
@@ -28,7 +28,7 @@ from vera.constants import PRESET_QUESTIONS
 from vera.data.frames import resize_frames
 from vera.options import shard as shard_option
 from vera.vlm.step1 import Step1Runner, Step1Settings, plan_segments, select_videos
-from scripts import load_script
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 QUESTIONS = PRESET_QUESTIONS["ucf"]
@@ -206,7 +206,7 @@ def test_malformed_empty_and_truncated_answers_are_recorded_and_counted(tmp_path
 KILL_SCRIPT = """
 import multiprocessing, os, sys
 from pathlib import Path
-from video_fixtures import decode_index
+from fixtures.videos import decode_index
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_step1 import index_answer, runner, video, wait_until_gone, write_index_folder
-from video_fixtures import decode_to_jpegs, write_problem_videos
+from fixtures.videos import decode_to_jpegs, write_problem_videos
 
 from vera.errors import InputWorkerError
 from vera.runs import LOCK_FILE
@@ -138,7 +138,7 @@ def test_a_killed_input_worker_stops_the_run_with_a_clear_error_and_keeps_the_an
 CTRL_C_SCRIPT = """
 import multiprocessing, sys, time
 from pathlib import Path
-from video_fixtures import decode_index
+from fixtures.videos import decode_index
 from vera.data.annotations import TestVideo
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from scripts import ROOT
+from fixtures.scripts import ROOT
 
 
 def _modules(package: Path) -> dict[str, Path]:
@@ -131,3 +131,10 @@ def test_requirements_list_exactly_what_the_package_imports():
               for line in lines if line.strip() and not line.startswith("#")]
     assert len(listed) == len(set(listed))
     assert set(listed) == distributions | UNDECLARED_BY_A_REQUIREMENT
+
+
+def test_the_tests_readme_lists_every_test_file_once():
+    import re
+
+    listed = re.findall(r"`(test_\w+\.py)`", (ROOT / "tests" / "README.md").read_text(encoding="utf-8"))
+    assert sorted(listed) == sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))

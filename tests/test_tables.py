@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scripts import ROOT, load_script
+from fixtures.scripts import ROOT, load_script
 from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.scoring.evaluate import evaluate

@@ -23,7 +23,7 @@ from vera.learning.run_state import BEST_FILE, CHECKPOINT_FILE, HISTORY_FILE, VA
 from vera.learning.settings import TrainingOptions
 from vera.learning.training_data import batch_at, epoch_order
 from vera.constants import INITIAL_QUESTIONS
-from scripts import load_script
+from fixtures.scripts import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = "logs/version_0/metrics.csv"
@@ -544,7 +544,7 @@ def test_num_frames_above_a_video_length_is_refused_through_training_py(shared_d
         {"video": "frames/RoadAccidents/RoadAccidents133_x264_270_451.mp4", "length": 181},
     ]))
     out = tmp_path / "run"
-    from scripts import run
+    from fixtures.scripts import run
 
     argv = ["--dataset", "ucf", "--train", str(train_list), "--val", str(train_list), "--videos",
             str(shared_data / "clips"), "--model", str(tiny_internvl), "--num-frames", "1000", "--accelerator", "cpu",

@@ -31,7 +31,7 @@ from vera.learning.sampling import training_frame_indices
 from vera.options import questions_source
 from vera.vlm.backends.scripted import ScriptedBackend
 from vera.vlm.prompts import DEFAULT_LEARNER_TEMPLATE, load_questions, questions_from
-from scripts import load_script
+from fixtures.scripts import load_script
 
 QUESTIONS = ["1. Is there a fight?", "2. Is something burning?"]
 
