@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import re
@@ -22,6 +21,7 @@ from vera.scoring.steps import ScoringOptions
 from vera.scoring.synthetic import segment_file, write_synthetic_inputs
 
 from fixtures.scripts import ROOT, load_script
+from fixtures.scoring import small_scoring_set
 
 compute_auc = load_script("compute_auc")
 
@@ -177,17 +177,7 @@ def test_bad_gt_frames_are_named_before_any_scoring(tmp_path, value, message):
 
 
 def _small_set(tmp_path: Path) -> tuple[Path, list[TestVideo]]:
-    entries = [
-        {"video": "frames/Fighting/Fighting001_x264.mp4", "temporal_label": [40, 120, -1, -1], "length": 200},
-        {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 150], "length": 150},
-        {"video": "frames/Normal/Normal_Videos_003_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 170},
-        {"video": "frames/Normal/Normal_Videos_004_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 33},
-    ]
-    annotation = tmp_path / "ann.json"
-    annotation.write_text(json.dumps(entries))
-    videos = load_test_annotations(annotation, "ucf")
-    write_synthetic_inputs(videos, tmp_path / "scores", tmp_path / "features", width=8, seed=1)
-    return annotation, videos
+    return small_scoring_set(tmp_path)
 
 
 def _cli(tmp_path: Path, annotation: Path, *extra: str) -> int:

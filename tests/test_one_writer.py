@@ -15,14 +15,12 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from fixtures.scoring import small_scoring_set
 from fixtures.scripts import ROOT
-from vera.data.annotations import load_test_annotations
 from vera.errors import VeraError
 from vera.runs import LOCK_FILE, RUN_FILE, RunFolder
-from vera.scoring.synthetic import write_synthetic_inputs
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
 TIMEOUT_S = 120
@@ -121,16 +119,7 @@ def in_use(folder: Path, pid: int) -> str:
 @pytest.fixture
 def scoring_inputs(tmp_path: Path) -> list[str]:
     """compute_auc.py's inputs (four videos, generated scores and features) as options, less --output."""
-    entries = [
-        {"video": "frames/Fighting/Fighting001_x264.mp4", "temporal_label": [40, 120, -1, -1], "length": 200},
-        {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 150], "length": 150},
-        {"video": "frames/Normal/Normal_Videos_003_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 170},
-        {"video": "frames/Normal/Normal_Videos_004_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 33},
-    ]
-    annotation = tmp_path / "ann.json"
-    annotation.write_text(json.dumps(entries))
-    write_synthetic_inputs(load_test_annotations(annotation, "ucf"), tmp_path / "scores", tmp_path / "features",
-                           width=8, seed=1)
+    annotation, _ = small_scoring_set(tmp_path)
     return ["--dataset", "ucf", "--annotations", str(annotation), "--scores", str(tmp_path / "scores"),
             "--features", str(tmp_path / "features")]
 

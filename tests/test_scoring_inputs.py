@@ -12,23 +12,12 @@ import numpy as np
 import pytest
 
 from fixtures.scripts import ROOT
-from vera.data.annotations import load_test_annotations
-from vera.scoring.synthetic import write_synthetic_inputs
+from fixtures.scoring import small_scoring_set
 
 
 def _small_set(tmp_path: Path) -> Path:
     """Four UCF-style videos of 3 to 13 segments with synthetic answers and 8-wide float32 features."""
-    entries = [
-        {"video": "frames/Fighting/Fighting001_x264.mp4", "temporal_label": [40, 120, -1, -1], "length": 200},
-        {"video": "frames/Arson/Arson002_x264.mp4", "temporal_label": [0, 60, 100, 150], "length": 150},
-        {"video": "frames/Normal/Normal_Videos_003_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 170},
-        {"video": "frames/Normal/Normal_Videos_004_x264.mp4", "temporal_label": [-1, -1, -1, -1], "length": 33},
-    ]
-    annotation = tmp_path / "ann.json"
-    annotation.write_text(json.dumps(entries))
-    write_synthetic_inputs(load_test_annotations(annotation, "ucf"), tmp_path / "scores", tmp_path / "features",
-                           width=8, seed=1)
-    return annotation
+    return small_scoring_set(tmp_path)[0]
 
 
 def _compute_auc(tmp_path: Path, annotation: Path, *extra: str) -> subprocess.CompletedProcess:
