@@ -50,6 +50,7 @@ is faster.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import pickle
 import select
@@ -96,6 +97,23 @@ class FramesInfo:
     num_frames: int
     fps: float | None
     source: Path
+
+
+def _forget_inherited_forkserver() -> None:
+    """In a process forked from one that had started the forkserver (Lightning's ``fork`` launcher): forget that
+    server, so that this process starts its own. multiprocessing checks its server with ``waitpid``, which fails
+    in any process but the server's parent."""
+    server = multiprocessing.forkserver._forkserver
+    if getattr(server, "_forkserver_pid", None) is None:
+        return
+    if getattr(server, "_forkserver_alive_fd", None) is not None:
+        os.close(server._forkserver_alive_fd)  # the server lives while any process holds this open
+    for name in ("_forkserver_address", "_forkserver_alive_fd", "_forkserver_pid", "_forkserver_authkey"):
+        if hasattr(server, name):
+            setattr(server, name, None)
+
+
+os.register_at_fork(after_in_child=_forget_inherited_forkserver)
 
 
 def default_workers(processes_per_machine: int = 1) -> int:
