@@ -19,7 +19,7 @@ COMMAND = Command(__doc__, [
     "output", "epochs",
     "train_batch_size", "num_frames", "val_every", "max_steps", "limit_val", "val_batch_size", "select_by",
     "initial_questions", "prompt_file", "optimizer_prompt_file", "frame_layout", "max_new_tokens", "seed",
-    "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "dump_inputs",
+    "skip_bad_videos", "overwrite", "devices", "accelerator", "num_nodes", "input_workers", "dump_inputs",
     "base_url", "concurrency", "request_timeout", "retries", "image_format",
     "frame_sampling", "num_questions", "no_optimizer_frames",
 ], prog="training.py", checks=(check_backend_options,))
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     model, local_files_only = chosen.name, chosen.local_files_only
     from lightning.fabric.utilities.rank_zero import rank_zero_only
 
+    from vera.data.loading import resolve_workers
     from vera.errors import VeraError
     from vera.learning.launch import train
     from vera.learning.settings import TrainingOptions
@@ -77,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     # current questions (Eq. (1)), as optimizer rewrites them from the frames, predictions and labels (Eq. (2));
     # validation accuracy selects the best questions. Writes best_questions.txt, the history and a checkpoint.
     try:
-        train(options, backend_on, accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes)
+        train(options, backend_on, accelerator=args.accelerator, devices=args.devices, num_nodes=args.num_nodes,
+              input_workers=resolve_workers(args.input_workers, args.devices))
     except VeraError:
         if rank_zero_only.rank != 0:
             return 2  # every rank meets the same error; rank 0 says it, once

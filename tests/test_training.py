@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import importlib
 import json
 import os
@@ -409,6 +410,56 @@ def test_xd_training(tmp_path: Path) -> None:
     assert state.best.questions == GOOD
 
 
+class _FrameDigests(Script):
+    """The scripted model, each answer starting with a digest of the frames it was shown: the outputs record
+    exactly which pixels every learner and optimizer call saw."""
+
+    def __call__(self, request: VLMRequest) -> str:
+        pixels = hashlib.sha256(b"".join(np.ascontiguousarray(image).tobytes() for image in request.images))
+        return f"frames {pixels.hexdigest()[:16]}\n{super().__call__(request)}"
+
+
+def test_input_workers_give_byte_identical_outputs(ucf: dict, tmp_path: Path) -> None:
+    """Frames read by 2 worker processes (and bad videos failing in them) give the outputs of reading in process;
+    an unskipped bad video stops the run with the same one line."""
+    _write_frames(ucf["frames"] / "Arson020_x264")  # 16 frames, annotated 40: fails when read
+    listed = json.loads(ucf["train"].read_text())
+    ucf["train"].write_text(json.dumps(listed + [{"video": "frames/Arson/Arson020_x264.mp4", "length": 40},
+                                                {"video": "frames/Arrest/Arrest099_x264.mp4", "length": 16}]))
+    val = json.loads(ucf["val"].read_text())
+    ucf["val"].write_text(json.dumps(val[:2] + [{"video": "frames/Arson/Arson020_x264.mp4", "length": 40}] + val[2:]))
+    outputs = {}
+    for workers in (0, 2):
+        out = tmp_path / f"workers{workers}"
+        # 3 steps (two validations, one pass of training reads between them: worker processes start 3 times).
+        state = train(_options(ucf, out, epochs=1, val_every=3, frame_sampling="random", skip_bad_videos=True),
+                      lambda device: ScriptedBackend(_FrameDigests({1: _proposal(GOOD)})), accelerator="cpu",
+                      input_workers=workers, progress=False)
+        assert state.step == 3 and state.skipped_videos == 2 + 2 and state.best.questions == GOOD
+        outputs[workers] = {path.relative_to(out): path.read_bytes() for path in sorted(out.rglob("*"))
+                            if path.is_file()}
+    assert sorted(map(str, outputs[0])) == sorted([".lock", BEST_FILE, CHECKPOINT_FILE, HISTORY_FILE, METRICS, "run.json",
+                                                   VALIDATION_FILE])
+    for files in outputs.values():  # run.json names its folder and when it was made: the rest must match
+        record = json.loads(files.pop(Path("run.json")))
+        del record["created"], record["options"]["output"]
+        files["run.json"] = record
+    assert outputs[2] == outputs[0]
+    history = _jsonl(tmp_path / "workers2" / HISTORY_FILE)
+    learner = [answer["response"].split("\n")[0] for record in history for answer in record["learner"]]
+    assert len(learner) == 4 and len(set(learner)) == 4  # the digests see the frames: each draw differs
+    ucf["train"].write_text(json.dumps(listed + [{"video": "frames/Arson/Arson020_x264.mp4", "length": 40}]))
+    messages = []
+    for workers in (0, 2):
+        with pytest.raises(VeraError) as failure:
+            train(_options(ucf, tmp_path / f"stopped{workers}"), lambda device: ScriptedBackend(Script(ANSWERS)),
+                  accelerator="cpu", input_workers=workers, progress=False)
+        messages.append(str(failure.value))
+    assert messages[0] == messages[1]
+    assert re.fullmatch(r"video Arson020_x264: frame \d+ is out of range.* \(--skip-bad-videos skips such videos\)",
+                        messages[0])
+
+
 # --------------------------------------------------------------------------- two processes
 
 
@@ -432,15 +483,17 @@ class _RankRecorder(ScriptedBackend):
 
 def test_ranks_share_the_work_and_only_rank_0_optimizes(ucf: dict, tmp_path: Path) -> None:
     """A one-process run stopped after step 2, resumed by two DDP ranks (Fabric's fork launcher): each rank
-    answers its share, the optimizer runs on rank 0, and the outputs equal an uninterrupted one-process run's."""
+    reads and answers its share, the optimizer runs on rank 0, and the outputs equal an uninterrupted one-process
+    run's."""
     reference = tmp_path / "single"
     _run(ucf, reference, Script(ANSWERS))
     out = tmp_path / "ddp"
     _run(ucf, out, Script(ANSWERS), max_steps=2)
     seen = tmp_path / "seen"
     seen.mkdir()
+    # Each rank reads its own share in a worker process of its own.
     state = train(_options(ucf, out), lambda device: _RankRecorder(seen), accelerator="cpu",
-                  devices=2, start_method="fork", progress=False)
+                  devices=2, start_method="fork", input_workers=1, progress=False)
     assert state.questions == GOOD and state.best.questions == GOOD and state.step == 4
     keys = [(seen / f"rank{rank}.txt").read_text().splitlines() for rank in (0, 1)]
     assert [k for k in keys[0] if k.startswith("optimizer")] == ["optimizer step 3", "optimizer step 4"]

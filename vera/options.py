@@ -402,10 +402,10 @@ OPTIONS: dict[str, Option] = {
                     help="compile the decoding step (torch.compile, CUDA graphs on a GPU; implies --static-cache); "
                          "the first batch takes minutes to compile"),
     "input_workers": _opt("--input-workers", type=workers_or_auto, metavar="N|auto",
-                          help="processes per GPU process that read (Step 1: and resize) the frames of the coming "
-                               "segments while the model works, one video each; 0 reads them in this process, before "
-                               "each batch; same results either way (default auto: the CPUs per GPU process less "
-                               "one, at most 4; 0 on one CPU)"),
+                          help="processes per GPU process that read (for the VLM: and resize) the frames of the coming "
+                               "segments or videos while the model works, one video each; 0 reads them in this "
+                               "process, before each batch; same results either way (default auto: the CPUs per GPU "
+                               "process less one, at most 4; 0 on one CPU)"),
     # features
     "checkpoint": _opt("--checkpoint", type=existing_file, metavar="FILE",
                        help="the official imagebind_huge.pth"),

@@ -4,10 +4,10 @@
   proposal, validation, selection of the best questions.
 - ``launch``: ``train``, which starts the processes on Lightning Fabric.
 - ``settings``: ``TrainingOptions``, what decides a run.
-- ``training_data``: the lists, and which videos form each step's batch.
+- ``training_data``: the lists, which videos form each step's batch, and
+  reading their frames ahead of the model (``vera.data.loading``).
 - ``sampling``: which frames of a training video the learner sees (uniform,
   random, TSN), drawn reproducibly.
-- ``frame_reader``: reads the frames in worker threads ahead of the model.
 - ``optimizer_prompt``: the optimizer's prompt and reading new questions
   from its answer.
 - ``run_state``: identity, checkpoint, JSONL records, resume after a kill.

@@ -24,19 +24,22 @@ Sec. 3.2, numbered the same in v1, v3 and the CVPR version):
 Several processes: each answers its share of a batch and of the validation
 list, the optimizer runs on rank 0 and its verdict is broadcast, so every rank
 holds the same Q and the outputs do not depend on the number of processes.
-Checkpoint, resume and files: ``run_state``; reporting: ``run_log``.
+Frames are read ahead of the model (``training_data.frame_reads``): each
+stretch of training steps up to the next validation in one pass, each
+validation in another. Checkpoint, resume and files: ``run_state``; reporting:
+``run_log``.
 """
 
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
 
 from vera.distributed import Ranks
 from vera.errors import VeraError
-from vera.learning.frame_reader import FrameSource, Loaded
 from vera.learning.optimizer_prompt import (
     build_optimizer_prompt,
     extract_new_questions,
@@ -46,7 +49,16 @@ from vera.learning.optimizer_prompt import (
 from vera.learning.run_log import step_line, training_progress, validation_line, validation_progress
 from vera.learning.run_state import HISTORY_FILE, Best, RunRecorder, TrainingState, open_output, run_identity
 from vera.learning.settings import TrainingOptions, validation_rule
-from vera.learning.training_data import batch_at, check_sources, load_lists, step_limit_note, steps_per_epoch
+from vera.learning.training_data import (
+    FrameReads,
+    Loaded,
+    batch_at,
+    check_sources,
+    frame_reads,
+    load_lists,
+    step_limit_note,
+    steps_per_epoch,
+)
 from vera.progress import Progress
 from vera.scoring.metrics import roc_auc
 from vera.vlm.backends.base import VLMAnswer, VLMBackend, VLMRequest
@@ -58,10 +70,12 @@ from vera.vlm.prompts import build_learner_prompt, learner_request, load_templat
 class VerbalizedLearning:
     """Algorithm 1 in one process (rank)."""
 
-    def __init__(self, options: TrainingOptions, ranks: Ranks, *, progress: bool = True):
-        """Read and check the lists, templates and output folder (before any model is loaded)."""
+    def __init__(self, options: TrainingOptions, ranks: Ranks, *, input_workers: int = 0, progress: bool = True):
+        """Read and check the lists, templates and output folder (before any model is loaded). ``input_workers``
+        processes read the frames ahead of the model (0: this process reads them); the outputs are the same."""
         options.check()
         self.options = options
+        self.input_workers = input_workers
         self.ranks = ranks
         self.backend: VLMBackend | None = None
         self.show_progress = progress and ranks.is_main
@@ -83,7 +97,6 @@ class VerbalizedLearning:
             return self.folder.fingerprint, state, fresh
 
         self.fingerprint, self.state, self.fresh = ranks.on_main(open_on_main)
-        self.frames = FrameSource(options)
         self.record = RunRecorder(ranks.fabric, self.output, self.fingerprint, ranks.is_main)
 
     @property
@@ -114,12 +127,15 @@ class VerbalizedLearning:
                 # Step 0 scores the initial questions first; later, it redoes a validation a kill cut short.
                 self.validate_and_select(shown)
             while self.state.step < self.total_steps:
-                record = self.train_step()
-                self.record.step(record, self.state)
-                best = None if self.state.best is None else self.state.best.metric
-                shown.set_postfix(train_acc=record["train_accuracy"], best=best)
-                shown.update(1, message=step_line(record, self.total_steps, best))
-                self._check_something_readable()
+                end = self._next_validation()
+                with self._training_reads(self.state.step, end) as reads:
+                    while self.state.step < end:
+                        record = self.train_step(reads)
+                        self.record.step(record, self.state)
+                        best = None if self.state.best is None else self.state.best.metric
+                        shown.set_postfix(train_acc=record["train_accuracy"], best=best)
+                        shown.update(1, message=step_line(record, self.total_steps, best))
+                        self._check_something_readable()
                 if self._validation_due():
                     self.validate_and_select(shown)
             if self.state.last_validated_step != self.state.step:
@@ -129,20 +145,19 @@ class VerbalizedLearning:
             raise
         finally:
             shown.close()
-            self.frames.close()
         return self.state
 
     # one iteration t of Algorithm 1: Eq. (1) on the batch, then Eq. (2) (Sec. 3.2, App. A.1)
-    def train_step(self) -> dict:
+    def train_step(self, reads: FrameReads) -> dict:
         """One step: the learner on the batch (each rank its share), the optimizer's proposal (rank 0),
-        broadcast. Returns the step's ``history.jsonl`` record."""
+        broadcast. Returns the step's ``history.jsonl`` record. ``reads``: ``_training_reads``."""
         step = self.state.step
         epoch, batch = batch_at(self.train, step, self.options.batch_size, self.options.seed)
         questions = list(self.state.questions)
         mine: list[Loaded] = []
 
         def answer_my_share() -> list[dict]:
-            mine.extend(self.frames.load(self.ranks.share(batch), at=(epoch, step)))
+            mine.extend(reads.take(self.ranks.share(batch), at=(epoch, step)))
             return learner_pass(self.backend, self.learner_template, questions, mine, self.options)
 
         records = self.ranks.merge(self.ranks.gather_checked(answer_my_share))
@@ -155,7 +170,7 @@ class VerbalizedLearning:
             # Rank 0 reads the other ranks' frames itself (the same draw: it depends on seed, epoch, step and
             # video only): cheaper than sending images between ranks.
             loaded = {item.video.key: item for item in mine}
-            loaded.update((item.video.key, item) for item in self.frames.load(
+            loaded.update((item.video.key, item) for item in reads.take(
                 [video for video in batch if video.key not in loaded and any(r["key"] == video.key for r in answered)],
                 at=(epoch, step)))
             pairs = [(loaded[record["key"]], record) for record in answered if loaded[record["key"]].frames is not None]
@@ -209,10 +224,14 @@ class VerbalizedLearning:
 
         def answer_my_share() -> list[dict]:
             records: list[dict] = []
-            for chunk in self.frames.chunks(mine, self.options.val_batch_size):
-                records.extend(learner_pass(self.backend, self.learner_template, questions, chunk, self.options,
-                                            rule))
-                shown.update(len(chunk) * self.ranks.world_size)
+            size = self.options.val_batch_size
+            # The next chunk is read while the model answers this one.
+            with frame_reads(self.options, [(None, video) for video in mine], self.input_workers, size) as reads:
+                for start in range(0, len(mine), size):
+                    chunk = reads.take(mine[start:start + size], at=None)
+                    records.extend(learner_pass(self.backend, self.learner_template, questions, chunk,
+                                                self.options, rule))
+                    shown.update(len(chunk) * self.ranks.world_size)
             return records
 
         records = self.ranks.merge(self.ranks.gather_checked(answer_my_share))
@@ -220,7 +239,25 @@ class VerbalizedLearning:
             raise VeraError(f"no readable validation videos left: all {len(self.val)} were unreadable and skipped")
         return validation_scores(records, questions, self.state.step, rule)
 
+    def _training_reads(self, start: int, end: int) -> AbstractContextManager[FrameReads]:
+        """The frames of steps ``start`` to ``end - 1``, read in one pass: each step's share of its batch, and on
+        rank 0, where the optimizer sees frames, the other ranks' videos after them (``train_step`` takes those
+        it needs: rank 0 reads them itself, the same draw, rather than receive images from the other ranks)."""
+        plan = []
+        for step in range(start, end):
+            epoch, batch = batch_at(self.train, step, self.options.batch_size, self.options.seed)
+            mine = self.ranks.share(batch)
+            keys = {video.key for video in mine}
+            others = [video for video in batch if video.key not in keys] if (
+                self.ranks.is_main and self.options.optimizer_frames) else []
+            plan.extend(((epoch, step), video) for video in mine + others)
+        return frame_reads(self.options, plan, self.input_workers, self.options.batch_size)
+
     # -- when
+
+    def _next_validation(self) -> int:
+        """The step after which the next validation is due (or the run ends)."""
+        return min(self.total_steps, (self.state.step // self.options.val_every + 1) * self.options.val_every)
 
     def _validation_due(self) -> bool:
         step = self.state.step

@@ -1,22 +1,30 @@
-"""The training and validation lists, and which training videos form the batch of each step.
+"""The training and validation lists, which training videos form the batch of each step, and their frames.
 
 Epoch ``e`` visits the training videos in the order ``permutation(seed, e)``:
 the batch of a step is a pure function of (seed, step), so resuming needs the
-step count only.
+step count only. The frames are read ahead of the model by
+``vera.data.loading.read_ahead``: in this process, or by worker processes that
+each read whole videos, with the same calls either way (``frame_reads``).
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from vera.data.annotations import TrainVideo, load_train_annotations
-from vera.data.frames import find_video
+from vera.data.frames import find_video, open_frames
+from vera.data.loading import ReadJob, VideoReads, read_ahead
 from vera.errors import VeraError
-from vera.learning.sampling import check_num_frames
+from vera.learning.sampling import check_num_frames, training_frame_indices
 from vera.learning.settings import TrainingOptions
+from vera.vlm.prompts import learner_frames
 
 
 def load_lists(options: TrainingOptions) -> tuple[list[TrainVideo], list[TrainVideo]]:
@@ -87,3 +95,76 @@ def batch_at(videos: list[TrainVideo], step: int, batch_size: int, seed: int) ->
     order = epoch_order(len(videos), seed, epoch)
     picked = order[position * batch_size : (position + 1) * batch_size]
     return epoch, [videos[i] for i in picked]
+
+
+# --------------------------------------------------------------------------- frames
+
+Step = tuple[int, int] | None  # a training step (epoch, step), or None for validation
+
+
+@dataclass
+class Loaded:
+    """A video's frames, or why they could not be read."""
+
+    video: TrainVideo
+    indices: list[int]
+    frames: list[np.ndarray] | None = None
+    error: str | None = None
+
+
+def frame_indices(options: TrainingOptions, video: TrainVideo, at: Step) -> np.ndarray:
+    """The frames of ``video`` the learner sees: at a training step ``at = (epoch, step)`` those of
+    ``--frame-sampling``; for validation (``None``) always the released ``np.arange(0, length, length/8)``,
+    so that every validation scores the questions on the same frames."""
+    epoch, step = at if at is not None else (0, 0)
+    return training_frame_indices(video.length, options.num_frames,
+                                  options.frame_sampling if at is not None else "uniform",
+                                  seed=options.seed, epoch=epoch, step=step, key=video.key)
+
+
+class FrameReads:
+    """The frames of planned videos, taken in plan order (``frame_reads``)."""
+
+    def __init__(self, options: TrainingOptions, plan: list[tuple[Step, TrainVideo, np.ndarray]],
+                 reads: Iterator[VideoReads]):
+        self.options, self.plan, self.reads = options, plan, reads
+        self.position = 0
+
+    def take(self, videos: Sequence[TrainVideo], at: Step) -> list[Loaded]:
+        """``videos``' frames for ``at``: the next planned ones; planned videos passed over are not used."""
+        return [self._take(video, at) for video in videos]
+
+    def _take(self, video: TrainVideo, at: Step) -> Loaded:
+        while True:
+            if self.position == len(self.plan):
+                raise RuntimeError(f"video {video.key} at {at} was not planned, or not in plan order")
+            planned_at, planned, indices = self.plan[self.position]
+            reads = next(self.reads)
+            self.position += 1
+            if planned_at == at and planned.key == video.key:
+                break
+        try:
+            with reads:
+                [frames] = reads  # one item: the frames at ``indices``
+        except VeraError as error:
+            message = str(error) if video.key in str(error) else f"video {video.key}: {error}"
+            if not self.options.skip_bad_videos:
+                raise VeraError(f"{message} (--skip-bad-videos skips such videos)") from None
+            return Loaded(video, indices.tolist(), error=message)
+        return Loaded(video, indices.tolist(), frames=frames)
+
+
+@contextmanager
+def frame_reads(options: TrainingOptions, plan: Sequence[tuple[Step, TrainVideo]], workers: int,
+                ahead: int = 2) -> Iterator[FrameReads]:
+    """Reads the videos of ``plan`` (each ``(at, video)``) ahead of the model, at most max(2, ``workers``,
+    ``ahead``) videos beyond the one taken: in this process when ``workers`` is 0 (lazily, when taken), else by
+    ``workers`` processes.
+    Each video is one job of one item, 448×448 as Step 1 or as qwen-vl-utils resizes them (qwen-video)."""
+    planned = [(at, video, frame_indices(options, video, at)) for at, video in plan]
+    read = partial(learner_frames, frame_layout=options.frame_layout, image_size=options.image_size)
+    jobs = [ReadJob(video.key, partial(open_frames, video.key, frames_dir=options.frames_dir,
+                                       videos_dir=options.videos_dir), read, [indices])
+            for _, video, indices in planned]
+    with read_ahead(jobs, workers, chunk=1, prefetch=max(2, workers, ahead)) as reads:
+        yield FrameReads(options, planned, reads)
