@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     from vera.report.build import ReportSettings, write_report
     from vera.report.inputs import load_report_inputs
 
+    # Reads: Step 1's answers (the explanations), compute_auc.py's frame scores and the annotation; writes a
+    # self-contained HTML page per video (score curves, the top segments with their frames and answers).
     inputs = load_report_inputs(args.scores, args.frame_scores, args.annotations, args.dataset)
     settings = ReportSettings(args.output, args.frames, args.videos, args.top_k, args.max_explanations,
                               args.overwrite)

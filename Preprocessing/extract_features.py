@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     dtype = resolve_dtype(args.dtype, device, gpu_default="float32")
     dtype_name = str(dtype).removeprefix("torch.")
     dataset = args.dataset or infer_dataset(args.annotations)
+    # Reads: the test annotation; each segment's 10-second window of frames (the segments of Step 1).
     videos = load_test_annotations(args.annotations, dataset)[: args.limit]
     if args.random_init:
         model = f"random-{(TINY if args.tiny else HUGE).name} (seed 0)"
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(ranks.device)
     encoder = ranks.together(lambda: load_vision_encoder(args.checkpoint, random_init=args.random_init, tiny=args.tiny,
                                                          device=device, dtype=dtype))
+    # For Step 2's similarity (Sec. 3.3): each segment's ImageBind vision embedding, by LAVAD's recipe
+    # (vera/features/imagebind.py). Writes OUTPUT/<key>.npy, one row per segment, and summary.json.
     report = extract_features(videos, encoder, args.output, settings, frames_dir=args.frames, videos_dir=args.videos,
                               batch_size=args.batch_size, clamp_short=args.clamp_short,
                               allow_length_mismatch=args.allow_length_mismatch,

@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     from vera.data.frames import list_videos
     from vera.errors import VeraError
 
+    # Reads every video under --videos; writes each one's frames as JPEG folders (as the released script),
+    # every frame in decode order, resumably; with --annotations, checks the frame counts against it.
     lengths = annotated_lengths(args.annotations, args.dataset) if args.annotations else None
     videos = list_videos(args.videos)
     if not videos:

@@ -138,3 +138,29 @@ def test_the_tests_readme_lists_every_test_file_once():
 
     listed = re.findall(r"`(test_\w+\.py)`", (ROOT / "tests" / "README.md").read_text(encoding="utf-8"))
     assert sorted(listed) == sorted(path.name for path in (ROOT / "tests").glob("test_*.py"))
+
+
+SCRIPTS = ["Preprocessing/extract_frames.py", "Preprocessing/extract_features.py", "training.py",
+           "Inference/generate_initial_score.py", "Inference/compute_auc.py", "Inference/reproduce_tables.py",
+           "Inference/report.py", "Inference/plot.py", "detect.py", "Data/download.py", "Data/make_annotations.py"]
+
+
+def test_each_script_holds_its_parser_and_main_and_no_forwarding_layer_is_left():
+    for script in SCRIPTS:
+        tree = ast.parse((ROOT / script).read_text(encoding="utf-8"))
+        names = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+        assigned = {target.id for node in tree.body if isinstance(node, ast.Assign) for target in node.targets
+                    if isinstance(target, ast.Name)}
+        assert "main" in names and "COMMAND" in assigned, script
+    assert not (ROOT / "vera" / "commands").exists()
+    assert not (ROOT / "vera" / "data" / "readahead.py").exists()
+
+
+def test_code_and_docs_speak_of_the_code_not_of_issues():
+    import re
+
+    places = [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]
+    for folder in ("vera", "tests", "benchmarks"):
+        places += [path for path in (ROOT / folder).rglob("*") if path.suffix in (".py", ".md", ".sh")]
+    pattern = re.compile("issue" + r" *#?[0-9]", re.IGNORECASE)  # split, so that this file does not match itself
+    assert [str(path) for path in places if pattern.search(path.read_text(encoding="utf-8"))] == []

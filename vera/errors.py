@@ -3,7 +3,8 @@
 Exit codes of every command: 0 done, 2 a problem the message names and the
 user can fix (bad input or option, a folder in use, a full disk), 130
 interrupted (finished work is kept), 1 a run that cannot go on for a reason outside its input (an
-input worker killed, say by the out-of-memory killer: one line too) or a bug (a traceback).
+input worker killed, say by the out-of-memory killer: one line too; ``Data/download.py`` with files the
+mirror did not give) or a bug (a traceback).
 """
 
 from __future__ import annotations

@@ -250,8 +250,8 @@ class RunFolder:
     that ``overwrite`` removes exactly those and nothing else the folder holds,
     and a folder holding outputs but no ``run.json`` is recognised as another
     run's. ``adopt_unrecorded`` takes such outputs as this run's instead: for
-    frames, which the released script and earlier versions wrote identically
-    without a record.
+    frame folders, which the released script writes identically but without a
+    record.
     """
 
     def __init__(self, path: Path, kind: str, identity: dict[str, Any], *, overwrite: bool = False,
