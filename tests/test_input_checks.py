@@ -225,7 +225,7 @@ def test_an_annotation_shorter_than_the_video_stops_step1_and_the_features_alike
          "length": 256},
     ]))
     line = (f"error: video Fighting033_x264_570_841: the annotation gives 256 frames but "
-            f"{clips / 'Fighting033_x264_570_841.mp4'} has 271 (wrong frame rate at extraction? "
+            f"{(clips / 'Fighting033_x264_570_841.mp4').resolve()} has 271 (wrong frame rate at extraction? "
             "--allow-length-mismatch uses the annotation's length where the frames exist)")
     stages = {
         "extract_features": ["--random-init", "--tiny"],
